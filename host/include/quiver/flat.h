@@ -1,0 +1,85 @@
+/*
+ * flat.h - the flat (exact) index over segments.
+ *
+ * Vectors are stored in segments of a fixed capacity (a multiple of 16)
+ * carved from a huge-page, NUMA-bound arena, in the blocked layout of
+ * dist.h, with |x|^2 per vector, the u64 id per vector and a live bitmap
+ * (tombstones).  Rows are numbered in insertion order across segments; a
+ * filter bitmap passed to search is indexed by row (issue: filters evaluate
+ * attributes per row).  Removed rows stay as tombstones (never returned).
+ *
+ * Search is exact: the result of query i is the first k pairs of the full
+ * sort of all live, eligible vectors by (distance, id).  With COSINE,
+ * vectors are normalised at insert, queries at search, and the distance is
+ * 1 - cos.  Work is spread over the pool: a batch is split by queries when
+ * there are enough of them to keep every worker's registers full, else by
+ * ranges of blocks (one query is always split by blocks) with per-worker
+ * heaps merged at the end.
+ *
+ * Thread-safety: add/remove need exclusive access; searches may run
+ * concurrently with each other (they only read) but are serialised by the
+ * pool.  Search allocates O(threads * nq * k) scratch per call.
+ */
+#ifndef QUIVER_FLAT_H
+#define QUIVER_FLAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quiver/arena.h"
+#include "quiver/dist.h"
+
+struct qv_pool;
+
+struct qv_flat_opts {
+    uint32_t dim;                   /* 1 .. 65536 */
+    enum qv_metric metric;
+    uint32_t segment_capacity;      /* vectors per segment, multiple of 16;
+                                       0 = 65536 */
+    struct qv_pool *pool;           /* borrowed; NULL = caller's thread only */
+    int numa_node;                  /* -1 = unbound */
+    enum qv_huge_mode hugepages;
+};
+
+struct qv_flat;
+
+/* Returns NULL and sets qv_errno: QV_EINVAL (dim, metric or capacity out
+ * of range; message says which), QV_ENOMEM. */
+struct qv_flat *qv_flat_create(const struct qv_flat_opts *opts);
+
+/* Append n vectors (n x dim float32, row-major) with ids (n u64; NULL =
+ * consecutive ids continuing from the number of rows).  All or nothing:
+ * returns 0, QV_EEXIST (an id is already present or repeated in the
+ * batch; message names it; nothing added), QV_EINVAL (a NaN/Inf value;
+ * nothing added), QV_ENOMEM (nothing added).  O(n * dim). */
+int qv_flat_add(struct qv_flat *f, size_t n, const float *vecs, const uint64_t *ids);
+
+/* Tombstone the vectors with these ids; unknown ids are ignored.  Returns
+ * the number removed (>= 0).  O(n). */
+long qv_flat_remove(struct qv_flat *f, size_t n, const uint64_t *ids);
+
+size_t qv_flat_size(const struct qv_flat *f);      /* live vectors */
+uint64_t qv_flat_rows(const struct qv_flat *f);    /* rows incl. tombstones */
+uint32_t qv_flat_dim(const struct qv_flat *f);
+/* Row of id, or -1 when absent or removed.  O(1) expected. */
+int64_t qv_flat_row_of(const struct qv_flat *f, uint64_t id);
+
+/*
+ * qv_flat_search - exact k-NN of nq queries (nq x dim float32, row-major).
+ * filter: bitmap of qv_flat_rows() bits, bit r set = row r eligible
+ * (word r / 64, bit r % 64); NULL = every live row.  Results: dist and ids
+ * are nq x k, row i sorted ascending by (distance, id); slots beyond the
+ * number of eligible vectors hold (+inf, QV_ID_NONE).
+ * Returns 0, QV_EINVAL (k == 0 or k > 100000, nq == 0, NULL arrays),
+ * QV_ENOMEM.
+ */
+int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t k,
+                   const uint64_t *filter, float *dist, uint64_t *ids);
+
+/* Memory of the index: bytes mapped by its arena and used in it. */
+void qv_flat_memory(const struct qv_flat *f, struct qv_arena_stats *out);
+
+/* qv_flat_free(NULL) is a no-op. */
+void qv_flat_free(struct qv_flat *f);
+
+#endif

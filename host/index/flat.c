@@ -1,0 +1,490 @@
+/*
+ * flat.c - the flat (exact) index; contract in quiver/flat.h.
+ *
+ * Storage.  A segment holds `cap` rows (cap a multiple of 16):
+ *
+ *   blocks   cap * dim floats   blocked layout (dist.h): groups of 16 rows,
+ *                               dimension-major, 64-byte aligned
+ *   norms    cap floats         |x|^2 per row (L2; zero for IP/cosine)
+ *   ids      cap u64            the user's id of each row
+ *   live     cap / 64 words     bit set = row present (clear = tombstone
+ *                               or never filled)
+ *
+ * all carved from one arena (huge pages, NUMA node from the options).
+ * Rows are numbered globally: row = segment * cap + offset.  An id -> row
+ * hash map (idmap.h) serves remove and row_of.
+ *
+ * Search.  The distance work runs in the fused scan kernel of the active
+ * SIMD level (qv_kernels()->scan_f32), which keeps register tiles of
+ * queries x 32 vectors and merges into per-query heaps without writing
+ * distances out.  Work is split over the pool one of two ways, chosen per
+ * call from the kernel's register-tile width QTILE (12 queries):
+ *
+ *   by queries  each worker owns a range of queries and scans every
+ *               segment into the caller's result heaps (no merge);
+ *               cost ~ ceil(ceil(nq / T) / QTILE) tiles x all groups
+ *   by blocks   each worker scans a share of the groups for all queries
+ *               into its own heaps, merged at the end;
+ *               cost ~ ceil(nq / QTILE) tiles x groups / T + merge
+ *
+ * whichever predicts fewer tile sweeps per worker (ties go to queries,
+ * which needs no merge).  One query, or a handful, is therefore split by
+ * blocks across every core; a large batch by queries.  Eligibility
+ * (live AND filter) is assembled into a per-worker mask only for segments
+ * that have tombstones or when a filter is given.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "idmap.h"
+#include "quiver/alloc.h"
+#include "quiver/errors.h"
+#include "quiver/flat.h"
+#include "quiver/pool.h"
+#include "quiver/topk.h"
+
+#define QV_FLAT_DEFAULT_CAP 65536u
+#define QV_FLAT_MAX_DIM 65536u
+#define QV_FLAT_MAX_K 100000u
+#define QTILE 12u                   /* queries per register tile (avx512) */
+#define TASKS_PER_WORKER 4u
+#define MIN_GROUPS_PER_TASK 32u
+
+struct qv_flat_segment {
+    float *blocks;
+    float *norms;
+    uint64_t *ids;
+    uint64_t *live;
+    uint32_t count;                 /* rows filled */
+    uint32_t dead;                  /* tombstones among them */
+};
+
+struct qv_flat {
+    uint32_t dim;
+    enum qv_metric metric;
+    uint32_t cap;
+    struct qv_pool *pool;
+    struct qv_arena *arena;
+    struct qv_flat_segment *segs;
+    size_t nsegs;
+    size_t segs_alloc;
+    uint64_t rows;
+    size_t live;
+    struct qv_idmap map;
+};
+
+struct qv_flat *qv_flat_create(const struct qv_flat_opts *o)
+{
+    if (!o || o->dim == 0 || o->dim > QV_FLAT_MAX_DIM) {
+        qv_seterr(QV_EINVAL, "flat index: dim %u is out of range; use 1..%u",
+                  o ? o->dim : 0, QV_FLAT_MAX_DIM);
+        return NULL;
+    }
+    if ((unsigned)o->metric >= QV_METRIC__COUNT) {
+        qv_seterr(QV_EINVAL, "flat index: unknown metric %d; use l2, ip or cosine",
+                  (int)o->metric);
+        return NULL;
+    }
+    uint32_t cap = o->segment_capacity ? o->segment_capacity : QV_FLAT_DEFAULT_CAP;
+    if (cap % QV_BLOCK != 0 || cap > (1u << 24)) {
+        qv_seterr(QV_EINVAL, "flat index: segment capacity %u must be a multiple of "
+                  "%d and at most %u", cap, QV_BLOCK, 1u << 24);
+        return NULL;
+    }
+    struct qv_flat *f = qv_calloc(1, sizeof *f, QV_MEM_INDEX);
+    if (!f)
+        goto fail_flat;
+    f->dim = o->dim;
+    f->metric = o->metric;
+    f->cap = cap;
+    f->pool = o->pool;
+    qv__idmap_init(&f->map);
+    struct qv_arena_opts ao = {
+        .chunk_size = 0,
+        .numa_node = o->numa_node,
+        .hugepages = o->hugepages,
+    };
+    f->arena = qv_arena_create(&ao);
+    if (!f->arena)
+        goto fail_arena;
+    return f;
+
+fail_arena:
+    qv_free(f);
+fail_flat:
+    if (!qv_errno)
+        qv_errno = QV_ENOMEM;
+    return NULL;
+}
+
+void qv_flat_free(struct qv_flat *f)
+{
+    if (!f)
+        return;
+    qv__idmap_fini(&f->map);
+    qv_free(f->segs);
+    qv_arena_free(f->arena);
+    qv_free(f);
+}
+
+size_t qv_flat_size(const struct qv_flat *f) { return f->live; }
+uint64_t qv_flat_rows(const struct qv_flat *f) { return f->rows; }
+uint32_t qv_flat_dim(const struct qv_flat *f) { return f->dim; }
+
+void qv_flat_memory(const struct qv_flat *f, struct qv_arena_stats *out)
+{
+    qv_arena_stats(f->arena, out);
+}
+
+int64_t qv_flat_row_of(const struct qv_flat *f, uint64_t id)
+{
+    return qv__idmap_get(&f->map, id);
+}
+
+/* Make sure segments exist for rows [f->rows, f->rows + n). */
+static int reserve_segments(struct qv_flat *f, size_t n)
+{
+    size_t need = (size_t)((f->rows + n + f->cap - 1) / f->cap);
+    if (need > f->segs_alloc) {
+        size_t alloc = f->segs_alloc ? f->segs_alloc * 2 : 8;
+        while (alloc < need)
+            alloc *= 2;
+        struct qv_flat_segment *s = qv_realloc(f->segs, alloc * sizeof *s, QV_MEM_INDEX);
+        if (!s)
+            return QV_ENOMEM;
+        f->segs = s;
+        f->segs_alloc = alloc;
+    }
+    while (f->nsegs < need) {
+        struct qv_flat_segment s = { 0 };
+        s.blocks = qv_arena_alloc(f->arena, (size_t)f->cap * f->dim * sizeof(float));
+        s.norms = s.blocks ? qv_arena_alloc(f->arena, (size_t)f->cap * sizeof(float)) : NULL;
+        s.ids = s.norms ? qv_arena_alloc(f->arena, (size_t)f->cap * sizeof(uint64_t)) : NULL;
+        s.live = s.ids ? qv_arena_alloc(f->arena, ((size_t)f->cap / 64 + 1) * 8) : NULL;
+        if (!s.live)
+            return qv_errno ? qv_errno : QV_ENOMEM;
+        f->segs[f->nsegs++] = s;    /* arena memory: kept even if add fails */
+    }
+    return 0;
+}
+
+int qv_flat_add(struct qv_flat *f, size_t n, const float *vecs, const uint64_t *ids)
+{
+    if (n == 0)
+        return 0;
+    if (!vecs)
+        return qv_seterr(QV_EINVAL, "flat add: vectors are NULL");
+    const size_t dim = f->dim;
+    for (size_t i = 0; i < n * dim; i++)
+        if (!isfinite(vecs[i]))
+            return qv_seterr(QV_EINVAL, "flat add: vector %zu element %zu is %f; only "
+                             "finite values can be indexed", i / dim, i % dim,
+                             (double)vecs[i]);
+    /* Validate ids before changing anything: all or nothing. */
+    int rc = qv__idmap_reserve(&f->map, n);
+    if (rc)
+        return qv_seterr(rc, "flat add: no memory for the id map of %zu vectors", n);
+    size_t i;
+    for (i = 0; i < n; i++) {
+        uint64_t id = ids ? ids[i] : f->rows + i;
+        if (id == QV_ID_NONE) {
+            rc = qv_seterr(QV_EINVAL, "flat add: id %llu is reserved; use ids below "
+                           "2^64-1", (unsigned long long)id);
+            break;
+        }
+        if (qv__idmap_get(&f->map, id) >= 0) {
+            rc = qv_seterr(QV_EEXIST, "flat add: id %llu is %s", (unsigned long long)id,
+                           i && qv__idmap_get(&f->map, id) >= (int64_t)f->rows
+                               ? "repeated in the batch" : "already in the index");
+            break;
+        }
+        /* provisional entry to catch repeats within the batch; cannot
+         * fail after the reserve above */
+        qv__idmap_put(&f->map, id, f->rows + i);
+    }
+    if (rc == 0)
+        rc = reserve_segments(f, n);
+    if (rc) {
+        for (size_t j = 0; j < i; j++) {
+            uint64_t id = ids ? ids[j] : f->rows + j;
+            if (qv__idmap_get(&f->map, id) == (int64_t)(f->rows + j))
+                qv__idmap_del(&f->map, id);
+        }
+        return rc;
+    }
+
+    float *tmp = NULL;
+    if (f->metric == QV_METRIC_COSINE) {
+        tmp = qv_malloc(dim * sizeof(float), QV_MEM_INDEX);
+        if (!tmp) {
+            for (size_t j = 0; j < n; j++)
+                qv__idmap_del(&f->map, ids ? ids[j] : f->rows + j);
+            return qv_seterr(QV_ENOMEM, "flat add: no memory");
+        }
+    }
+    const struct qv_dist_ops *k = qv_kernels();
+    for (size_t j = 0; j < n; j++) {
+        uint64_t row = f->rows + j;
+        struct qv_flat_segment *s = &f->segs[row / f->cap];
+        uint32_t off = (uint32_t)(row % f->cap);
+        const float *v = vecs + j * dim;
+        if (tmp) {
+            memcpy(tmp, v, dim * sizeof(float));
+            k->normalize_f32(tmp, dim);
+            v = tmp;
+        }
+        qv_block_pack(s->blocks, off, v, 1, dim);
+        if (f->metric == QV_METRIC_L2) {
+            float nrm = -k->dist[QV_METRIC_IP][QV_ELEM_F32](v, v, dim);
+            s->norms[off] = nrm;
+        }
+        s->ids[off] = ids ? ids[j] : row;
+        s->live[off / 64] |= 1ULL << (off % 64);
+        s->count = off + 1;
+    }
+    qv_free(tmp);
+    f->rows += n;
+    f->live += n;
+    return 0;
+}
+
+long qv_flat_remove(struct qv_flat *f, size_t n, const uint64_t *ids)
+{
+    long removed = 0;
+    if (!ids)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        int64_t row = qv__idmap_get(&f->map, ids[i]);
+        if (row < 0)
+            continue;
+        qv__idmap_del(&f->map, ids[i]);
+        struct qv_flat_segment *s = &f->segs[(uint64_t)row / f->cap];
+        uint32_t off = (uint32_t)((uint64_t)row % f->cap);
+        s->live[off / 64] &= ~(1ULL << (off % 64));
+        s->dead++;
+        f->live--;
+        removed++;
+    }
+    return removed;
+}
+
+/* ---- search ---- */
+
+struct flat_task {
+    uint32_t seg;           /* by blocks: segment */
+    uint32_t g_begin;       /* by blocks: group range in the segment */
+    uint32_t g_end;
+    uint32_t q_begin;       /* by queries: query range */
+    uint32_t q_end;
+};
+
+struct flat_search {
+    const struct qv_flat *f;
+    const struct qv_dist_ops *ops;
+    const float *queries;   /* normalised copy for cosine */
+    const float *qnorms;
+    size_t nq;
+    uint32_t k;
+    const uint64_t *filter;
+    int by_blocks;
+    struct flat_task *tasks;
+    struct qv_topk *heaps;  /* [worker][nq] */
+    uint64_t *masks;        /* [worker][mask_words] */
+    size_t mask_words;
+};
+
+/* 64 bits of bitmap bm starting at bit p (bits past nbits read as 0). */
+static inline uint64_t bits64(const uint64_t *bm, uint64_t p, uint64_t nbits)
+{
+    if (p >= nbits)
+        return 0;
+    uint64_t w = p / 64, s = p % 64;
+    uint64_t v = bm[w] >> s;
+    if (s && p - s + 64 < nbits)
+        v |= bm[w + 1] << (64 - s);
+    if (nbits - p < 64)
+        v &= (1ULL << (nbits - p)) - 1;
+    return v;
+}
+
+/* Scan groups [gb, ge) of segment si for queries [q0, q1) into heaps. */
+static void scan_range(const struct flat_search *S, unsigned worker, uint32_t si,
+                       uint32_t gb, uint32_t ge, size_t q0, size_t q1,
+                       struct qv_topk *heaps)
+{
+    const struct qv_flat *f = S->f;
+    const struct qv_flat_segment *s = &f->segs[si];
+    size_t first = (size_t)gb * QV_BLOCK;
+    if (first >= s->count)
+        return;
+    size_t nvec = (size_t)ge * QV_BLOCK;
+    if (nvec > s->count)
+        nvec = s->count;
+    nvec -= first;
+    const uint64_t *mask = NULL;
+    if (s->dead || S->filter) {
+        uint64_t *m = S->masks + (size_t)worker * S->mask_words;
+        uint64_t seg_row0 = (uint64_t)si * f->cap;
+        size_t words = (nvec + 63) / 64;
+        for (size_t w = 0; w < words; w++) {
+            uint64_t v = bits64(s->live, first + w * 64, s->count);
+            if (S->filter)
+                v &= bits64(S->filter, seg_row0 + first + w * 64, f->rows);
+            m[w] = v;
+        }
+        mask = m;
+    }
+    struct qv_scan_args a = {
+        .queries = S->queries + q0 * f->dim,
+        .nq = q1 - q0,
+        .dim = f->dim,
+        .qnorms = S->qnorms + q0,
+        .blocks = s->blocks + first * f->dim,
+        .norms = s->norms + first,
+        .ids = s->ids + first,
+        .nvec = nvec,
+        .mask = mask,
+        .metric = f->metric == QV_METRIC_L2 ? QV_METRIC_L2 : QV_METRIC_IP,
+        .heaps = heaps + q0,
+    };
+    S->ops->scan_f32(&a);
+}
+
+static void run_task(void *arg, unsigned t, unsigned worker)
+{
+    const struct flat_search *S = arg;
+    const struct flat_task *task = &S->tasks[t];
+    if (S->by_blocks) {
+        scan_range(S, worker, task->seg, task->g_begin, task->g_end, 0, S->nq,
+                   S->heaps + (size_t)worker * S->nq);
+    } else {
+        const struct qv_flat *f = S->f;
+        for (uint32_t si = 0; si < f->nsegs; si++) {
+            uint32_t groups = (f->segs[si].count + QV_BLOCK - 1) / QV_BLOCK;
+            scan_range(S, worker, si, 0, groups, task->q_begin, task->q_end, S->heaps);
+        }
+    }
+}
+
+static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t k,
+                   const uint64_t *filter, float *dist, uint64_t *ids)
+{
+    if (!queries || !dist || !ids)
+        return qv_seterr(QV_EINVAL, "flat search: NULL queries or result arrays");
+    if (nq == 0)
+        return qv_seterr(QV_EINVAL, "flat search: no queries (nq = 0)");
+    if (k == 0 || k > QV_FLAT_MAX_K)
+        return qv_seterr(QV_EINVAL, "flat search: k = %u is out of range; use 1..%u",
+                         k, QV_FLAT_MAX_K);
+    const size_t dim = f->dim;
+    const unsigned T = qv_pool_threads(f->pool);
+    size_t groups_total = 0;
+    for (size_t si = 0; si < f->nsegs; si++)
+        groups_total += ceil_div(f->segs[si].count, QV_BLOCK);
+
+    /* Cost model (see the header comment): tile sweeps per worker. */
+    size_t cost_q = ceil_div(ceil_div(nq, T), QTILE) * groups_total;
+    size_t cost_b = ceil_div(nq, QTILE) * ceil_div(groups_total, T) + nq * k / 64;
+    int by_blocks = T > 1 && cost_b < cost_q;
+
+    struct flat_search S = {
+        .f = f, .ops = qv_kernels(), .nq = nq, .k = k, .filter = filter,
+        .by_blocks = by_blocks,
+    };
+    unsigned nworkers = by_blocks ? T : 1;
+    size_t ntasks_max = by_blocks ? f->nsegs + (size_t)T * TASKS_PER_WORKER + 1
+                                  : (size_t)T * TASKS_PER_WORKER + 1;
+    size_t heap_slots = (size_t)(nworkers - 1) * nq * k;
+    S.mask_words = f->cap / 64 + 2;
+
+    int rc = QV_ENOMEM;
+    float *qcopy = NULL;
+    float *qnorms = qv_malloc(nq * sizeof(float), QV_MEM_INDEX);
+    S.tasks = qv_malloc(ntasks_max * sizeof *S.tasks, QV_MEM_INDEX);
+    S.heaps = qv_malloc((size_t)nworkers * nq * sizeof *S.heaps, QV_MEM_INDEX);
+    S.masks = qv_malloc((size_t)T * S.mask_words * sizeof(uint64_t), QV_MEM_INDEX);
+    float *hd = heap_slots ? qv_malloc(heap_slots * sizeof(float), QV_MEM_INDEX) : NULL;
+    uint64_t *hi = heap_slots ? qv_malloc(heap_slots * sizeof(uint64_t), QV_MEM_INDEX) : NULL;
+    if (!qnorms || !S.tasks || !S.heaps || !S.masks || (heap_slots && (!hd || !hi)))
+        goto out;
+    if (f->metric == QV_METRIC_COSINE) {
+        qcopy = qv_malloc(nq * dim * sizeof(float), QV_MEM_INDEX);
+        if (!qcopy)
+            goto out;
+        memcpy(qcopy, queries, nq * dim * sizeof(float));
+        for (size_t i = 0; i < nq; i++)
+            S.ops->normalize_f32(qcopy + i * dim, dim);
+        queries = qcopy;
+    }
+    for (size_t i = 0; i < nq; i++)
+        qnorms[i] = f->metric == QV_METRIC_L2
+                  ? -S.ops->dist[QV_METRIC_IP][QV_ELEM_F32](queries + i * dim,
+                                                            queries + i * dim, dim)
+                  : 0.0f;
+    S.queries = queries;
+    S.qnorms = qnorms;
+
+    for (size_t i = 0; i < nq; i++)
+        qv_topk_init(&S.heaps[i], k, dist + i * k, ids + i * k);
+    for (unsigned w = 1; w < nworkers; w++)
+        for (size_t i = 0; i < nq; i++) {
+            size_t slot = ((size_t)(w - 1) * nq + i) * k;
+            qv_topk_init(&S.heaps[(size_t)w * nq + i], k, hd + slot, hi + slot);
+        }
+
+    size_t ntasks = 0;
+    if (by_blocks) {
+        size_t per = ceil_div(groups_total, (size_t)T * TASKS_PER_WORKER);
+        if (per < MIN_GROUPS_PER_TASK)
+            per = MIN_GROUPS_PER_TASK;
+        for (uint32_t si = 0; si < f->nsegs; si++) {
+            uint32_t g = (uint32_t)ceil_div(f->segs[si].count, QV_BLOCK);
+            for (uint32_t b = 0; b < g && ntasks < ntasks_max; b += (uint32_t)per) {
+                uint32_t e = b + (uint32_t)per < g ? b + (uint32_t)per : g;
+                if (ntasks == ntasks_max - 1)
+                    e = g;
+                S.tasks[ntasks++] = (struct flat_task){ .seg = si, .g_begin = b, .g_end = e };
+            }
+        }
+    } else {
+        /* query ranges in whole register tiles */
+        size_t tiles = ceil_div(nq, QTILE);
+        size_t nt = (size_t)T * TASKS_PER_WORKER;
+        if (nt > tiles)
+            nt = tiles;
+        size_t per = ceil_div(tiles, nt);
+        for (size_t t = 0; t * per < tiles; t++) {
+            size_t qb = t * per * QTILE, qe = (t + 1) * per * QTILE;
+            if (qe > nq)
+                qe = nq;
+            S.tasks[ntasks++] = (struct flat_task){ .q_begin = (uint32_t)qb,
+                                                    .q_end = (uint32_t)qe };
+        }
+    }
+    qv_pool_run(f->pool, (unsigned)ntasks, run_task, &S);
+
+    for (unsigned w = 1; w < nworkers; w++)
+        for (size_t i = 0; i < nq; i++)
+            qv_topk_merge(&S.heaps[i], &S.heaps[(size_t)w * nq + i]);
+    for (size_t i = 0; i < nq; i++) {
+        qv_topk_sort(&S.heaps[i]);
+        if (f->metric == QV_METRIC_COSINE)
+            for (uint32_t j = 0; j < k; j++)
+                dist[i * k + j] += 1.0f;
+    }
+    rc = 0;
+
+out:
+    qv_free(hi);
+    qv_free(hd);
+    qv_free(S.masks);
+    qv_free(S.heaps);
+    qv_free(S.tasks);
+    qv_free(qcopy);
+    qv_free(qnorms);
+    if (rc)
+        qv_seterr(rc, "flat search: no memory for %zu queries x k %u", nq, k);
+    return rc;
+}
