@@ -73,6 +73,7 @@ int64_t qv_config_int(const struct qv_config *cfg, const char *section, const ch
 uint64_t qv_config_size(const struct qv_config *cfg, const char *section, const char *key);
 double qv_config_double(const struct qv_config *cfg, const char *section, const char *key);
 bool qv_config_bool(const struct qv_config *cfg, const char *section, const char *key);
+/* STRING keys; also ENUM keys, giving the choice as written. */
 const char *qv_config_string(const struct qv_config *cfg, const char *section, const char *key);
 /* Index of the value in the key's choices list (0-based). */
 int qv_config_enum(const struct qv_config *cfg, const char *section, const char *key);
