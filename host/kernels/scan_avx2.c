@@ -13,7 +13,6 @@
 
 #define QT 6
 #define QV_SCAN_L2_BYTES (384u * 1024u)
-#define PF_AHEAD 4
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -45,7 +44,7 @@ static ALWAYS_INLINE void tile(const struct qv_scan_args *a, size_t q0, const in
         __m256 v0 = _mm256_load_ps(x + d * QV_BLOCK);
         __m256 v1 = _mm256_load_ps(x + d * QV_BLOCK + 8);
         if (pf)
-            _mm_prefetch((const char *)(x + (PF_AHEAD * dim + d) * QV_BLOCK), _MM_HINT_T0);
+            _mm_prefetch((const char *)(x + ((size_t)a->prefetch * dim + d) * QV_BLOCK), _MM_HINT_T0);
 #pragma GCC unroll 6
         for (int i = 0; i < QN; i++) {
             __m256 b = _mm256_broadcast_ss(q + (size_t)i * dim + d);
@@ -68,10 +67,15 @@ static ALWAYS_INLINE void tile(const struct qv_scan_args *a, size_t q0, const in
     }
     __m256 n0 = l2 ? _mm256_load_ps(nrm) : _mm256_setzero_ps();
     __m256 n1 = l2 ? _mm256_load_ps(nrm + 8) : _mm256_setzero_ps();
+    /* Distances and pass masks first, pushes after (a push is a call that
+     * clobbers vector registers; see scan_avx512.c). */
     const __m256 m2 = _mm256_set1_ps(-2.0f);
+    float dbuf[QT][QV_BLOCK] __attribute__((aligned(32)));
+    uint32_t pass[QT];
+    uint32_t any = 0;
 #pragma GCC unroll 6
     for (int i = 0; i < QN; i++) {
-        struct qv_topk *h = &a->heaps[q0 + i];
+        const struct qv_topk *h = &a->heaps[q0 + i];
         __m256 d0, d1;
         if (l2) {
             __m256 qn = _mm256_set1_ps(a->qnorms[q0 + i]);
@@ -84,29 +88,35 @@ static ALWAYS_INLINE void tile(const struct qv_scan_args *a, size_t q0, const in
         __m256 w = _mm256_set1_ps(h->worst);
         uint32_t p = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(d0, w, _CMP_LE_OQ)) |
                      ((uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(d1, w, _CMP_LE_OQ)) << 8);
-        p &= m;
-        if (p) {
-            float tmp[16] __attribute__((aligned(32)));
-            _mm256_store_ps(tmp, d0);
-            _mm256_store_ps(tmp + 8, d1);
-            while (p) {
-                int l = __builtin_ctz(p);
-                p &= p - 1;
-                qv_topk_push(h, tmp[l], ids[l]);
-            }
+        _mm256_store_ps(dbuf[i], d0);
+        _mm256_store_ps(dbuf[i] + 8, d1);
+        pass[i] = p & m;
+        any |= pass[i];
+    }
+    if (!any)
+        return;
+    for (int i = 0; i < QN; i++) {
+        uint32_t p = pass[i];
+        struct qv_topk *h = &a->heaps[q0 + i];
+        while (p) {
+            int l = __builtin_ctz(p);
+            p &= p - 1;
+            qv_topk_push(h, dbuf[i][l], ids[l]);
         }
     }
 }
 
 static ALWAYS_INLINE void sweep(const struct qv_scan_args *a, size_t q0, const int QN,
-                                size_t g_begin, size_t g_end)
+                                size_t g_begin, size_t g_end, const int pf)
 {
-    const int pf = QN <= 2;
     for (size_t g = g_begin; g < g_end; g++)
         tile(a, q0, QN, g, pf);
 }
 
-#define SWEEP_CASE(n) case n: sweep(a, q0, n, gb, ge); break;
+#define SWEEP_CASE(n) case n: \
+    if (n <= 2 && a->prefetch) sweep(a, q0, n, gb, ge, 1); \
+    else sweep(a, q0, n, gb, ge, 0); \
+    break;
 
 static void sweep_any(const struct qv_scan_args *a, size_t q0, size_t qn,
                       size_t gb, size_t ge)

@@ -81,6 +81,9 @@ struct qv_scan_args {
                                    (nvec bits); NULL = all eligible */
     enum qv_metric metric;      /* QV_METRIC_L2 or QV_METRIC_IP */
     struct qv_topk *heaps;      /* nq heaps, heaps[i] for query i */
+    uint32_t prefetch;          /* software prefetch distance in groups for
+                                   thin (memory-bound) tiles; 0 = rely on
+                                   the hardware prefetcher */
 };
 
 /* One ISA's kernel table. */
