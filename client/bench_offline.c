@@ -37,6 +37,7 @@
 
 #include "quiver/alloc.h"
 #include "quiver/dist.h"
+#include "quiver/config.h"
 #include "quiver/errors.h"
 #include "quiver/flat.h"
 #include "quiver/pool.h"
@@ -56,7 +57,7 @@ const char qv__bench_offline_usage[] =
     "usage: quiverbench offline --data DIR [--index flat] [--k K] [--threads T]\n"
     "                           [--batch B] [--metric l2|ip|cosine]\n"
     "                           [--simd ref|avx2|avx512] [--nq N] [--repeat R]\n"
-    "                           [--json]\n"
+    "                           [--conf FILE] [--json]\n"
     "\n"
     "Build an index from DIR/base.fvecs, search DIR/query.fvecs and report\n"
     "recall@k against DIR/groundtruth.ivecs, QPS, per-query latency and build\n"
@@ -75,6 +76,9 @@ const char qv__bench_offline_usage[] =
     "  --nq N          use only the first N queries (1..queries in the file)\n"
     "  --repeat R      search the query set R times, report the best-QPS pass\n"
     "                  (1..1000; default 1)\n"
+    "  --conf FILE     read [simd] level, [workers] threads/pin, [memory]\n"
+    "                  hugepages/numa_node and [flat] keys from FILE (flags\n"
+    "                  given here win; default: the built-in defaults)\n"
     "  --json          print one JSON object instead of text\n"
     "  -h, --help      this text\n";
 
@@ -89,6 +93,8 @@ struct offline_args {
     uint64_t nq;                /* 0: all */
     uint64_t repeat;
     bool json;
+    const char *conf;           /* NULL: schema defaults */
+    bool threads_set;           /* --threads given: overrides [workers] */
 };
 
 /* Everything acquired by a run, released by offline_release(). */
@@ -119,6 +125,7 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
         { "nq",      required_argument, NULL, 'n' },
         { "repeat",  required_argument, NULL, 'r' },
         { "json",    no_argument,       NULL, 'j' },
+        { "conf",    required_argument, NULL, 'c' },
         { "help",    no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -156,6 +163,10 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
         case 't':
             if (qv__bench_parse_u64(cmd, usage, "--threads", optarg, 1, ncpus, &a->threads))
                 return -1;
+            a->threads_set = true;
+            break;
+        case 'c':
+            a->conf = optarg;
             break;
         case 'b':
             if (qv__bench_parse_u64(cmd, usage, "--batch", optarg, 1, OFFLINE_MAX_BATCH,
@@ -321,6 +332,31 @@ int qv__bench_offline_main(int argc, char **argv)
         return rc > 0 ? QV_BENCH_EXIT_OK : QV_BENCH_EXIT_USAGE;
 
     memset(&r, 0, sizeof(r));
+    /* Configuration: the file's values (or the schema defaults), with the
+     * command line's flags taking precedence. */
+    struct qv_config *cfg = a.conf ? qv_config_load(a.conf) : qv_config_defaults();
+    if (cfg == NULL) {
+        fprintf(stderr, "quiverbench offline: %s\n", qv_errmsg());
+        return QV_BENCH_EXIT_USAGE;
+    }
+    if (a.simd < 0) {
+        int conf_level = qv_config_enum(cfg, "simd", "level");   /* auto|ref|avx2|avx512 */
+        if (conf_level > 0)
+            a.simd = conf_level - 1;
+    }
+    if (!a.threads_set && qv_config_int(cfg, "workers", "threads") > 0) {
+        unsigned cpus[OFFLINE_MAX_THREADS];
+        uint64_t t = (uint64_t)qv_config_int(cfg, "workers", "threads");
+        uint64_t ncpu = qv__bench_cpus(cpus, OFFLINE_MAX_THREADS);
+        a.threads = t < ncpu ? t : ncpu;
+    }
+    bool pin = qv_config_bool(cfg, "workers", "pin");
+    int hugepages = qv_huge_mode_parse(qv_config_string(cfg, "memory", "hugepages"));
+    int numa_node = (int)qv_config_int(cfg, "memory", "numa_node");
+    uint32_t segment_capacity = (uint32_t)qv_config_int(cfg, "flat", "segment_capacity");
+    uint32_t prefetch_groups = (uint32_t)qv_config_int(cfg, "flat", "prefetch_groups");
+    qv_config_free(cfg);
+
     level = qv_kernels_init(a.simd < 0 ? QV_SIMD_AVX512 : (enum qv_simd)a.simd);
     if (a.simd >= 0 && (int)level < a.simd)
         fprintf(stderr, "offline: note: --simd %s asked, this CPU runs at most %s\n",
@@ -400,7 +436,7 @@ int qv__bench_offline_main(int argc, char **argv)
         goto fail;
     }
 
-    r.pool = qv_pool_create((unsigned)a.threads, true);
+    r.pool = qv_pool_create((unsigned)a.threads, pin);
     if (r.pool == NULL) {
         fprintf(stderr, "quiverbench offline: cannot start %llu threads: %s\n",
                 (unsigned long long)a.threads, qv_errmsg());
@@ -411,10 +447,11 @@ int qv__bench_offline_main(int argc, char **argv)
     memset(&fo, 0, sizeof(fo));
     fo.dim = dim;
     fo.metric = a.metric;
-    fo.segment_capacity = 0;
+    fo.segment_capacity = segment_capacity;
     fo.pool = r.pool;
-    fo.numa_node = -1;
-    fo.hugepages = QV_HUGE_AUTO;
+    fo.numa_node = numa_node;
+    fo.hugepages = hugepages < 0 ? QV_HUGE_AUTO : (enum qv_huge_mode)hugepages;
+    fo.prefetch_groups = prefetch_groups;
     t0 = qv_now_ns();
     r.flat = qv_flat_create(&fo);
     if (r.flat == NULL) {

@@ -123,8 +123,8 @@ static float peak_read(enum qv_simd level, const float *p, size_t n)
 static const char *peak_fma_shape(enum qv_simd level)
 {
     switch (level) {
-    case QV_SIMD_AVX512: return "16 zmm accumulators";
-    case QV_SIMD_AVX2:   return "12 ymm accumulators";
+    case QV_SIMD_AVX512: return "8x2 zmm GEMM-shaped tile, 16 accumulators";
+    case QV_SIMD_AVX2:   return "5x2 ymm GEMM-shaped tile, 10 accumulators";
     default:             return "8 scalar accumulators";
     }
 }

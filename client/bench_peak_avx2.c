@@ -21,35 +21,28 @@ static float hsum256(__m256 v)
 
 uint64_t qv__peak_fma_avx2(uint64_t iters, float *sink)
 {
-    const __m256 b = _mm256_set1_ps(0.9999999f);
-    const __m256 c = _mm256_set1_ps(1e-7f);
-    __m256 a0 = _mm256_set1_ps(0.1f), a1 = _mm256_set1_ps(0.2f);
-    __m256 a2 = _mm256_set1_ps(0.3f), a3 = _mm256_set1_ps(0.4f);
-    __m256 a4 = _mm256_set1_ps(0.5f), a5 = _mm256_set1_ps(0.6f);
-    __m256 a6 = _mm256_set1_ps(0.7f), a7 = _mm256_set1_ps(0.8f);
-    __m256 a8 = _mm256_set1_ps(0.9f), a9 = _mm256_set1_ps(1.0f);
-    __m256 a10 = _mm256_set1_ps(1.1f), a11 = _mm256_set1_ps(1.2f);
-
-    for (uint64_t i = 0; i < iters; i++) {
-        a0 = _mm256_fmadd_ps(a0, b, c);
-        a1 = _mm256_fmadd_ps(a1, b, c);
-        a2 = _mm256_fmadd_ps(a2, b, c);
-        a3 = _mm256_fmadd_ps(a3, b, c);
-        a4 = _mm256_fmadd_ps(a4, b, c);
-        a5 = _mm256_fmadd_ps(a5, b, c);
-        a6 = _mm256_fmadd_ps(a6, b, c);
-        a7 = _mm256_fmadd_ps(a7, b, c);
-        a8 = _mm256_fmadd_ps(a8, b, c);
-        a9 = _mm256_fmadd_ps(a9, b, c);
-        a10 = _mm256_fmadd_ps(a10, b, c);
-        a11 = _mm256_fmadd_ps(a11, b, c);
+    /* GEMM-shaped, as in bench_peak_avx512.c: 5 broadcasts x 2 vectors
+     * into 10 accumulators, dependencies through the addend only. */
+    __m256 x0 = _mm256_set1_ps(1e-9f), x1 = _mm256_set1_ps(2e-9f);
+    __m256 b[5], acc0[5], acc1[5];
+    for (int i = 0; i < 5; i++) {
+        b[i] = _mm256_set1_ps(1e-9f * (float)(i + 1));
+        acc0[i] = _mm256_setzero_ps();
+        acc1[i] = _mm256_setzero_ps();
     }
-    a0 = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    a4 = _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7));
-    a8 = _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11));
-    *sink = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a4), a8));
-    /* 12 accumulators x 8 lanes x 2 flops per iteration */
-    return iters * 12u * 8u * 2u;
+    for (uint64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 5
+        for (int i = 0; i < 5; i++) {
+            acc0[i] = _mm256_fmadd_ps(b[i], x0, acc0[i]);
+            acc1[i] = _mm256_fmadd_ps(b[i], x1, acc1[i]);
+        }
+    }
+    __m256 t = _mm256_setzero_ps();
+    for (int i = 0; i < 5; i++)
+        t = _mm256_add_ps(t, _mm256_add_ps(acc0[i], acc1[i]));
+    *sink = hsum256(t);
+    /* 10 accumulators x 8 lanes x 2 flops per iteration */
+    return iters * 10u * 8u * 2u;
 }
 
 /* 256 floats (32 ymm loads) per step into 8 accumulators. */

@@ -7,7 +7,7 @@ set -eu
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 DATA=${1:-${QV_DATA_DIR:-../shared/data}}
-[ -d build ] || meson setup build --buildtype=release
+[ -f build/build.ninja ] || meson setup build --buildtype=release
 ninja -C build
 ./build/client/quiverbench offline --data "$DATA/siftsmall" --index flat --k 10 \
     --threads "$(nproc)" --batch 16

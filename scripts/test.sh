@@ -28,13 +28,13 @@ run_suite() {
 }
 
 echo "== release build =="
-if [ -d build ]; then meson setup --reconfigure build --buildtype=release >/dev/null
+if [ -f build/build.ninja ]; then meson setup --reconfigure build --buildtype=release >/dev/null
 else meson setup build --buildtype=release; fi
 ninja -C build
 run_suite build
 
 echo "== AddressSanitizer + UBSan build (unit suites) =="
-if [ -d build-asan ]; then meson setup --reconfigure build-asan >/dev/null
+if [ -f build-asan/build.ninja ]; then meson setup --reconfigure build-asan >/dev/null
 else meson setup build-asan --buildtype=debug -Doptimization=1 \
         -Db_sanitize=address,undefined -Db_lundef=false; fi
 ninja -C build-asan

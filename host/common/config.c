@@ -74,6 +74,9 @@ const struct qv_conf_key qv_conf_schema[] = {
       "pin each worker thread to its own CPU" },
     { "flat", "segment_capacity", QV_CONF_INT, "65536", 16, 16777216, NULL,
       "vectors per segment of the flat index; a multiple of 16" },
+    { "flat", "prefetch_groups", QV_CONF_INT, "0", 0, 64, NULL,
+      "software prefetch distance of single-query scans, in groups of 16 "
+      "vectors; 0 leaves it to the hardware prefetcher" },
     { NULL, NULL, 0, NULL, 0, 0, NULL, NULL },
 };
 

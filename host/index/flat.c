@@ -63,6 +63,7 @@ struct qv_flat {
     uint32_t dim;
     enum qv_metric metric;
     uint32_t cap;
+    uint32_t prefetch;
     struct qv_pool *pool;
     struct qv_arena *arena;
     struct qv_flat_segment *segs;
@@ -97,6 +98,7 @@ struct qv_flat *qv_flat_create(const struct qv_flat_opts *o)
     f->dim = o->dim;
     f->metric = o->metric;
     f->cap = cap;
+    f->prefetch = o->prefetch_groups;
     f->pool = o->pool;
     qv__idmap_init(&f->map);
     struct qv_arena_opts ao = {
@@ -346,6 +348,7 @@ static void scan_range(const struct flat_search *S, unsigned worker, uint32_t si
         .mask = mask,
         .metric = f->metric == QV_METRIC_L2 ? QV_METRIC_L2 : QV_METRIC_IP,
         .heaps = heaps + q0,
+        .prefetch = f->prefetch,
     };
     S->ops->scan_f32(&a);
 }

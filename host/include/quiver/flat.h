@@ -39,6 +39,8 @@ struct qv_flat_opts {
     struct qv_pool *pool;           /* borrowed; NULL = caller's thread only */
     int numa_node;                  /* -1 = unbound */
     enum qv_huge_mode hugepages;
+    uint32_t prefetch_groups;       /* software prefetch distance for thin
+                                       scans (groups of 16); 0 = none */
 };
 
 struct qv_flat;
