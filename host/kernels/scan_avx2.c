@@ -13,6 +13,7 @@
 
 #define QT 6
 #define QV_SCAN_L2_BYTES (384u * 1024u)
+#define QV_SCAN_STREAMS 4
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -109,7 +110,18 @@ static ALWAYS_INLINE void tile(const struct qv_scan_args *a, size_t q0, const in
 static ALWAYS_INLINE void sweep(const struct qv_scan_args *a, size_t q0, const int QN,
                                 size_t g_begin, size_t g_end, const int pf)
 {
-    for (size_t g = g_begin; g < g_end; g++)
+    size_t g = g_begin;
+    if (QN <= 1 && g_end - g_begin >= 2 * QV_SCAN_STREAMS) {
+        /* a thin tile streams from memory: several sequential streams at
+         * once keep more lines in flight (see scan_avx512.c) */
+        size_t part = (g_end - g_begin) / QV_SCAN_STREAMS;
+        for (size_t i = 0; i < part; i++)
+#pragma GCC unroll 4
+            for (int s = 0; s < QV_SCAN_STREAMS; s++)
+                tile(a, q0, QN, g_begin + (size_t)s * part + i, pf);
+        g = g_begin + QV_SCAN_STREAMS * part;
+    }
+    for (; g < g_end; g++)
         tile(a, q0, QN, g, pf);
 }
 

@@ -188,6 +188,10 @@ static void run_level(enum qv_simd level)
     /* a chunked sweep: more groups than fit the L2 cache tile */
     check_case(ops, 128, 40, 5000, 10, QV_METRIC_L2, 0);
     check_case(ops, 128, 40, 5000, 100, QV_METRIC_IP, 1);
+    /* thin tiles walk several streams at once, with a remainder */
+    check_case(ops, 128, 1, 5000, 10, QV_METRIC_L2, 1);
+    check_case(ops, 64, 2, 1001, 10, QV_METRIC_IP, 0);
+    check_case(ops, 17, 1, 16 * 37 + 5, 3, QV_METRIC_L2, 0);
 }
 
 static void test_ref(void) { run_level(QV_SIMD_REF); }
