@@ -72,9 +72,12 @@ gen_set gen-4m-128 4000000 50
 rm -rf "$results"
 mkdir -p "$results"
 
-log "quiverbench peak --threads $threads"
-"$qb" peak --threads "$threads" --json > "$results/peak.json"
-cat "$results/peak.json"
+# The host is shared and its ceilings drift between minutes, so the peak is
+# measured before and after the runs and the table judges against the
+# higher of the two (the conservative choice).
+log "quiverbench peak --threads $threads (before the runs)"
+"$qb" peak --threads "$threads" --json > "$results/peak-before.json"
+cat "$results/peak-before.json"
 
 run_pair() {   # tag set batch
     local tag=$1 dir=$data/$2 batch=$3
@@ -93,13 +96,20 @@ run_pair 1m-batch gen-1m-128 100
 run_pair 1m-single gen-1m-128 1
 run_pair 4m-single gen-4m-128 1
 
+log "quiverbench peak --threads $threads (after the runs)"
+"$qb" peak --threads "$threads" --json > "$results/peak-after.json"
+cat "$results/peak-after.json"
+
 # (d) The table.
 "$py" - "$results" <<'EOF'
 import json, os, sys
 
 res = sys.argv[1]
 load = lambda name: json.load(open(os.path.join(res, name)))
-peak = load("peak.json")
+pb, pa = load("peak-before.json"), load("peak-after.json")
+peak = {"threads": pb["threads"],
+        "fma_gflops": max(pb["fma_gflops"], pa["fma_gflops"]),
+        "dram_gbps": max(pb["dram_gbps"], pa["dram_gbps"])}
 rows = [("200k-batch", "200k x 128, batch 1000"),
         ("200k-single", "200k x 128, single query"),
         ("1m-batch", "1M x 128, batch 100"),
@@ -107,8 +117,10 @@ rows = [("200k-batch", "200k x 128, batch 1000"),
         ("4m-single", "4M x 128, single query")]
 
 print()
-print("peak (%d threads): fp32 FMA %.1f GFLOP/s, DRAM read %.1f GB/s" %
-      (peak["threads"], peak["fma_gflops"], peak["dram_gbps"]))
+print("peak (%d threads): fp32 FMA %.1f GFLOP/s, DRAM read %.1f GB/s "
+      "(higher of before %.1f / %.1f and after %.1f / %.1f)" %
+      (peak["threads"], peak["fma_gflops"], peak["dram_gbps"],
+       pb["fma_gflops"], pb["dram_gbps"], pa["fma_gflops"], pa["dram_gbps"]))
 fa = load("200k-batch.faiss.json")
 print("Quiver simd %s; FAISS %s simd %s, OPENBLAS_CORETYPE %s; k=%d, best of %d passes" %
       (load("200k-batch.quiver.json")["simd"], fa.get("faiss_version", "?"), fa["simd"],
