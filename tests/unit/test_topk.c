@@ -78,8 +78,8 @@ static void check_topk(size_t n, uint32_t k, unsigned levels)
 
 static void test_sort_equivalence(void)
 {
-    for (uint32_t k = 1; k <= 1000; k += (k < 20 ? 1 : 37))
-        check_topk(2000, k, 50);
+    for (uint32_t k = 1; k <= 1000; k++)
+        check_topk(1500, k, 50);
     check_topk(2000, 1000, 50);
     check_topk(2000, 1000, 3);      /* almost everything ties */
     check_topk(5000, 10, 1);        /* everything ties: smallest ids win */
