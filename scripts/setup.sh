@@ -4,9 +4,13 @@
 # commands and by .ci/run.  Needs root (or sudo) on Debian 12.
 set -eu
 
-PKGS="build-essential meson ninja-build pkg-config python3 \
+# build and tests
+PKGS="build-essential meson ninja-build pkg-config python3 python3-venv \
       libcunit1-dev libinih-dev libnuma-dev libjson-c-dev \
       ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd"
+# benchmarks (bench/): the hnswlib headers for the side-by-side run and
+# gnuplot for the recall/QPS plots
+PKGS="$PKGS libhnswlib-dev gnuplot-nox"
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -112,13 +112,19 @@ static void fill_tables(void)
 
     qv__dist_fill_ref(&tables[QV_SIMD_REF]);
     tables[QV_SIMD_REF].scan_f32 = qv__scan_f32_ref;
+    tables[QV_SIMD_REF].sq8 = &qv__sq8_kernels_ref;
+    tables[QV_SIMD_REF].pq = &qv__pq_kernels_ref;
     if (detected >= QV_SIMD_AVX2) {
         qv__dist_fill_avx2(&tables[QV_SIMD_AVX2]);
         tables[QV_SIMD_AVX2].scan_f32 = qv__scan_f32_avx2;
+        tables[QV_SIMD_AVX2].sq8 = &qv__sq8_kernels_avx2;
+        tables[QV_SIMD_AVX2].pq = &qv__pq_kernels_avx2;
     }
     if (detected >= QV_SIMD_AVX512) {
         qv__dist_fill_avx512(&tables[QV_SIMD_AVX512]);
         tables[QV_SIMD_AVX512].scan_f32 = qv__scan_f32_avx512;
+        tables[QV_SIMD_AVX512].sq8 = &qv__sq8_kernels_avx512;
+        tables[QV_SIMD_AVX512].pq = &qv__pq_kernels_avx512;
     }
 }
 

@@ -19,4 +19,16 @@ void qv__scan_f32_ref(const struct qv_scan_args *args);
 void qv__scan_f32_avx2(const struct qv_scan_args *args);
 void qv__scan_f32_avx512(const struct qv_scan_args *args);
 
+/* Encoded-list kernels of each level: struct qv_sq8_kernels is defined in
+ * quiver/sq8.h (sq8_<isa>.c), struct qv_pq_kernels in quiver/pq.h
+ * (pq_<isa>.c). */
+struct qv_sq8_kernels;
+struct qv_pq_kernels;
+extern const struct qv_sq8_kernels qv__sq8_kernels_ref;
+extern const struct qv_sq8_kernels qv__sq8_kernels_avx2;
+extern const struct qv_sq8_kernels qv__sq8_kernels_avx512;
+extern const struct qv_pq_kernels qv__pq_kernels_ref;
+extern const struct qv_pq_kernels qv__pq_kernels_avx2;
+extern const struct qv_pq_kernels qv__pq_kernels_avx512;
+
 #endif

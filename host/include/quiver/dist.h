@@ -29,6 +29,8 @@
 #include <stdint.h>
 
 struct qv_topk;
+struct qv_sq8_kernels;     /* quiver/sq8.h */
+struct qv_pq_kernels;      /* quiver/pq.h */
 
 enum qv_metric {
     QV_METRIC_L2 = 0,
@@ -100,6 +102,10 @@ struct qv_dist_ops {
      * |q|^2 + |x|^2 - 2 q.x, so its distances differ from dist[] by
      * rounding only.  No allocation, no locks. */
     void (*scan_f32)(const struct qv_scan_args *args);
+    /* Encoded-list kernels of this level (SQ8 scans: quiver/sq8.h; PQ
+     * tables and fast-scan: quiver/pq.h).  Never NULL. */
+    const struct qv_sq8_kernels *sq8;
+    const struct qv_pq_kernels *pq;
 };
 
 /* The table of each level lives in host/kernels/dispatch.c, filled once

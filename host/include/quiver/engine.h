@@ -1,0 +1,130 @@
+/*
+ * engine.h - the one interface for every place distance work can run.
+ *
+ * An engine executes work units.  A work unit is a batch of queries
+ * against a set of lists: contiguous, 64-byte aligned blocks of encoded
+ * vectors (an IVF inverted list, a range of flat segments), each with the
+ * ids of its entries.  Which query scans which list is given in CSR form
+ * (probe_offsets / probe_lists), so one unit carries a whole IVF batch:
+ * probe selection happened on the CPU before; the engine does the list
+ * scans and merges into per-query top-k heaps; the caller then sorts.
+ * Lists are the unit an accelerator receives by DMA, which is why their
+ * memory must stay put and aligned for the life of the unit.
+ *
+ * Encodings (enum qv_wu_kind) and the layout of codes in a list:
+ *   QV_WU_FLAT  float32 in the blocked layout of dist.h (groups of 16,
+ *               dimension-major); norms = |x|^2 per entry (L2).
+ *   QV_WU_SQ8   uint8 codes, one per dimension, row-major, row stride
+ *               `code_size` bytes; params -> struct qv_sq8_params.
+ *   QV_WU_PQ    product-quantisation codes; layout and params defined by
+ *               pq.h (4-bit fast-scan codes are packed in blocks of 32).
+ *
+ * Engines: "cpu" (host/engine/engine_cpu.c: synchronous, on the worker
+ * pool), later "opencl", "fpga", "gpu".  Life cycle:
+ *   submit(unit)  queue it; may run it at once (cpu).  The unit and all it
+ *                 points to are borrowed until it completes.
+ *   poll(...)     collect completed units (status, device_ns,
+ *                 transfer_ns set), non-blocking.
+ * A unit that fails (status < 0) leaves its heaps in an unspecified state
+ * unless the engine says otherwise; the router re-dispatches from scratch.
+ */
+#ifndef QUIVER_ENGINE_H
+#define QUIVER_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quiver/dist.h"
+
+struct qv_topk;
+struct qv_pool;
+
+enum qv_wu_kind {
+    QV_WU_FLAT = 0,
+    QV_WU_SQ8 = 1,
+    QV_WU_PQ = 2,
+    QV_WU__COUNT
+};
+
+/* One contiguous list of encoded vectors. */
+struct qv_wu_list {
+    const void *codes;          /* entries, layout by kind (above) */
+    const float *norms;         /* FLAT + L2: |x|^2 per entry; else NULL */
+    const uint64_t *ids;        /* user id per entry */
+    const uint32_t *rows;       /* row number per entry (filter lookup) */
+    uint32_t n;                 /* entries */
+    uint32_t list_no;           /* the index's list number (PQ: which
+                                   coarse centroid, for residual tables) */
+};
+
+/* SQ8: x[d] ~= vmin[d] + code[d] * vdiff[d] / 255 */
+struct qv_sq8_params {
+    const float *vmin;          /* dim */
+    const float *vdiff;         /* dim */
+};
+
+struct qv_work_unit {
+    enum qv_wu_kind kind;
+    enum qv_metric metric;      /* L2 or IP (cosine: IP on normalised) */
+    uint32_t dim;
+    uint32_t code_size;         /* bytes per entry for SQ8 / PQ */
+    uint32_t nq;
+    const float *queries;       /* nq x dim, row-major */
+    const float *qnorms;        /* nq, |q|^2 (L2) */
+    uint32_t nlists;
+    const struct qv_wu_list *lists;
+    const uint32_t *probe_offsets;  /* nq + 1 entries */
+    const uint32_t *probe_lists;    /* indices into lists[] */
+    const void *params;         /* kind-specific parameters */
+    const uint64_t *filter;     /* row bitmap (bit set = eligible) or NULL */
+    struct qv_topk *heaps;      /* nq heaps, results merged in */
+    /* completion, set by the engine */
+    int status;                 /* 0 or a negative QV_E* */
+    uint64_t device_ns;         /* time spent scanning */
+    uint64_t transfer_ns;       /* time spent moving data (0 on cpu) */
+    void *user;                 /* caller's cookie */
+};
+
+struct qv_engine;
+
+struct qv_engine_caps {
+    uint32_t kinds;             /* bit (1 << kind) per supported encoding */
+    uint32_t max_dim;
+    uint64_t device_memory;     /* bytes; 0 = shares host memory */
+};
+
+struct qv_engine_ops {
+    const char *name;
+    void (*caps)(const struct qv_engine *e, struct qv_engine_caps *out);
+    /* 0, QV_ENOTSUP (kind or dim not supported), QV_EBUSY (queue full),
+     * QV_EUNAVAIL (engine unhealthy). */
+    int (*submit)(struct qv_engine *e, struct qv_work_unit *wu);
+    /* Up to max completed units into done[]; returns the count. */
+    int (*poll)(struct qv_engine *e, struct qv_work_unit **done, int max);
+    /* 0 when healthy, else the QV_E* that made it unhealthy. */
+    int (*health)(const struct qv_engine *e);
+    void (*free)(struct qv_engine *e);
+};
+
+struct qv_engine {
+    const struct qv_engine_ops *ops;
+    void *priv;
+};
+
+/* The CPU engine: executes units synchronously in submit() on pool
+ * (borrowed; NULL = the caller's thread), parallel over queries or over
+ * lists, whichever the unit's shape favours.  Completion is immediate and
+ * poll() hands the unit back.  Returns NULL + qv_errno on ENOMEM. */
+struct qv_engine *qv_engine_cpu_create(struct qv_pool *pool);
+
+/* Convenience: submit then poll until this unit is done.  0 or the
+ * unit's status / submit's error. */
+int qv_engine_run(struct qv_engine *e, struct qv_work_unit *wu);
+
+static inline void qv_engine_free(struct qv_engine *e)
+{
+    if (e)
+        e->ops->free(e);
+}
+
+#endif
