@@ -14,7 +14,9 @@
  *   IP               t = qtab[q], bias = -<q, c>
  *
  * nbits 4: t is quantised to bytes (lut_quantize4) and the fast-scan
- * kernel runs; nbits 8: the float table feeds scan8.  Scratch layout
+ * kernel runs, into the query's reservoir when the unit carries them and
+ * the heaps are the unit's own (quiver/pq.h, struct qv_pq_params);
+ * nbits 8: the float table feeds scan8.  Scratch layout
  * (64-byte aligned pieces, qv_pq_scratch_bytes):
  *   float lut[m * ksub] | float resid[dim] | uint8 lut8[mp * 16]
  * Cost per (query, list): O(m * ksub) for the table (O(dim * ksub) without
@@ -91,6 +93,7 @@ void qv__cpu_scan_pq(const struct qv_work_unit *wu, uint32_t li, const uint32_t 
             t3 = qt;
         }
         a.heap = &heaps[qi];
+        a.res = p->res && heaps == wu->heaps ? &p->res[qi] : NULL;
         if (pq->nbits == 4) {
             float qbias;
             K->lut_quantize4(t2, t3, m, lut8, &a.scale, &qbias);

@@ -54,6 +54,13 @@
 #define QV_IVFPQ_MAX_K 100000u
 #define QV_IVFPQ_MAX_LTAB ((size_t)256 << 20)
 #define QCHUNK 16u                  /* queries per pool task */
+/* Searches keeping at least QV_IVFPQ_RES_MIN_K candidates per query
+ * (refine * k, or a large k) scan 4-bit lists into per-query reservoirs
+ * (quiver/pq.h) of QV_IVFPQ_RES_FACTOR x that many slots instead of heaps:
+ * a heap of 100 pays a sift-down of data-dependent branches for each of
+ * the hundreds of candidates a query accepts, the reservoir an append. */
+#define QV_IVFPQ_RES_MIN_K 32u
+#define QV_IVFPQ_RES_FACTOR 4u
 
 struct ivfpq_list {
     uint8_t *codes;
@@ -645,6 +652,7 @@ struct search_job {
     uint32_t *probe_lists;
     float *qtab;
     struct qv_topk *heaps;
+    struct qv_pq_res *res;          /* nq reservoirs, or NULL */
     float *dist;
     uint64_t *ids;
 };
@@ -697,24 +705,47 @@ static void result_task(void *arg, unsigned task, unsigned worker)
         struct qv_topk *h = &S->heaps[i];
         float *od = S->dist + i * k;
         uint64_t *oi = S->ids + i * k;
+        const float *cd = h->dist;
+        const uint64_t *ci = h->ids;
+        uint32_t cn = h->n;
+        if (S->res) {
+            /* the best kk are the best of the reservoir and the heap
+             * (filled by other workers' merges): one selection */
+            struct qv_pq_res *r = &S->res[i];
+            for (uint32_t c = 0; c < h->n; c++)
+                if (qv_pq_res_admits(r, h->dist[c], h->ids[c]))
+                    qv_pq_res_add(r, h->dist[c], h->ids[c]);
+            qv_pq_res_compact(r);
+            cd = r->dist;
+            ci = r->ids;
+            cn = r->n;
+        }
         if (S->kk > k) {
             /* the heap holds rows (wl_rows): start fetching every
              * candidate's vector, then compute */
             qv_dist_fn fn = qv_kernels()->dist[ix->imetric][QV_ELEM_F32];
             struct qv_topk t;
             qv_topk_init(&t, k, od, oi);
-            for (uint32_t c = 0; c < h->n; c++) {
-                const char *v = (const char *)(ix->vecs + h->ids[c] * dim);
+            for (uint32_t c = 0; c < cn; c++) {
+                const char *v = (const char *)(ix->vecs + ci[c] * dim);
                 for (size_t b = 0; b < dim * sizeof(float); b += 64)
                     __builtin_prefetch(v + b);
-                __builtin_prefetch(&ix->row_ids[h->ids[c]]);
+                __builtin_prefetch(&ix->row_ids[ci[c]]);
             }
-            for (uint32_t c = 0; c < h->n; c++) {
-                uint64_t r = h->ids[c];
+            for (uint32_t c = 0; c < cn; c++) {
+                uint64_t r = ci[c];
                 float d = fn(S->q + i * dim, ix->vecs + r * dim, dim);
                 qv_topk_push(&t, d + add, ix->row_ids[r]);
             }
             qv_topk_sort(&t);
+        } else if (S->res) {
+            struct qv_topk t;
+            qv_topk_init(&t, k, od, oi);
+            for (uint32_t c = 0; c < cn; c++)
+                qv_topk_push(&t, cd[c], ci[c]);
+            qv_topk_sort(&t);       /* pads with +inf, which + add keeps */
+            for (uint32_t j = 0; j < k; j++)
+                od[j] += add;
         } else {
             uint32_t got = qv_topk_sort(h);
             for (uint32_t j = 0; j < k; j++) {
@@ -767,8 +798,10 @@ int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32
     int need_qtab = ix->imetric == QV_METRIC_IP || ix->ltab;
     int need_elig = filter || ix->nlive != ix->rows;
     uint32_t *offsets = NULL;
-    uint64_t *elig = NULL, *hids = NULL;
-    float *hdist = NULL;
+    uint64_t *elig = NULL, *hids = NULL, *rids = NULL;
+    float *hdist = NULL, *rdist = NULL;
+    int use_res = pq->nbits == 4 && kk >= QV_IVFPQ_RES_MIN_K;
+    const size_t rcap = (size_t)kk * QV_IVFPQ_RES_FACTOR;
 
     S.q = prepare(ix, queries, nq, &own);
     S.qnorms = qv_malloc(nq * sizeof(float), QV_MEM_INDEX);
@@ -781,8 +814,14 @@ int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32
     hdist = qv_malloc(nq * kk * sizeof(float), QV_MEM_INDEX);
     hids = qv_malloc(nq * kk * sizeof(uint64_t), QV_MEM_INDEX);
     elig = need_elig ? qv_malloc((words ? words : 1) * sizeof(uint64_t), QV_MEM_INDEX) : NULL;
+    if (use_res) {
+        S.res = qv_malloc(nq * sizeof(struct qv_pq_res), QV_MEM_INDEX);
+        rdist = qv_malloc(nq * rcap * sizeof(float), QV_MEM_INDEX);
+        rids = qv_malloc(nq * rcap * sizeof(uint64_t), QV_MEM_INDEX);
+    }
     if (!S.q || !S.qnorms || !S.pdist || !S.pids || !S.probe_lists || !offsets ||
-        (need_qtab && !S.qtab) || !S.heaps || !hdist || !hids || (need_elig && !elig))
+        (need_qtab && !S.qtab) || !S.heaps || !hdist || !hids || (need_elig && !elig) ||
+        (use_res && (!S.res || !rdist || !rids)))
         goto out;
 
     const uint32_t dim = ix->dim;
@@ -793,6 +832,8 @@ int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32
         S.qnorms[i] = s;
         offsets[i] = (uint32_t)(i * nprobe);
         qv_topk_init(&S.heaps[i], kk, hdist + i * kk, hids + i * kk);
+        if (use_res)
+            qv_pq_res_init(&S.res[i], kk, (uint32_t)rcap, rdist + i * rcap, rids + i * rcap);
     }
     offsets[nq] = (uint32_t)(nq * nprobe);
     for (size_t w = 0; need_elig && w < words; w++)
@@ -802,6 +843,7 @@ int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32
 
     struct qv_pq_params P = {
         .pq = pq, .coarse = ix->coarse, .nlist = ix->nlist, .qtab = S.qtab, .ltab = ix->ltab,
+        .res = S.res,
     };
     struct qv_work_unit wu = {
         .kind = QV_WU_PQ, .metric = ix->imetric, .dim = dim,
@@ -820,6 +862,9 @@ out:
     if (rc == QV_ENOMEM)
         qv_seterr(rc, "ivfpq: no memory to search %zu queries (k %u, nprobe %u)", nq, k,
                   nprobe);
+    qv_free(rids);
+    qv_free(rdist);
+    qv_free(S.res);
     qv_free(elig);
     qv_free(hids);
     qv_free(hdist);

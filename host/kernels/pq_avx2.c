@@ -105,9 +105,8 @@ static void lut_quantize4_avx2(const float *t2, const float *t3, uint32_t m,
     *scale = span / 255.0f;
 }
 
-static int threshold(const struct qv_topk *h, float scale, float bias)
+static int threshold(float w, float scale, float bias)
 {
-    float w = h->worst;
     if (!(bias <= w))
         return -1;
     if (fmaf(65535.0f, scale, bias) <= w)
@@ -146,7 +145,8 @@ static void scan4_avx2(const struct qv_pq_scan_args *a)
     const __m256i nib = _mm256_set1_epi8(0x0f);
     const float scale = a->scale, bias = a->bias;
     struct qv_topk *h = a->heap;
-    int thr = threshold(h, scale, bias);
+    struct qv_pq_res *res = a->res;
+    int thr = threshold(res ? res->bound : h->worst, scale, bias);
     if (thr < 0)
         return;
     __m256i vthr = _mm256_set1_epi16((short)thr);
@@ -186,11 +186,16 @@ static void scan4_avx2(const struct qv_pq_scan_args *a)
             if (!eligible(a, i))
                 continue;
             float d = fmaf((float)sums[lane], scale, bias);
-            qv_topk_push(h, d, a->ids[i]);
-            pushed = 1;
+            if (!res) {
+                qv_topk_push(h, d, a->ids[i]);
+                pushed = 1;
+            } else if (qv_pq_res_admits(res, d, a->ids[i])) {
+                qv_pq_res_add(res, d, a->ids[i]);
+                pushed |= res->n == res->keep;  /* compacted: bound moved */
+            }
         } while (cand);
         if (pushed) {
-            thr = threshold(h, scale, bias);
+            thr = threshold(res ? res->bound : h->worst, scale, bias);
             if (thr < 0)
                 return;
             vthr = _mm256_set1_epi16((short)thr);

@@ -11,6 +11,7 @@
  * Used on CPUs without AVX2 and as the tests' oracle.
  */
 #include <math.h>
+#include <stddef.h>
 
 #include "kernels_int.h"
 #include "quiver/pq.h"
@@ -100,6 +101,145 @@ static void scan8_ref(const struct qv_pq_scan_args *a)
     }
 }
 
+/* ---- candidate reservoir (shared by every level) ---- */
+
+void qv_pq_res_init(struct qv_pq_res *r, uint32_t keep, uint32_t cap, float *dist,
+                    uint64_t *ids)
+{
+    r->dist = dist;
+    r->ids = ids;
+    r->n = 0;
+    r->cap = cap;
+    r->keep = keep;
+    r->bound = INFINITY;
+    r->bound_id = UINT64_MAX;
+}
+
+static inline int pair_lt(float da, uint64_t ia, float db, uint64_t ib)
+{
+    return da < db || (da == db && ia < ib);
+}
+
+/* Hoare-style selection (Wirth) on pairs [0, n): afterwards [0, kth] hold
+ * the kth + 1 smallest pairs and position kth the largest of them.
+ * Median-of-three pivots; O(n) expected. */
+static void select_pairs(float *d, uint64_t *id, ptrdiff_t n, ptrdiff_t kth)
+{
+    ptrdiff_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        ptrdiff_t mid = lo + (hi - lo) / 2;
+        float pa = d[lo], pb = d[mid], pc = d[hi];
+        uint64_t ia = id[lo], ib = id[mid], ic = id[hi];
+        float pd;
+        uint64_t pi;
+        if (pair_lt(pa, ia, pb, ib)) {
+            if (pair_lt(pb, ib, pc, ic)) { pd = pb; pi = ib; }
+            else if (pair_lt(pa, ia, pc, ic)) { pd = pc; pi = ic; }
+            else { pd = pa; pi = ia; }
+        } else {
+            if (pair_lt(pa, ia, pc, ic)) { pd = pa; pi = ia; }
+            else if (pair_lt(pb, ib, pc, ic)) { pd = pc; pi = ic; }
+            else { pd = pb; pi = ib; }
+        }
+        ptrdiff_t i = lo, j = hi;
+        do {
+            while (pair_lt(d[i], id[i], pd, pi))
+                i++;
+            while (pair_lt(pd, pi, d[j], id[j]))
+                j--;
+            if (i <= j) {
+                float td = d[i];
+                uint64_t ti = id[i];
+                d[i] = d[j];
+                id[i] = id[j];
+                d[j] = td;
+                id[j] = ti;
+                i++;
+                j--;
+            }
+        } while (i <= j);
+        if (j < kth && kth < i)
+            break;
+        if (j < kth)
+            lo = i;
+        else
+            hi = j;
+    }
+}
+
+#define RES_BUCKETS 256u
+
+/* Bucket of d in [lo, lo + 256 / sc]: monotone non-decreasing in d (each
+ * step rounds monotonically), so a lower bucket means a smaller d. */
+static inline uint32_t res_bucket(float d, float lo, float sc)
+{
+    float x = (d - lo) * sc;
+    uint32_t b = (uint32_t)x;
+    return b < RES_BUCKETS - 1 ? b : RES_BUCKETS - 1;
+}
+
+/*
+ * Compaction without a pair sort: a 256-bucket histogram of the held
+ * distances over [min, max] finds the bucket B holding the keep-th
+ * pair; everything below B is kept outright, everything above dropped,
+ * and only B's few pairs go through the exact selection (by distance,
+ * then id).  Four linear, mostly branch-free passes; the general
+ * selection remains for degenerate ranges (all equal, infinities).
+ */
+void qv_pq_res_compact(struct qv_pq_res *r)
+{
+    if (r->n <= r->keep)
+        return;
+    float *d = r->dist;
+    uint64_t *id = r->ids;
+    const uint32_t n = r->n, keep = r->keep;
+    float mn = d[0], mx = d[0];
+    for (uint32_t i = 1; i < n; i++) {
+        mn = d[i] < mn ? d[i] : mn;
+        mx = d[i] > mx ? d[i] : mx;
+    }
+    float sc = (float)RES_BUCKETS / (mx - mn);
+    if (!(mx > mn) || !(sc > 0.0f) || !(sc < INFINITY)) {
+        select_pairs(d, id, n, keep - 1);
+        goto done;
+    }
+    uint32_t hist[RES_BUCKETS] = { 0 };
+    for (uint32_t i = 0; i < n; i++)
+        hist[res_bucket(d[i], mn, sc)]++;
+    uint32_t B = 0, below = 0;
+    while (below + hist[B] < keep)
+        below += hist[B++];
+    /* pass 1: pairs in buckets <= B to the front, in order */
+    uint32_t j = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        float x = d[i];
+        uint64_t y = id[i];
+        d[j] = x;
+        id[j] = y;
+        j += res_bucket(x, mn, sc) <= B;
+    }
+    /* pass 2: those below B before those in B (branch-free Lomuto) */
+    uint32_t w = 0;
+    for (uint32_t i = 0; i < j; i++) {
+        float x = d[i];
+        uint64_t y = id[i];
+        int lt = res_bucket(x, mn, sc) < B;
+        d[i] = d[w];
+        id[i] = id[w];
+        d[w] = x;
+        id[w] = y;
+        w += lt;
+    }
+    /* pass 3: the best keep - below of bucket B, exactly */
+    select_pairs(d + below, id + below, j - below, keep - below - 1);
+done:
+    r->n = keep;
+    r->bound = d[keep - 1];
+    r->bound_id = id[keep - 1];
+}
+
+/* ---- scans ---- */
+
 static void scan4_ref(const struct qv_pq_scan_args *a)
 {
     const uint32_t m = a->m;
@@ -118,8 +258,12 @@ static void scan4_ref(const struct qv_pq_scan_args *a)
         if (acc > 65535u)
             acc = 65535u;
         float d = fmaf((float)acc, a->scale, a->bias);
-        if (eligible(a, i))
+        if (!eligible(a, i))
+            continue;
+        if (!a->res)
             qv_topk_push(a->heap, d, a->ids[i]);
+        else if (qv_pq_res_admits(a->res, d, a->ids[i]))
+            qv_pq_res_add(a->res, d, a->ids[i]);
     }
 }
 

@@ -282,6 +282,47 @@ static void test_deletes(void)
     free_set(&s);
 }
 
+/* Searches keeping >= 32 candidates scan into reservoirs, smaller ones
+ * into heaps: both are exact top-k by (distance, id), so the first 10 of
+ * k = 64 equal k = 10, with one worker and two (list-major, where the
+ * second worker's share goes through heaps), with deleted rows. */
+static void test_reservoir_equals_heap(void)
+{
+    struct dset s = synth(3000, 40, 32);
+    for (int t = 0; t < 2; t++) {
+        struct qv_ivfpq_opts o = { .dim = 32, .metric = QV_METRIC_L2, .nlist = 12, .m = 8,
+                                   .nbits = 4, .keep_vectors = 1, .seed = 5,
+                                   .pool = t ? pool2 : NULL };
+        struct qv_ivfpq *ix = qv_ivfpq_create(&o);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
+        CU_ASSERT_EQUAL_FATAL(qv_ivfpq_train(ix, s.base, s.n), 0);
+        CU_ASSERT_EQUAL_FATAL(qv_ivfpq_add(ix, s.n, s.base, NULL), 0);
+        uint64_t del[300];
+        for (int i = 0; i < 300; i++)
+            del[i] = (uint64_t)i * 7;
+        CU_ASSERT_EQUAL(qv_ivfpq_remove(ix, 300, del), 300);
+        float *d10 = malloc(s.nq * 10 * sizeof(float)), *d64 = malloc(s.nq * 64 * sizeof(float));
+        uint64_t *i10 = malloc(s.nq * 10 * 8), *i64 = malloc(s.nq * 64 * 8);
+        for (uint32_t nprobe = 1; nprobe <= 12; nprobe *= 3) {
+            CU_ASSERT_EQUAL(qv_ivfpq_search(ix, s.q, s.nq, 10, nprobe, 0, NULL, d10, i10), 0);
+            CU_ASSERT_EQUAL(qv_ivfpq_search(ix, s.q, s.nq, 64, nprobe, 0, NULL, d64, i64), 0);
+            int same = 1;
+            for (size_t q = 0; q < s.nq; q++)
+                same &= !memcmp(d10 + q * 10, d64 + q * 64, 10 * sizeof(float)) &&
+                        !memcmp(i10 + q * 10, i64 + q * 64, 10 * 8);
+            CU_ASSERT_TRUE(same);
+            if (!same)
+                fprintf(stderr, "\n  threads %d nprobe %u\n", t + 1, nprobe);
+        }
+        free(d10);
+        free(d64);
+        free(i10);
+        free(i64);
+        qv_ivfpq_free(ix);
+    }
+    free_set(&s);
+}
+
 static int same_results(struct qv_ivfpq *a, struct qv_ivfpq *b, const struct dset *s,
                         uint32_t refine)
 {
@@ -470,6 +511,7 @@ int main(void)
     CU_add_test(s, "filtered search matches flat search (l2/ip/cosine)",
                 test_filter_matches_flat);
     CU_add_test(s, "deleted ids are never returned", test_deletes);
+    CU_add_test(s, "reservoir search equals heap search", test_reservoir_equals_heap);
     CU_add_test(s, "save -> load -> identical results; corrupt/truncated rejected",
                 test_save_load);
     CU_add_test(s, "bad input is refused with a message", test_bad_input);

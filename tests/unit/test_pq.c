@@ -298,6 +298,45 @@ static void scan_levels(int bits)
                                     lv, bits, n, m, k, f);
                         checked++;
                     }
+                    /* scan4 into a reservoir (every level, the reference
+                     * too), through two passes as two lists would, then
+                     * flushed: the same top-k as the reference heap */
+                    for (int lv = 0; bits == 4 && lv < QV_SIMD__COUNT; lv++) {
+                        const struct qv_dist_ops *ops = qv_kernels_level((enum qv_simd)lv);
+                        if (!ops)
+                            continue;
+                        uint32_t cap = k + 1 + (uint32_t)(rnext() % (3 * k));
+                        float *rd = malloc(cap * sizeof(float));
+                        uint64_t *ri = malloc(cap * sizeof(uint64_t));
+                        struct qv_pq_res res;
+                        struct qv_topk h2;
+                        qv_pq_res_init(&res, k, cap, rd, ri);
+                        a.heap = NULL;
+                        a.res = &res;
+                        size_t half = n / 2 / QV_PQ_FS_BLOCK * QV_PQ_FS_BLOCK;
+                        struct qv_pq_scan_args a2 = a;
+                        a2.n = half;
+                        ops->pq->scan4(&a2);
+                        a2.codes = codes + qv_pq_fs_size(half, m);
+                        a2.n = n - half;
+                        a2.ids = ids + half;
+                        a2.rows = f ? rows + half : NULL;
+                        ops->pq->scan4(&a2);
+                        a.res = NULL;
+                        qv_pq_res_compact(&res);
+                        CU_ASSERT_TRUE(res.n <= k);
+                        qv_topk_init(&h2, k, d1, i1);
+                        for (uint32_t c = 0; c < res.n; c++)
+                            qv_topk_push(&h2, rd[c], ri[c]);
+                        sorted(&h2);
+                        CU_ASSERT_TRUE(same_heap(&h0, &h2));
+                        if (!same_heap(&h0, &h2))
+                            fprintf(stderr, "\n  reservoir level %d n %zu m %u k %u cap %u "
+                                    "filter %d\n", lv, n, m, k, cap, f);
+                        checked++;
+                        free(rd);
+                        free(ri);
+                    }
                     free(d0);
                     free(d1);
                     free(i0);
@@ -354,6 +393,83 @@ static void test_scan4_known_answer(void)
     }
     free(fs);
     free(lut8);
+}
+
+/* Reservoir compaction keeps exactly the best keep pairs (by distance,
+ * then id) of everything added, whatever the distances: many ties,
+ * repeated ids, negative values, infinities, all equal; the bound is the
+ * worst pair kept and admits only better pairs. */
+static int pair_cmp(const void *x, const void *y)
+{
+    const float *a = x, *b = y;
+    const uint64_t *ia = (const uint64_t *)(a + 2), *ib = (const uint64_t *)(b + 2);
+    if (*a != *b)
+        return *a < *b ? -1 : 1;
+    return *ia < *ib ? -1 : *ia > *ib;
+}
+
+static void test_res_compact(void)
+{
+    uint32_t keeps[] = { 1, 2, 7, 32, 100, 1000 };
+    int checked = 0;
+    for (int ki = 0; ki < 6; ki++)
+        for (int kind = 0; kind < 5; kind++) {
+            uint32_t keep = keeps[ki];
+            uint32_t cap = keep + 1 + (uint32_t)(rnext() % (4 * keep));
+            size_t total = (size_t)cap * 3 + rnext() % 100;
+            float *rd = malloc(cap * sizeof(float));
+            uint64_t *ri = malloc(cap * sizeof(uint64_t));
+            /* every added pair: float, pad, u64 id (16 bytes a record) */
+            float *all = malloc(total * 4 * sizeof(float));
+            size_t nall = 0;
+            struct qv_pq_res r;
+            qv_pq_res_init(&r, keep, cap, rd, ri);
+            for (size_t i = 0; i < total; i++) {
+                float d;
+                switch (kind) {
+                case 0: d = frand() * 100.0f - 50.0f; break;
+                case 1: d = (float)(rnext() % 5); break;            /* ties */
+                case 2: d = 7.0f; break;                            /* all equal */
+                case 3: d = rnext() % 7 ? frand() : INFINITY; break;
+                default: d = (float)i * -0.5f; break;               /* falling */
+                }
+                uint64_t id = rnext() % (total / 2 + 1);
+                if (!qv_pq_res_admits(&r, d, id))
+                    continue;
+                qv_pq_res_add(&r, d, id);
+                all[nall * 4] = d;
+                memcpy(&all[nall * 4 + 2], &id, sizeof id);
+                nall++;
+            }
+            qv_pq_res_compact(&r);
+            qsort(all, nall, 4 * sizeof(float), pair_cmp);
+            uint32_t want = nall < keep ? (uint32_t)nall : keep;
+            CU_ASSERT_EQUAL(r.n, want);
+            float *got = malloc((size_t)r.n * 4 * sizeof(float));
+            for (uint32_t i = 0; i < r.n; i++) {
+                got[i * 4] = rd[i];
+                memcpy(&got[i * 4 + 2], &ri[i], sizeof(uint64_t));
+            }
+            qsort(got, r.n, 4 * sizeof(float), pair_cmp);
+            int same = r.n == want;
+            for (uint32_t i = 0; same && i < want; i++)
+                same = pair_cmp(&got[i * 4], &all[i * 4]) == 0;
+            CU_ASSERT_TRUE(same);
+            if (!same)
+                fprintf(stderr, "\n  compact keep %u cap %u kind %d\n", keep, cap, kind);
+            if (nall > keep) {
+                uint64_t bid;
+                memcpy(&bid, &got[(want - 1) * 4 + 2], sizeof bid);
+                CU_ASSERT_TRUE(r.bound == got[(want - 1) * 4] && r.bound_id == bid);
+                CU_ASSERT_FALSE(qv_pq_res_admits(&r, r.bound, r.bound_id));
+            }
+            checked++;
+            free(got);
+            free(all);
+            free(rd);
+            free(ri);
+        }
+    CU_ASSERT_EQUAL(checked, 30);
 }
 
 static void test_bad_shapes(void)
@@ -416,6 +532,7 @@ int main(void)
     CU_add_test(s, "fast-scan known answer", test_scan4_known_answer);
     CU_add_test(s, "fast-scan: every level equals the reference", test_scan4_levels_equal);
     CU_add_test(s, "8-bit scan: every level equals the reference", test_scan8_levels_equal);
+    CU_add_test(s, "reservoir compaction keeps exactly the best pairs", test_res_compact);
     CU_add_test(s, "bad shapes refused with a message", test_bad_shapes);
     CU_add_test(s, "injected allocation failures: ENOMEM, no leak", test_alloc_failures);
     CU_basic_set_mode(CU_BRM_VERBOSE);

@@ -60,8 +60,60 @@ struct qv_pool;
 /* Kernels (one table per SIMD level, host/kernels/pq_<isa>.c)          */
 /* ------------------------------------------------------------------ */
 
+/*
+ * Candidate reservoir: an unordered buffer standing for a top-`keep`
+ * selection, the cheap alternative to a heap when keep is large (refine
+ * searches keep refine * k candidates).  A heap pays O(log keep)
+ * data-dependent branches per accepted candidate; the reservoir appends
+ * (O(1)) and, when its cap slots are full, compacts: one selection
+ * (quickselect, O(cap) expected) keeps the best keep pairs and tightens
+ * the bound.  Pairs are ordered as in topk.h: by distance, then by id.
+ *
+ * Invariant: the best `keep` pairs (as a multiset) of everything added
+ * are among dist/ids[0..n); a pair >= (bound, bound_id) cannot be one of
+ * them (keep held pairs are <= it), so scans skip it.  bound is +inf
+ * until the first compaction.  After qv_pq_res_compact, dist/ids[0..n)
+ * (n <= keep) are exactly the best min(keep, added) pairs, unordered.
+ *
+ * Storage is the caller's (cap >= keep + 1 slots each); no allocation.
+ * One thread at a time per reservoir.
+ */
+struct qv_pq_res {
+    float *dist;                /* cap slots, caller's storage */
+    uint64_t *ids;              /* cap slots, caller's storage */
+    uint32_t n;                 /* pairs held, < cap between calls */
+    uint32_t cap;
+    uint32_t keep;              /* >= 1 */
+    float bound;                /* admit only (d, id) < (bound, bound_id) */
+    uint64_t bound_id;
+};
+
+/* Start an empty reservoir (keep >= 1, cap >= keep + 1).  Cannot fail. */
+void qv_pq_res_init(struct qv_pq_res *r, uint32_t keep, uint32_t cap, float *dist,
+                    uint64_t *ids);
+
+/* Keep only the best min(keep, n) pairs; when n > keep tighten the bound
+ * to the worst pair kept.  O(n) expected.  Cannot fail. */
+void qv_pq_res_compact(struct qv_pq_res *r);
+
+/* Whether (d, id) may still be among the best keep pairs.  NaN never. */
+static inline int qv_pq_res_admits(const struct qv_pq_res *r, float d, uint64_t id)
+{
+    return d < r->bound || (d == r->bound && id < r->bound_id);
+}
+
+/* Add a pair the reservoir admits (compacts when the slots fill up). */
+static inline void qv_pq_res_add(struct qv_pq_res *r, float d, uint64_t id)
+{
+    r->dist[r->n] = d;
+    r->ids[r->n] = id;
+    if (++r->n == r->cap)
+        qv_pq_res_compact(r);
+}
+
 /* Arguments of a fused list scan: distance estimates of n codes merged
- * into one top-k heap.  No allocation, no locks. */
+ * into one top-k heap (or, scan4 only, a reservoir).  No allocation, no
+ * locks. */
 struct qv_pq_scan_args {
     const uint8_t *codes;       /* scan8: n x m bytes row-major;
                                    scan4: ceil(n / 32) fast-scan blocks */
@@ -79,6 +131,8 @@ struct qv_pq_scan_args {
     const uint64_t *filter;     /* row bitmap, bit set = eligible; NULL =
                                    all eligible */
     struct qv_topk *heap;
+    struct qv_pq_res *res;      /* scan4: when not NULL, candidates go to
+                                   this reservoir and heap is unused */
 };
 
 struct qv_pq_kernels {
@@ -198,6 +252,15 @@ void qv_pq_fs_pack(uint8_t *dst, const uint8_t *codes, size_t n, uint32_t m);
  *       not NULL, with bias |q - c|^2; when ltab is NULL it builds the
  *       table of q - c from scratch (lut_f32).
  *   IP  bias -<q, c>; the table is the query's alone.
+ *
+ * res (nbits 4 only; may be NULL): one reservoir per query of the unit,
+ * keep = the heaps' k.  The scanner sends query q's candidates to res[q]
+ * instead of heaps[q] whenever the engine hands it the unit's own heaps
+ * (query-major, or the first worker of list-major); candidates headed
+ * for a worker's private heaps still go to those.  So after the unit
+ * the best k of query q are the best k of heaps[q] and res[q] together:
+ * the submitter merges them.  A query's reservoir is touched by one
+ * worker at a time, as its heap is.
  */
 struct qv_pq_params {
     const struct qv_pq *pq;
@@ -205,6 +268,7 @@ struct qv_pq_params {
     uint32_t nlist;
     const float *qtab;          /* nq x m x ksub, per query (see above) */
     const float *ltab;          /* L2: nlist x m x ksub, or NULL */
+    struct qv_pq_res *res;      /* nq reservoirs, or NULL (see above) */
 };
 
 /* Scratch bytes the CPU scanner needs for a unit of this dim / pq. */
