@@ -48,6 +48,16 @@ static int flat_search(void *ix, const struct qv_bench_params *p, const float *q
     return qv_flat_search(ix, q, nq, k, filter, dist, ids);
 }
 
+static int flat_save(void *ix, const char *path)
+{
+    return qv_flat_save(ix, path);
+}
+
+static void *flat_load(const struct qv_bench_params *p, const char *path)
+{
+    return qv_flat_load(path, p->pool);
+}
+
 static void flat_free(void *ix)
 {
     qv_flat_free(ix);
@@ -59,7 +69,7 @@ const struct qv_bench_index qv__bench_index_flat = {
     .defaults = flat_defaults,
     .build = flat_build,
     .search = flat_search,
-    .save = NULL,
-    .load = NULL,
+    .save = flat_save,
+    .load = flat_load,
     .free = flat_free,
 };

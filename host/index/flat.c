@@ -40,6 +40,7 @@
 #include "quiver/alloc.h"
 #include "quiver/errors.h"
 #include "quiver/flat.h"
+#include "quiver/ixfile.h"
 #include "quiver/pool.h"
 #include "quiver/topk.h"
 
@@ -57,6 +58,8 @@ struct qv_flat_segment {
     uint64_t *live;
     uint32_t count;                 /* rows filled */
     uint32_t dead;                  /* tombstones among them */
+    int mapped;                     /* blocks/norms/ids point into a loaded
+                                       file (read-only) */
 };
 
 struct qv_flat {
@@ -72,6 +75,7 @@ struct qv_flat {
     uint64_t rows;
     size_t live;
     struct qv_idmap map;
+    struct qv_ixfile file;          /* the mapping of a loaded index */
 };
 
 struct qv_flat *qv_flat_create(const struct qv_flat_opts *o)
@@ -126,6 +130,7 @@ void qv_flat_free(struct qv_flat *f)
     qv__idmap_fini(&f->map);
     qv_free(f->segs);
     qv_arena_free(f->arena);
+    qv_ixfile_close(&f->file);
     qv_free(f);
 }
 
@@ -143,9 +148,36 @@ int64_t qv_flat_row_of(const struct qv_flat *f, uint64_t id)
     return qv__idmap_get(&f->map, id);
 }
 
+/* Give a segment that points into a loaded file its own writable memory
+ * (copy on write), so rows can be appended to it. */
+static int own_segment(struct qv_flat *f, struct qv_flat_segment *s)
+{
+    if (!s->mapped)
+        return 0;
+    size_t groups = (s->count + QV_BLOCK - 1) / QV_BLOCK;
+    float *blocks = qv_arena_alloc(f->arena, (size_t)f->cap * f->dim * sizeof(float));
+    float *norms = blocks ? qv_arena_alloc(f->arena, (size_t)f->cap * sizeof(float)) : NULL;
+    uint64_t *ids = norms ? qv_arena_alloc(f->arena, (size_t)f->cap * sizeof(uint64_t)) : NULL;
+    if (!ids)
+        return qv_errno ? qv_errno : QV_ENOMEM;
+    memcpy(blocks, s->blocks, groups * QV_BLOCK * f->dim * sizeof(float));
+    memcpy(norms, s->norms, s->count * sizeof(float));
+    memcpy(ids, s->ids, s->count * sizeof(uint64_t));
+    s->blocks = blocks;
+    s->norms = norms;
+    s->ids = ids;
+    s->mapped = 0;
+    return 0;
+}
+
 /* Make sure segments exist for rows [f->rows, f->rows + n). */
 static int reserve_segments(struct qv_flat *f, size_t n)
 {
+    if (n && f->rows % f->cap != 0) {
+        int rc = own_segment(f, &f->segs[f->rows / f->cap]);
+        if (rc)
+            return rc;
+    }
     size_t need = (size_t)((f->rows + n + f->cap - 1) / f->cap);
     if (need > f->segs_alloc) {
         size_t alloc = f->segs_alloc ? f->segs_alloc * 2 : 8;
@@ -491,3 +523,193 @@ out:
         qv_seterr(rc, "flat search: no memory for %zu queries x k %u", nq, k);
     return rc;
 }
+
+/* ---- index files ----
+ *
+ * Sections (ixfile.h container, type QV_IX_FLAT):
+ *   FHDR  struct flat_file_hdr
+ *   FSEG  per segment: u32 count, u32 dead
+ *   FBLK  every segment's filled groups, back to back (blocked layout;
+ *         each segment's part is a multiple of 64 bytes, so every group
+ *         stays 64-byte aligned in the mapping)
+ *   FNRM  |x|^2 of every row, segment after segment
+ *   FIDS  the id of every row
+ *   FLIV  every segment's live bitmap (cap / 64 + 1 words each)
+ * Loading points the segments' vectors, norms and ids into the mapping;
+ * live bitmaps are copied (removes write them) and the id map is rebuilt.
+ * Appending to a loaded index first copies the last, partly filled
+ * segment (own_segment).
+ */
+struct flat_file_hdr {
+    uint32_t dim;
+    uint32_t metric;
+    uint32_t cap;
+    uint32_t nsegs;
+    uint64_t rows;
+    uint64_t live;
+};
+
+#define TAG_FHDR QV_FOURCC('F', 'H', 'D', 'R')
+#define TAG_FSEG QV_FOURCC('F', 'S', 'E', 'G')
+#define TAG_FBLK QV_FOURCC('F', 'B', 'L', 'K')
+#define TAG_FNRM QV_FOURCC('F', 'N', 'R', 'M')
+#define TAG_FIDS QV_FOURCC('F', 'I', 'D', 'S')
+#define TAG_FLIV QV_FOURCC('F', 'L', 'I', 'V')
+
+int qv_flat_save(const struct qv_flat *f, const char *path)
+{
+    /* only segments holding rows (an add that failed may have left an
+     * empty one at the end) */
+    size_t nsegs = (size_t)((f->rows + f->cap - 1) / f->cap);
+    struct flat_file_hdr h = { .dim = f->dim, .metric = (uint32_t)f->metric, .cap = f->cap,
+                               .nsegs = (uint32_t)nsegs, .rows = f->rows,
+                               .live = f->live };
+    size_t words = (size_t)f->cap / 64 + 1;
+    size_t groups = 0;
+    for (size_t i = 0; i < nsegs; i++)
+        groups += (f->segs[i].count + QV_BLOCK - 1) / QV_BLOCK;
+    uint32_t *seg = qv_malloc(nsegs * 2 * sizeof(uint32_t) + 1, QV_MEM_INDEX);
+    float *blk = qv_malloc(groups * QV_BLOCK * f->dim * sizeof(float) + 1, QV_MEM_INDEX);
+    float *nrm = qv_malloc(f->rows * sizeof(float) + 1, QV_MEM_INDEX);
+    uint64_t *ids = qv_malloc(f->rows * sizeof(uint64_t) + 1, QV_MEM_INDEX);
+    uint64_t *liv = qv_malloc(nsegs * words * sizeof(uint64_t) + 1, QV_MEM_INDEX);
+    int rc = QV_ENOMEM;
+    if (!seg || !blk || !nrm || !ids || !liv) {
+        qv_seterr(rc, "%s: no memory to stage the flat index", path);
+        goto out;
+    }
+    size_t gpos = 0, rpos = 0;
+    for (size_t i = 0; i < nsegs; i++) {
+        const struct qv_flat_segment *sg = &f->segs[i];
+        size_t g = (sg->count + QV_BLOCK - 1) / QV_BLOCK;
+        seg[2 * i] = sg->count;
+        seg[2 * i + 1] = sg->dead;
+        memcpy(blk + gpos * QV_BLOCK * f->dim, sg->blocks, g * QV_BLOCK * f->dim * sizeof(float));
+        memcpy(nrm + rpos, sg->norms, sg->count * sizeof(float));
+        memcpy(ids + rpos, sg->ids, sg->count * sizeof(uint64_t));
+        memcpy(liv + i * words, sg->live, words * sizeof(uint64_t));
+        gpos += g;
+        rpos += sg->count;
+    }
+    struct qv_ixfile_writer w;
+    qv_ixfile_writer_init(&w, path, QV_IX_FLAT);
+    if ((rc = qv_ixfile_add(&w, TAG_FHDR, &h, sizeof h)) ||
+        (rc = qv_ixfile_add(&w, TAG_FSEG, seg, nsegs * 2 * sizeof(uint32_t))) ||
+        (rc = qv_ixfile_add(&w, TAG_FBLK, blk, groups * QV_BLOCK * f->dim * sizeof(float))) ||
+        (rc = qv_ixfile_add(&w, TAG_FNRM, nrm, rpos * sizeof(float))) ||
+        (rc = qv_ixfile_add(&w, TAG_FIDS, ids, rpos * sizeof(uint64_t))) ||
+        (rc = qv_ixfile_add(&w, TAG_FLIV, liv, nsegs * words * sizeof(uint64_t))))
+        goto out;
+    rc = qv_ixfile_commit(&w);
+out:
+    qv_free(liv);
+    qv_free(ids);
+    qv_free(nrm);
+    qv_free(blk);
+    qv_free(seg);
+    return rc;
+}
+
+struct qv_flat *qv_flat_load(const char *path, struct qv_pool *pool)
+{
+    struct qv_ixfile file;
+    if (qv_ixfile_open(&file, path, QV_IX_FLAT) != 0)
+        return NULL;
+    uint64_t sz_h, sz_s, sz_b, sz_n, sz_i, sz_l;
+    const struct flat_file_hdr *h = qv_ixfile_section(&file, TAG_FHDR, &sz_h);
+    const uint32_t *seg = qv_ixfile_section(&file, TAG_FSEG, &sz_s);
+    const float *blk = qv_ixfile_section(&file, TAG_FBLK, &sz_b);
+    const float *nrm = qv_ixfile_section(&file, TAG_FNRM, &sz_n);
+    const uint64_t *ids = qv_ixfile_section(&file, TAG_FIDS, &sz_i);
+    const uint64_t *liv = qv_ixfile_section(&file, TAG_FLIV, &sz_l);
+    struct qv_flat *f = NULL;
+    if (!h || sz_h != sizeof *h) {
+        qv_seterr(QV_ECORRUPT, "%s: flat index header is missing or has the wrong size", path);
+        goto fail;
+    }
+    size_t words = (size_t)h->cap / 64 + 1;
+    int bad = h->dim == 0 || h->dim > QV_FLAT_MAX_DIM || h->metric >= QV_METRIC__COUNT ||
+              h->cap == 0 || h->cap % QV_BLOCK || h->cap > (1u << 24) ||
+              h->nsegs != (h->rows + h->cap - 1) / h->cap || h->live > h->rows;
+    if (!bad) {
+        bad = !seg || sz_s != (uint64_t)h->nsegs * 2 * sizeof(uint32_t) ||
+              !liv || sz_l != (uint64_t)h->nsegs * words * sizeof(uint64_t) ||
+              sz_n != h->rows * sizeof(float) || sz_i != h->rows * sizeof(uint64_t);
+    }
+    uint64_t rows = 0, groups = 0, dead = 0;
+    for (uint32_t i = 0; !bad && i < h->nsegs; i++) {
+        if (seg[2 * i] > h->cap || seg[2 * i + 1] > seg[2 * i] ||
+            (i + 1 < h->nsegs && seg[2 * i] != h->cap))
+            bad = 1;
+        rows += seg[2 * i];
+        dead += seg[2 * i + 1];
+        groups += (seg[2 * i] + QV_BLOCK - 1) / QV_BLOCK;
+    }
+    if (!bad && (rows != h->rows || h->live != rows - dead ||
+                 sz_b != groups * QV_BLOCK * h->dim * sizeof(float)))
+        bad = 1;
+    if (bad) {
+        qv_seterr(QV_ECORRUPT, "%s: the flat index's sizes are inconsistent", path);
+        goto fail;
+    }
+    struct qv_flat_opts o = { .dim = h->dim, .metric = (enum qv_metric)h->metric,
+                              .segment_capacity = h->cap, .pool = pool, .numa_node = -1 };
+    f = qv_flat_create(&o);
+    if (!f)
+        goto fail;
+    f->segs = qv_calloc(h->nsegs ? h->nsegs : 1, sizeof *f->segs, QV_MEM_INDEX);
+    if (!f->segs || qv__idmap_reserve(&f->map, h->live) != 0) {
+        qv_seterr(QV_ENOMEM, "%s: no memory to load %llu rows", path,
+                  (unsigned long long)h->rows);
+        goto fail;
+    }
+    f->segs_alloc = h->nsegs ? h->nsegs : 1;
+    size_t gpos = 0, rpos = 0;
+    for (uint32_t i = 0; i < h->nsegs; i++) {
+        struct qv_flat_segment *sg = &f->segs[i];
+        sg->count = seg[2 * i];
+        sg->dead = seg[2 * i + 1];
+        sg->blocks = (float *)(blk + gpos * QV_BLOCK * h->dim);
+        sg->norms = (float *)(nrm + rpos);
+        sg->ids = (uint64_t *)(ids + rpos);
+        sg->mapped = 1;
+        sg->live = qv_arena_alloc(f->arena, words * sizeof(uint64_t));
+        if (!sg->live)
+            goto fail;
+        memcpy(sg->live, liv + (size_t)i * words, words * sizeof(uint64_t));
+        uint64_t nlive = 0;
+        for (uint32_t r = 0; r < sg->count; r++)
+            if ((sg->live[r / 64] >> (r % 64)) & 1) {
+                if (qv__idmap_get(&f->map, sg->ids[r]) >= 0) {
+                    qv_seterr(QV_ECORRUPT, "%s: id %llu appears twice", path,
+                              (unsigned long long)sg->ids[r]);
+                    goto fail;
+                }
+                qv__idmap_put(&f->map, sg->ids[r], (uint64_t)i * h->cap + r);
+                nlive++;
+            }
+        if (nlive != sg->count - sg->dead) {
+            qv_seterr(QV_ECORRUPT, "%s: segment %u's live bitmap disagrees with its count",
+                      path, i);
+            goto fail;
+        }
+        f->nsegs++;
+        gpos += (sg->count + QV_BLOCK - 1) / QV_BLOCK;
+        rpos += sg->count;
+    }
+    f->rows = h->rows;
+    f->live = h->live;
+    f->file = file;
+    return f;
+fail:
+    if (!qv_errno)
+        qv_errno = QV_ENOMEM;
+    {
+        int e = qv_errno;
+        qv_flat_free(f);
+        qv_ixfile_close(&file);
+        qv_errno = e;
+    }
+    return NULL;
+}
+

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "quiver/alloc.h"
 #include "quiver/errors.h"
@@ -313,6 +314,77 @@ static void test_alloc_failures(void)
     CU_ASSERT_EQUAL(s1.live_bytes, s0.live_bytes);
 }
 
+/* save -> load -> search gives identical answers; the loaded index takes
+ * adds and removes; damaged files are refused naming the file. */
+static void test_save_load(void)
+{
+    const size_t n = 1000, dim = 20, nq = 9;
+    const uint32_t k = 15;
+    char dir[] = "/tmp/qv-flat-XXXXXX", path[64];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/flat.qvx", dir);
+    float *base = malloc(n * dim * sizeof(float)), q[9 * 20];
+    uint64_t ids[1000], rm[3] = { 7, 500, 999 };
+    for (size_t i = 0; i < n * dim; i++)
+        base[i] = frand();
+    for (size_t i = 0; i < nq * dim; i++)
+        q[i] = frand();
+    for (size_t i = 0; i < n; i++)
+        ids[i] = 1000000 + i;
+    float d1[9 * 15], d2[9 * 15];
+    uint64_t r1[9 * 15], r2[9 * 15];
+    for (int m = 0; m < QV_METRIC__COUNT; m++) {
+        struct qv_flat *f = make(dim, (enum qv_metric)m, 256, pool2);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+        CU_ASSERT_EQUAL(qv_flat_add(f, 900, base, ids), 0);      /* last segment partial */
+        rm[0] = ids[7];
+        rm[1] = ids[500];
+        rm[2] = ids[899];
+        CU_ASSERT_EQUAL(qv_flat_remove(f, 3, rm), 3);
+        CU_ASSERT_EQUAL(qv_flat_save(f, path), 0);
+        struct qv_flat *g = qv_flat_load(path, pool2);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+        CU_ASSERT_EQUAL(qv_flat_size(g), qv_flat_size(f));
+        CU_ASSERT_EQUAL(qv_flat_rows(g), qv_flat_rows(f));
+        CU_ASSERT_EQUAL(qv_flat_search(f, q, nq, k, NULL, d1, r1), 0);
+        CU_ASSERT_EQUAL(qv_flat_search(g, q, nq, k, NULL, d2, r2), 0);
+        CU_ASSERT_EQUAL(memcmp(r1, r2, sizeof r1), 0);
+        CU_ASSERT_EQUAL(memcmp(d1, d2, sizeof d1), 0);
+        /* both take the same adds and removes and still agree */
+        CU_ASSERT_EQUAL(qv_flat_add(f, 100, base + 900 * dim, ids + 900), 0);
+        CU_ASSERT_EQUAL(qv_flat_add(g, 100, base + 900 * dim, ids + 900), 0);
+        CU_ASSERT_EQUAL(qv_flat_add(g, 1, base, ids + 900), QV_EEXIST);  /* changes nothing */
+        rm[0] = ids[950];
+        CU_ASSERT_EQUAL(qv_flat_remove(f, 1, rm), 1);
+        CU_ASSERT_EQUAL(qv_flat_remove(g, 1, rm), 1);
+        CU_ASSERT_EQUAL(qv_flat_row_of(g, ids[950]), -1);
+        CU_ASSERT_EQUAL(qv_flat_search(f, q, nq, k, NULL, d1, r1), 0);
+        CU_ASSERT_EQUAL(qv_flat_search(g, q, nq, k, NULL, d2, r2), 0);
+        CU_ASSERT_EQUAL(memcmp(r1, r2, sizeof r1), 0);
+        qv_flat_free(g);
+        qv_flat_free(f);
+    }
+    /* damage: a flipped byte deep in the vectors, a truncation */
+    FILE *fp = fopen(path, "r+b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+    fseek(fp, 3 * 4096 + 100, SEEK_SET);
+    int c = fgetc(fp);
+    fseek(fp, 3 * 4096 + 100, SEEK_SET);
+    fputc(c ^ 0x10, fp);
+    fclose(fp);
+    CU_ASSERT_PTR_NULL(qv_flat_load(path, NULL));
+    CU_ASSERT_EQUAL(qv_errno, QV_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), path));
+    CU_ASSERT_EQUAL(truncate(path, 5000), 0);
+    CU_ASSERT_PTR_NULL(qv_flat_load(path, NULL));
+    CU_ASSERT_EQUAL(qv_errno, QV_ECORRUPT);
+    CU_ASSERT_PTR_NULL(qv_flat_load("/nonexistent/flat.qvx", NULL));
+    CU_ASSERT_EQUAL(qv_errno, QV_ENOENT);
+    unlink(path);
+    rmdir(dir);
+    free(base);
+}
+
 /* recall@10 on a real data set, with the data set's own ground truth. */
 static void recall_on(const char *set, const char *gt_name, enum qv_metric m)
 {
@@ -392,6 +464,7 @@ int main(void)
     CU_add_test(s, "tombstones, filters, segment boundaries, re-add", test_remove_filter_segments);
     CU_add_test(s, "bad input is refused with a message", test_bad_input);
     CU_add_test(s, "injected allocation failures: ENOMEM, no leak", test_alloc_failures);
+    CU_add_test(s, "save, load in place, add/remove after load, damage", test_save_load);
     CU_add_test(s, "recall@10 siftsmall", test_recall_siftsmall);
     CU_add_test(s, "recall@10 bigann10k", test_recall_bigann10k);
     CU_add_test(s, "recall@10 mnist", test_recall_mnist);

@@ -81,6 +81,18 @@ int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t 
 /* Memory of the index: bytes mapped by its arena and used in it. */
 void qv_flat_memory(const struct qv_flat *f, struct qv_arena_stats *out);
 
+/* Write the index to path (ixfile.h container, type QV_IX_FLAT; atomic
+ * replace).  Returns 0, QV_EIO (message names the file), QV_ENOMEM. */
+int qv_flat_save(const struct qv_flat *f, const char *path);
+
+/* Map an index file written by qv_flat_save and search it in place: the
+ * vectors, norms and ids are not copied (the live bitmaps and the id map
+ * are).  Adds and removes work; an add first copies the last partly filled
+ * segment.  pool is borrowed.  Returns NULL and sets qv_errno: QV_ENOENT /
+ * QV_EIO, QV_EFORMAT (not a flat index file), QV_ECORRUPT (checksums or
+ * sizes wrong; the message names the file), QV_ENOMEM. */
+struct qv_flat *qv_flat_load(const char *path, struct qv_pool *pool);
+
 /* qv_flat_free(NULL) is a no-op. */
 void qv_flat_free(struct qv_flat *f);
 
