@@ -71,6 +71,12 @@ unsigned qv__bench_cpus(unsigned *cpus, unsigned max);
  * the nearest-rank rule: v[ceil(q * n) - 1]. */
 double qv__bench_quantile(const double *sorted, size_t n, double q);
 
+/* The OpenCL engine configured by cfg's [opencl] keys (bench_engine.c);
+ * NULL + qv_errmsg() when this build or machine has none. */
+struct qv_config;
+struct qv_engine;
+struct qv_engine *qv__bench_opencl_engine(const struct qv_config *cfg);
+
 /*
  * Peak loops, one set per ISA (bench_peak_avx512.c, bench_peak_avx2.c,
  * and the portable fallback in bench_peak.c).  Call a level's functions

@@ -17,6 +17,7 @@
 #include "quiver/dist.h"
 
 struct qv_pool;
+struct qv_engine;
 
 struct qv_bench_params {
     enum qv_metric metric;
@@ -39,6 +40,9 @@ struct qv_bench_params {
     uint32_t prefetch_groups;
     int numa_node;
     int hugepages;              /* enum qv_huge_mode */
+    /* --engine: where list scans run (borrowed); NULL = the index's own
+     * CPU path */
+    struct qv_engine *engine;
 };
 
 struct qv_bench_index {

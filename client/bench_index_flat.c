@@ -44,7 +44,8 @@ static void *flat_build(const struct qv_bench_params *p, const float *base, size
 static int flat_search(void *ix, const struct qv_bench_params *p, const float *q, size_t nq,
                        uint32_t k, const uint64_t *filter, float *dist, uint64_t *ids)
 {
-    (void)p;
+    if (p->engine)
+        return qv_flat_search_engine(ix, p->engine, q, nq, k, filter, dist, ids);
     return qv_flat_search(ix, q, nq, k, filter, dist, ids);
 }
 

@@ -41,6 +41,9 @@ static void *hnsw_build(const struct qv_bench_params *p, const float *base, size
 static int hnsw_search(void *ix, const struct qv_bench_params *p, const float *q, size_t nq,
                        uint32_t k, const uint64_t *filter, float *dist, uint64_t *ids)
 {
+    if (p->engine)
+        return qv_seterr(QV_ENOTSUP, "--engine: HNSW walks its graph on the CPU; engines "
+                         "run the list scans of the flat and IVF indexes");
     uint32_t ef = p->ef < k ? k : p->ef;
     return qv_hnsw_search(ix, q, nq, k, ef, filter, dist, ids);
 }

@@ -65,6 +65,7 @@ static void *sq8_build(const struct qv_bench_params *p, const float *base, size_
 static int ivf_search(void *ix, const struct qv_bench_params *p, const float *q, size_t nq,
                       uint32_t k, const uint64_t *filter, float *dist, uint64_t *ids)
 {
+    qv_ivf_set_engine(ix, p->engine);
     return qv_ivf_search(ix, q, nq, k, p->nprobe, filter, dist, ids);
 }
 

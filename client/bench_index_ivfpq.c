@@ -66,6 +66,7 @@ static void *ivfpq_build(const struct qv_bench_params *p, const float *base, siz
 static int ivfpq_search(void *ix, const struct qv_bench_params *p, const float *q, size_t nq,
                         uint32_t k, const uint64_t *filter, float *dist, uint64_t *ids)
 {
+    qv_ivfpq_set_engine(ix, p->engine);
     return qv_ivfpq_search(ix, q, nq, k, p->nprobe, p->refine, filter, dist, ids);
 }
 

@@ -50,6 +50,7 @@
 #include "quiver/alloc.h"
 #include "quiver/dist.h"
 #include "quiver/config.h"
+#include "quiver/engine.h"
 #include "quiver/errors.h"
 #include "quiver/filter.h"
 #include "quiver/flat.h"
@@ -74,7 +75,8 @@ const char qv__bench_offline_usage[] =
     "                           [--refine R] [--M M] [--ef-construction E] [--ef E]\n"
     "                           [--filter S] [--sweep V1,V2,...] [--save F | --load F]\n"
     "                           [--simd ref|avx2|avx512] [--nq N] [--repeat R]\n"
-    "                           [--seed S] [--conf FILE] [--json]\n"
+    "                           [--seed S] [--engine cpu|opencl] [--conf FILE]\n"
+    "                           [--json]\n"
     "\n"
     "Build an index from DIR/base.fvecs, search DIR/query.fvecs and report\n"
     "recall@k against DIR/groundtruth.ivecs, QPS, per-query latency and build\n"
@@ -110,6 +112,8 @@ const char qv__bench_offline_usage[] =
     "  --repeat R      search the query set R times, report the best-QPS pass\n"
     "                  (1..1000; default 1)\n"
     "  --seed S        seed of training and of --filter (default 1)\n"
+    "  --engine E      where the list scans of flat and IVF indexes run: cpu\n"
+    "                  (default) or opencl (device from the [opencl] keys)\n"
     "  --conf FILE     read [simd] level, [workers] threads/pin, [memory]\n"
     "                  hugepages/numa_node and [flat] keys from FILE (flags\n"
     "                  given here win; default: the built-in defaults)\n"
@@ -135,12 +139,14 @@ struct offline_args {
     unsigned nsweep;
     const char *save;
     const char *load;
+    const char *engine;         /* "cpu" (default) or "opencl" */
 };
 
 /* Everything acquired by a run, released by offline_release(). */
 struct offline_run {
     struct qv_vecfile base, query, gt;
     struct qv_pool *pool;
+    struct qv_engine *engine;   /* --engine other than cpu */
     const struct qv_bench_index *ops;
     void *ix;
     float *basev;               /* n x dim */
@@ -184,7 +190,7 @@ static int parse_sweep(const char *cmd, const char *usage, const char *text,
 static int offline_parse(int argc, char **argv, struct offline_args *a)
 {
     enum { O_NLIST = 256, O_NPROBE, O_M, O_NBITS, O_REFINE, O_BIGM, O_EFC, O_EF, O_FILTER,
-           O_SWEEP, O_SAVE, O_LOAD, O_SEED };
+           O_SWEEP, O_SAVE, O_LOAD, O_SEED, O_ENGINE };
     static const struct option opts[] = {
         { "data",    required_argument, NULL, 'd' },
         { "index",   required_argument, NULL, 'x' },
@@ -210,6 +216,7 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
         { "save",    required_argument, NULL, O_SAVE },
         { "load",    required_argument, NULL, O_LOAD },
         { "seed",    required_argument, NULL, O_SEED },
+        { "engine",  required_argument, NULL, O_ENGINE },
         { "help",    no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -230,6 +237,7 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
     a->simd = -1;
     a->repeat = 1;
     a->seed = 1;
+    a->engine = "cpu";
 
     optind = 1;
     opterr = 0;
@@ -325,6 +333,13 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
                 return -1;
             break;
         case O_SAVE: a->save = optarg; break;
+        case O_ENGINE:
+            if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "opencl") != 0) {
+                qv__bench_usage(cmd, usage, "--engine %s: expected cpu or opencl", optarg);
+                return -1;
+            }
+            a->engine = optarg;
+            break;
         case O_LOAD: a->load = optarg; break;
         case O_SEED:
             if (qv__bench_parse_u64(cmd, usage, "--seed", optarg, 0, UINT64_MAX, &a->seed))
@@ -459,6 +474,7 @@ static void offline_release(struct offline_run *r)
     qv_free(r->basev);
     if (r->ix)
         r->ops->free(r->ix);
+    qv_engine_free(r->engine);
     qv_pool_free(r->pool);
     qv_vecfile_close(&r->gt);
     qv_vecfile_close(&r->query);
@@ -622,7 +638,6 @@ int qv__bench_offline_main(int argc, char **argv)
     p.numa_node = (int)qv_config_int(cfg, "memory", "numa_node");
     p.segment_capacity = (uint32_t)qv_config_int(cfg, "flat", "segment_capacity");
     p.prefetch_groups = (uint32_t)qv_config_int(cfg, "flat", "prefetch_groups");
-    qv_config_free(cfg);
 
     level = qv_kernels_init(a.simd < 0 ? QV_SIMD_AVX512 : (enum qv_simd)a.simd);
     if (a.simd >= 0 && (int)level < a.simd)
@@ -648,6 +663,7 @@ int qv__bench_offline_main(int argc, char **argv)
             qv__bench_usage("offline", qv__bench_offline_usage,
                             "--nq %llu: expected an integer in 1..%llu (queries in %s)",
                             (unsigned long long)a.nq, (unsigned long long)nq, r.query.path);
+            qv_config_free(cfg);
             offline_release(&r);
             return QV_BENCH_EXIT_USAGE;
         }
@@ -663,6 +679,7 @@ int qv__bench_offline_main(int argc, char **argv)
         qv__bench_usage("offline", qv__bench_offline_usage,
                         "--k %llu: the ground truth in %s has only %u columns",
                         (unsigned long long)a.k, r.gt.path, r.gt.dim);
+        qv_config_free(cfg);
         offline_release(&r);
         return QV_BENCH_EXIT_USAGE;
     }
@@ -670,6 +687,7 @@ int qv__bench_offline_main(int argc, char **argv)
         qv__bench_usage("offline", qv__bench_offline_usage,
                         "--k %llu: the base has only %llu vectors",
                         (unsigned long long)a.k, (unsigned long long)n);
+        qv_config_free(cfg);
         offline_release(&r);
         return QV_BENCH_EXIT_USAGE;
     }
@@ -711,10 +729,20 @@ int qv__bench_offline_main(int argc, char **argv)
                 (unsigned long long)a.threads, qv_errmsg());
         goto fail;
     }
+    if (strcmp(a.engine, "opencl") == 0) {
+        r.engine = qv__bench_opencl_engine(cfg);
+        if (!r.engine) {
+            fprintf(stderr, "quiverbench offline: --engine opencl: %s\n", qv_errmsg());
+            goto fail;
+        }
+    }
+    qv_config_free(cfg);
+    cfg = NULL;
 
     p.metric = a.metric;
     p.dim = dim;
     p.pool = r.pool;
+    p.engine = r.engine;
     p.threads = (unsigned)a.threads;
     p.seed = a.seed;
     r.ops->defaults(&p, n);
@@ -843,6 +871,7 @@ int qv__bench_offline_main(int argc, char **argv)
     return QV_BENCH_EXIT_OK;
 
 fail:
+    qv_config_free(cfg);
     offline_release(&r);
     return QV_BENCH_EXIT_FAIL;
 }

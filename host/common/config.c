@@ -77,6 +77,27 @@ const struct qv_conf_key qv_conf_schema[] = {
     { "flat", "prefetch_groups", QV_CONF_INT, "0", 0, 64, NULL,
       "software prefetch distance of single-query scans, in groups of 16 "
       "vectors; 0 leaves it to the hardware prefetcher" },
+    { "opencl", "platform", QV_CONF_STRING, "any", 0, 0, NULL,
+      "OpenCL platform: a case-insensitive substring of its name (clinfo -l); "
+      "any = the first with a matching device" },
+    { "opencl", "device_type", QV_CONF_ENUM, "all", 0, 0, "all|cpu|gpu|accelerator",
+      "OpenCL device type to use" },
+    { "opencl", "device_index", QV_CONF_INT, "0", 0, 255, NULL,
+      "which of the matching devices, counted over platforms in order" },
+    { "opencl", "cache_dir", QV_CONF_STRING, "auto", 0, 0, NULL,
+      "program binary cache directory; auto = $XDG_CACHE_HOME/quiver/opencl, "
+      "else ~/.cache/quiver/opencl, else /var/cache/quiver/opencl; off = none" },
+    { "opencl", "binary", QV_CONF_STRING, "none", 0, 0, NULL,
+      "prebuilt program binary (FPGA offline compilers); none = build the "
+      "embedded source" },
+    { "opencl", "local_size", QV_CONF_INT, "0", 0, 1024, NULL,
+      "work-items per work-group of the scan kernels; a power of two, or 0 "
+      "= auto (16 on CPU devices, 64 elsewhere)" },
+    { "opencl", "max_alloc", QV_CONF_SIZE, "0", 0, 1024 * GIB, NULL,
+      "largest device buffer; 0 = the device's CL_DEVICE_MAX_MEM_ALLOC_SIZE" },
+    { "opencl", "resident_bytes", QV_CONF_SIZE, "0", 0, 1024 * GIB, NULL,
+      "device memory for resident list copies (devices without shared "
+      "memory), LRU-evicted; 0 = half the device's memory" },
     { NULL, NULL, 0, NULL, 0, 0, NULL, NULL },
 };
 
@@ -105,8 +126,22 @@ static int check_multiple_of_16(int64_t v, char *why, size_t len)
     return -1;
 }
 
+static int check_power_of_two(int64_t v, char *why, size_t len)
+{
+    int64_t lo = 1;
+
+    if (v == 0 || (v & (v - 1)) == 0)      /* 0 = automatic */
+        return 0;
+    while (lo * 2 <= v)
+        lo *= 2;
+    snprintf(why, len, "expected a power of two (work-group sizes); try %lld or %lld",
+             (long long)lo, (long long)(lo * 2));
+    return -1;
+}
+
 static const struct extra_check extra_checks[] = {
     { "flat", "segment_capacity", check_multiple_of_16 },
+    { "opencl", "local_size", check_power_of_two },
 };
 
 union conf_num {

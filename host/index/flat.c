@@ -38,6 +38,7 @@
 
 #include "idmap.h"
 #include "quiver/alloc.h"
+#include "quiver/engine.h"
 #include "quiver/errors.h"
 #include "quiver/flat.h"
 #include "quiver/ixfile.h"
@@ -60,6 +61,8 @@ struct qv_flat_segment {
     uint32_t dead;                  /* tombstones among them */
     int mapped;                     /* blocks/norms/ids point into a loaded
                                        file (read-only) */
+    uint32_t *rows;                 /* row numbers for engine work units;
+                                       made on first use (arena) */
 };
 
 struct qv_flat {
@@ -711,5 +714,125 @@ fail:
         qv_errno = e;
     }
     return NULL;
+}
+
+/* ---- search through an engine ----
+ *
+ * The same exact search expressed as one QV_WU_FLAT work unit: every
+ * segment is a list (its blocked vectors, norms and ids are already the
+ * layout engine.h asks for) and every query probes every list.  Row
+ * numbers per entry (for the filter) are made once per segment.  Used to
+ * run flat search on an accelerator engine; the CPU path above stays the
+ * fast one for the CPU.
+ */
+int qv_flat_search_engine(struct qv_flat *f, struct qv_engine *e, const float *queries,
+                          size_t nq, uint32_t k, const uint64_t *filter, float *dist,
+                          uint64_t *ids)
+{
+    if (!e || !queries || !dist || !ids)
+        return qv_seterr(QV_EINVAL, "flat search: NULL engine, queries or result arrays");
+    if (nq == 0 || nq > UINT32_MAX)
+        return qv_seterr(QV_EINVAL, "flat search: nq = %zu; use 1..2^32-1", nq);
+    if (k == 0 || k > QV_FLAT_MAX_K)
+        return qv_seterr(QV_EINVAL, "flat search: k = %u is out of range; use 1..%u", k,
+                         QV_FLAT_MAX_K);
+    if (f->rows > UINT32_MAX)
+        return qv_seterr(QV_ENOTSUP, "flat search: engine work units address 2^32 rows");
+    const size_t dim = f->dim;
+    const struct qv_dist_ops *ops = qv_kernels();
+    size_t nsegs = (size_t)((f->rows + f->cap - 1) / f->cap);
+    size_t words = (size_t)((f->rows + 63) / 64);
+    int need_mask = filter != NULL;
+    for (size_t i = 0; i < nsegs; i++) {
+        struct qv_flat_segment *sg = &f->segs[i];
+        need_mask |= sg->dead != 0;
+        if (!sg->rows) {
+            sg->rows = qv_arena_alloc(f->arena, (size_t)f->cap * sizeof(uint32_t));
+            if (!sg->rows)
+                return qv_seterr(QV_ENOMEM, "flat search: no memory for row numbers");
+            for (uint32_t r = 0; r < f->cap; r++)
+                sg->rows[r] = (uint32_t)(i * f->cap + r);
+        }
+    }
+    int rc = QV_ENOMEM;
+    float *qcopy = NULL;
+    float *qnorms = qv_malloc(nq * sizeof(float) + 1, QV_MEM_INDEX);
+    struct qv_wu_list *lists = qv_calloc(nsegs + 1, sizeof *lists, QV_MEM_INDEX);
+    uint32_t *offs = qv_malloc((nq + 1) * sizeof(uint32_t), QV_MEM_INDEX);
+    uint32_t *probes = qv_malloc(nq * nsegs * sizeof(uint32_t) + 1, QV_MEM_INDEX);
+    struct qv_topk *heaps = qv_malloc(nq * sizeof *heaps, QV_MEM_INDEX);
+    uint64_t *mask = need_mask ? qv_malloc(words * sizeof(uint64_t) + 1, QV_MEM_INDEX) : NULL;
+    if (!qnorms || !lists || !offs || !probes || !heaps || (need_mask && !mask))
+        goto out;
+    if (f->metric == QV_METRIC_COSINE) {
+        qcopy = qv_malloc(nq * dim * sizeof(float), QV_MEM_INDEX);
+        if (!qcopy)
+            goto out;
+        memcpy(qcopy, queries, nq * dim * sizeof(float));
+        for (size_t i = 0; i < nq; i++)
+            ops->normalize_f32(qcopy + i * dim, dim);
+        queries = qcopy;
+    }
+    for (size_t i = 0; i < nq; i++) {
+        qnorms[i] = f->metric == QV_METRIC_L2
+                  ? -ops->dist[QV_METRIC_IP][QV_ELEM_F32](queries + i * dim, queries + i * dim, dim)
+                  : 0.0f;
+        offs[i] = (uint32_t)(i * nsegs);
+        for (size_t j = 0; j < nsegs; j++)
+            probes[i * nsegs + j] = (uint32_t)j;
+        qv_topk_init(&heaps[i], k, dist + i * k, ids + i * k);
+    }
+    offs[nq] = (uint32_t)(nq * nsegs);
+    for (size_t j = 0; j < nsegs; j++) {
+        const struct qv_flat_segment *sg = &f->segs[j];
+        lists[j] = (struct qv_wu_list){
+            .codes = sg->blocks, .norms = f->metric == QV_METRIC_L2 ? sg->norms : NULL,
+            .ids = sg->ids, .rows = sg->rows, .n = sg->count, .list_no = (uint32_t)j,
+        };
+    }
+    if (need_mask)
+        for (size_t w = 0; w < words; w++) {
+            uint64_t row0 = (uint64_t)w * 64, v = 0;
+            for (uint32_t b = 0; b < 64 && row0 + b < f->rows; b++) {
+                uint64_t r = row0 + b;
+                const struct qv_flat_segment *sg = &f->segs[r / f->cap];
+                uint32_t off = (uint32_t)(r % f->cap);
+                v |= ((sg->live[off / 64] >> (off % 64)) & 1) << b;
+            }
+            mask[w] = filter ? v & filter[w] : v;
+        }
+    struct qv_work_unit wu = {
+        .kind = QV_WU_FLAT,
+        .metric = f->metric == QV_METRIC_L2 ? QV_METRIC_L2 : QV_METRIC_IP,
+        .dim = f->dim,
+        .nq = (uint32_t)nq,
+        .queries = queries,
+        .qnorms = qnorms,
+        .nlists = (uint32_t)nsegs,
+        .lists = lists,
+        .probe_offsets = offs,
+        .probe_lists = probes,
+        .filter = mask,
+        .heaps = heaps,
+    };
+    rc = qv_engine_run(e, &wu);
+    if (rc == 0)
+        for (size_t i = 0; i < nq; i++) {
+            qv_topk_sort(&heaps[i]);
+            if (f->metric == QV_METRIC_COSINE)
+                for (uint32_t j = 0; j < k; j++)
+                    dist[i * k + j] += 1.0f;
+        }
+out:
+    qv_free(mask);
+    qv_free(heaps);
+    qv_free(probes);
+    qv_free(offs);
+    qv_free(lists);
+    qv_free(qcopy);
+    qv_free(qnorms);
+    if (rc == QV_ENOMEM && qv_errno != QV_ENOMEM)
+        qv_seterr(rc, "flat search: no memory for a work unit of %zu queries", nq);
+    return rc;
 }
 

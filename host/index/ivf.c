@@ -132,7 +132,8 @@ struct qv_ivf {
     struct qv_idmap map;
     int map_built;
     /* execution */
-    struct qv_engine *engine;
+    struct qv_engine *engine;       /* the index's own CPU engine */
+    struct qv_engine *use;          /* borrowed engine for searches, or NULL */
     pthread_mutex_t lock;           /* serialises searches (engine scratch) */
     /* loaded */
     struct qv_ixfile file;
@@ -679,7 +680,7 @@ int qv_ivf_search(struct qv_ivf *ix, const float *queries, size_t nq, uint32_t k
         .filter = elig,
         .heaps = heaps,
     };
-    rc = qv_engine_run(ix->engine, &wu);
+    rc = qv_engine_run(ix->use ? ix->use : ix->engine, &wu);
     pthread_mutex_unlock(&ix->lock);
     if (rc)
         goto out;
@@ -920,4 +921,9 @@ fail:
     qv_ixfile_close(&f);
     qv_errno = rc;
     return NULL;
+}
+
+void qv_ivf_set_engine(struct qv_ivf *ix, struct qv_engine *engine)
+{
+    ix->use = engine;
 }

@@ -84,7 +84,8 @@ struct qv_ivfpq {
     int trained;
     int mapped;                     /* lists / rows point into file */
     struct qv_pool *pool;
-    struct qv_engine *engine;
+    struct qv_engine *engine;       /* the index's own CPU engine */
+    struct qv_engine *use;          /* borrowed engine for searches, or NULL */
 
     struct qv_pq pq;
     float *coarse;                  /* nlist x dim */
@@ -853,7 +854,7 @@ int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32
         .probe_offsets = offsets, .probe_lists = S.probe_lists,
         .params = &P, .filter = elig, .heaps = S.heaps,
     };
-    rc = qv_engine_run(ix->engine, &wu);
+    rc = qv_engine_run(ix->use ? ix->use : ix->engine, &wu);
     if (rc)
         goto out;
     run_chunks(ix->pool, nq, result_task, &S);
@@ -1154,4 +1155,9 @@ void qv_ivfpq_free(struct qv_ivfpq *ix)
     qv_engine_free(ix->engine);
     qv_ixfile_close(&ix->file);
     qv_free(ix);
+}
+
+void qv_ivfpq_set_engine(struct qv_ivfpq *ix, struct qv_engine *engine)
+{
+    ix->use = engine;
 }

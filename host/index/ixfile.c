@@ -24,6 +24,18 @@
 #define HDR_SIZE 64u
 #define SEC_SIZE 32u
 
+static const char *type_name(uint32_t t)
+{
+    switch (t) {
+    case QV_IX_FLAT: return "flat";
+    case QV_IX_IVF_FLAT: return "IVF-Flat";
+    case QV_IX_IVF_SQ8: return "IVF-SQ8";
+    case QV_IX_IVF_PQ: return "IVF-PQ";
+    case QV_IX_HNSW: return "HNSW";
+    default: return "unknown";
+    }
+}
+
 static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -201,8 +213,9 @@ int qv_ixfile_open(struct qv_ixfile *f, const char *path, enum qv_ix_type type)
     }
     f->type = get32(h + 12);
     if (f->type != (uint32_t)type) {
-        rc = qv_seterr(QV_EFORMAT, "%s: holds an index of type %u, expected type %u", path,
-                       f->type, (unsigned)type);
+        rc = qv_seterr(QV_EFORMAT, "%s: holds a %s index (type %u), not a %s index: load "
+                       "it as the type it is, or rebuild", path, type_name(f->type), f->type,
+                       type_name((uint32_t)type));
         goto bad;
     }
     uint64_t first = f->nsections ? get64(h + HDR_SIZE + 8) : f->size;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "quiver/alloc.h"
+#include "quiver/engine.h"
 #include "quiver/errors.h"
 #include "quiver/flat.h"
 #include "quiver/pool.h"
@@ -385,6 +386,48 @@ static void test_save_load(void)
     free(base);
 }
 
+/* The flat search as an engine work unit (CPU engine) answers exactly
+ * like the direct path, with tombstones and a filter, for every metric. */
+static void test_engine_path(void)
+{
+    const size_t n = 700, dim = 17, nq = 13;
+    const uint32_t k = 20;
+    float *base = malloc(n * dim * sizeof(float)), q[13 * 17];
+    float d1[13 * 20], d2[13 * 20];
+    uint64_t r1[13 * 20], r2[13 * 20], filter[11] = { 0 }, rm[2] = { 3, 400 };
+    for (size_t i = 0; i < n * dim; i++)
+        base[i] = frand();
+    for (size_t i = 0; i < nq * dim; i++)
+        q[i] = frand();
+    for (size_t i = 0; i < n; i++)
+        if (i % 3)
+            filter[i / 64] |= 1ULL << (i % 64);
+    struct qv_engine *e = qv_engine_cpu_create(pool2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    for (int m = 0; m < QV_METRIC__COUNT; m++) {
+        struct qv_flat *f = make(dim, (enum qv_metric)m, 128, pool2);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+        CU_ASSERT_EQUAL(qv_flat_add(f, n, base, NULL), 0);
+        for (int pass = 0; pass < 3; pass++) {
+            const uint64_t *flt = pass == 2 ? filter : NULL;
+            if (pass == 1)
+                CU_ASSERT_EQUAL(qv_flat_remove(f, 2, rm), 2);
+            CU_ASSERT_EQUAL(qv_flat_search(f, q, nq, k, flt, d1, r1), 0);
+            CU_ASSERT_EQUAL(qv_flat_search_engine(f, e, q, nq, k, flt, d2, r2), 0);
+            int ok = 1;
+            for (size_t i = 0; i < nq * k; i++)
+                if (fabsf(d1[i] - d2[i]) > 1e-4f || (r1[i] != r2[i] && d1[i] != d2[i]))
+                    ok = 0;
+            CU_ASSERT_TRUE(ok);
+        }
+        CU_ASSERT_EQUAL(qv_flat_search_engine(f, e, q, nq, 0, NULL, d2, r2), QV_EINVAL);
+        CU_ASSERT_EQUAL(qv_flat_search_engine(f, NULL, q, nq, k, NULL, d2, r2), QV_EINVAL);
+        qv_flat_free(f);
+    }
+    qv_engine_free(e);
+    free(base);
+}
+
 /* recall@10 on a real data set, with the data set's own ground truth. */
 static void recall_on(const char *set, const char *gt_name, enum qv_metric m)
 {
@@ -465,6 +508,7 @@ int main(void)
     CU_add_test(s, "bad input is refused with a message", test_bad_input);
     CU_add_test(s, "injected allocation failures: ENOMEM, no leak", test_alloc_failures);
     CU_add_test(s, "save, load in place, add/remove after load, damage", test_save_load);
+    CU_add_test(s, "search as an engine work unit equals the direct path", test_engine_path);
     CU_add_test(s, "recall@10 siftsmall", test_recall_siftsmall);
     CU_add_test(s, "recall@10 bigann10k", test_recall_bigann10k);
     CU_add_test(s, "recall@10 mnist", test_recall_mnist);

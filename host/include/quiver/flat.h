@@ -78,6 +78,19 @@ int64_t qv_flat_row_of(const struct qv_flat *f, uint64_t id);
 int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t k,
                    const uint64_t *filter, float *dist, uint64_t *ids);
 
+/*
+ * qv_flat_search_engine - the same exact search run as one work unit on
+ * engine e (engine.h): each segment is a list, each query probes all of
+ * them.  Same arguments and results as qv_flat_search, plus the engine's
+ * errors (QV_ENOTSUP: the engine cannot take this unit, e.g. k too large
+ * for it; QV_EUNAVAIL).  For running flat search on an accelerator; on
+ * the CPU, qv_flat_search is the faster path.
+ */
+struct qv_engine;
+int qv_flat_search_engine(struct qv_flat *f, struct qv_engine *e, const float *queries,
+                          size_t nq, uint32_t k, const uint64_t *filter, float *dist,
+                          uint64_t *ids);
+
 /* Memory of the index: bytes mapped by its arena and used in it. */
 void qv_flat_memory(const struct qv_flat *f, struct qv_arena_stats *out);
 

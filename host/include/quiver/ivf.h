@@ -124,4 +124,12 @@ struct qv_ivf *qv_ivf_load(const char *path, struct qv_pool *pool);
 /* qv_ivf_free(NULL) is a no-op. */
 void qv_ivf_free(struct qv_ivf *ix);
 
+/* Run this index's list scans on `engine` (borrowed; it must outlive its
+ * use here) instead of the index's own CPU engine; NULL goes back to the
+ * CPU engine.  An engine that refuses or fails a unit makes the search
+ * fail with its error (the router re-dispatches; the index does not).
+ * Not thread-safe against searches in flight. */
+struct qv_engine;
+void qv_ivf_set_engine(struct qv_ivf *ix, struct qv_engine *engine);
+
 #endif

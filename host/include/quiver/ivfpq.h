@@ -106,4 +106,12 @@ struct qv_ivfpq *qv_ivfpq_load(const char *path, struct qv_pool *pool);
 /* qv_ivfpq_free(NULL) is a no-op. */
 void qv_ivfpq_free(struct qv_ivfpq *ix);
 
+/* Run this index's list scans on `engine` (borrowed; it must outlive its
+ * use here) instead of the index's own CPU engine; NULL goes back to the
+ * CPU engine.  An engine that refuses or fails a unit makes the search
+ * fail with its error (the router re-dispatches; the index does not).
+ * Not thread-safe against searches in flight. */
+struct qv_engine;
+void qv_ivfpq_set_engine(struct qv_ivfpq *ix, struct qv_engine *engine);
+
 #endif

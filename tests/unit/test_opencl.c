@@ -1,0 +1,962 @@
+/*
+ * test_opencl.c - the OpenCL engine (opencl/engine_opencl.c) against the
+ * CPU engine, its reference.
+ *
+ * Every result test builds one work unit by hand (flat single list, IVF
+ * lists with probes, SQ8, PQ 4/8-bit with and without list tables), runs
+ * it on the CPU engine and on the OpenCL engine into separate heaps and
+ * compares rank by rank: distances within a tolerance, ids identical
+ * unless the distances at that rank are a near-tie.  Also: the binary
+ * cache (a fresh temp dir per run: the first creation builds, the second
+ * loads), the documented errors (build failure with the log, allocation
+ * over max_alloc, k too large, no device) with the CPU engine still
+ * working afterwards, the resident-buffer path with LRU eviction, and
+ * asynchronous submission.
+ *
+ * Without an OpenCL platform the suite prints SKIP and passes.
+ */
+
+#include <CUnit/Basic.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "quiver/alloc.h"
+#include "quiver/config.h"
+#include "quiver/dist.h"
+#include "quiver/engine.h"
+#include "quiver/engine_opencl.h"
+#include "quiver/errors.h"
+#include "quiver/ivf.h"
+#include "quiver/ivfpq.h"
+#include "quiver/pq.h"
+#include "quiver/sq8.h"
+#include "quiver/timeutil.h"
+#include "quiver/topk.h"
+
+static char cache_dir[64];
+static struct qv_engine *ocl;       /* the shared engine of the suite */
+static struct qv_engine *cpu;
+
+/* ---- deterministic random numbers ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rndf(void) { return (float)(rnd() >> 40) / (float)(1u << 24); }
+
+/* ---- a work unit built by hand ---- */
+
+struct unit {
+    struct qv_work_unit wu;
+    struct qv_wu_list *lists;
+    float *queries, *qnorms;
+    uint32_t *poff, *plist;
+    uint64_t *filter;
+    float *x;                   /* all vectors, row-major (n x dim) */
+    uint32_t n;
+    /* SQ8 */
+    float *vmin, *vdiff;
+    struct qv_sq8_params sq8;
+    /* PQ */
+    struct qv_pq pq;
+    float *coarse, *qtab, *ltab;
+    struct qv_pq_params pqp;
+};
+
+/* Split n random vectors over nlists lists (sizes vary, some may be
+ * empty), queries random, each query probing nprobe distinct lists. */
+static void unit_make(struct unit *u, enum qv_wu_kind kind, enum qv_metric metric,
+                      uint32_t dim, uint32_t n, uint32_t nlists, uint32_t nq,
+                      uint32_t nprobe, int with_filter)
+{
+    memset(u, 0, sizeof *u);
+    u->n = n;
+    u->x = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
+    for (size_t i = 0; i < (size_t)n * dim; i++)
+        u->x[i] = rndf();
+    u->queries = qv_malloc((size_t)nq * dim * sizeof(float), QV_MEM_TEST);
+    u->qnorms = qv_malloc(nq * sizeof(float), QV_MEM_TEST);
+    for (size_t i = 0; i < (size_t)nq * dim; i++)
+        u->queries[i] = rndf();
+    for (uint32_t q = 0; q < nq; q++) {
+        float s = 0;
+        for (uint32_t d = 0; d < dim; d++)
+            s += u->queries[(size_t)q * dim + d] * u->queries[(size_t)q * dim + d];
+        u->qnorms[q] = s;
+    }
+    u->lists = qv_calloc(nlists, sizeof *u->lists, QV_MEM_TEST);
+    /* list boundaries: random cut points */
+    uint32_t *cut = qv_malloc((nlists + 1) * sizeof(uint32_t), QV_MEM_TEST);
+    cut[0] = 0;
+    cut[nlists] = n;
+    for (uint32_t l = 1; l < nlists; l++)
+        cut[l] = (uint32_t)(rnd() % (n + 1));
+    for (uint32_t a = 1; a < nlists; a++)          /* sort */
+        for (uint32_t b = a; b > 1 && cut[b - 1] > cut[b]; b--) {
+            uint32_t t = cut[b];
+            cut[b] = cut[b - 1];
+            cut[b - 1] = t;
+        }
+    if (kind == QV_WU_SQ8) {
+        u->vmin = qv_malloc(dim * sizeof(float), QV_MEM_TEST);
+        u->vdiff = qv_malloc(dim * sizeof(float), QV_MEM_TEST);
+        CU_ASSERT_EQUAL(qv_sq8_train(u->x, n, dim, u->vmin, u->vdiff), 0);
+        u->sq8.vmin = u->vmin;
+        u->sq8.vdiff = u->vdiff;
+        u->wu.params = &u->sq8;
+        u->wu.code_size = dim;
+    }
+    for (uint32_t l = 0; l < nlists; l++) {
+        struct qv_wu_list *L = &u->lists[l];
+        uint32_t ln = cut[l + 1] - cut[l];
+        const float *lx = u->x + (size_t)cut[l] * dim;
+        L->n = ln;
+        L->list_no = l;
+        uint64_t *ids = qv_malloc((ln + 1) * sizeof(uint64_t), QV_MEM_TEST);
+        uint32_t *rows = qv_malloc((ln + 1) * sizeof(uint32_t), QV_MEM_TEST);
+        for (uint32_t i = 0; i < ln; i++) {
+            ids[i] = 1000000 + (uint64_t)(cut[l] + i) * 7919 % 1000003;
+            rows[i] = cut[l] + i;
+        }
+        L->ids = ids;
+        L->rows = rows;
+        if (kind == QV_WU_FLAT) {
+            size_t groups = (ln + QV_BLOCK - 1) / QV_BLOCK;
+            float *blk = qv_calloc(groups * QV_BLOCK * dim + 1, sizeof(float), QV_MEM_TEST);
+            float *nrm = qv_malloc((ln + 1) * sizeof(float), QV_MEM_TEST);
+            qv_block_pack(blk, 0, lx, ln, dim);
+            for (uint32_t i = 0; i < ln; i++) {
+                float s = 0;
+                for (uint32_t d = 0; d < dim; d++)
+                    s += lx[(size_t)i * dim + d] * lx[(size_t)i * dim + d];
+                nrm[i] = s;
+            }
+            L->codes = blk;
+            L->norms = nrm;
+        } else if (kind == QV_WU_SQ8) {
+            uint8_t *c = qv_malloc((size_t)ln * dim + 1, QV_MEM_TEST);
+            qv_sq8_encode(lx, ln, dim, u->vmin, u->vdiff, c, dim);
+            L->codes = c;
+        }
+    }
+    qv_free(cut);
+    u->poff = qv_malloc((nq + 1) * sizeof(uint32_t), QV_MEM_TEST);
+    u->plist = qv_malloc(((size_t)nq * nprobe + 1) * sizeof(uint32_t), QV_MEM_TEST);
+    uint32_t p = 0;
+    for (uint32_t q = 0; q < nq; q++) {
+        u->poff[q] = p;
+        uint32_t start = (uint32_t)(rnd() % nlists);
+        for (uint32_t j = 0; j < nprobe && j < nlists; j++)
+            u->plist[p++] = (start + j) % nlists;
+    }
+    u->poff[nq] = p;
+    if (with_filter) {
+        u->filter = qv_calloc((n + 63) / 64 + 1, sizeof(uint64_t), QV_MEM_TEST);
+        for (uint32_t r = 0; r < n; r++)
+            if (rnd() % 3)
+                u->filter[r / 64] |= 1ull << (r % 64);
+    }
+    u->wu.kind = kind;
+    u->wu.metric = metric;
+    u->wu.dim = dim;
+    u->wu.nq = nq;
+    u->wu.queries = u->queries;
+    u->wu.qnorms = u->qnorms;
+    u->wu.nlists = nlists;
+    u->wu.lists = u->lists;
+    u->wu.probe_offsets = u->poff;
+    u->wu.probe_lists = u->plist;
+    u->wu.filter = u->filter;
+}
+
+/* PQ lists: residual codes of the unit's vectors against random coarse
+ * centroids, codebooks trained on the residuals; qtab (and ltab when
+ * with_ltab) as the IVF-PQ index computes them. */
+static void unit_make_pq(struct unit *u, enum qv_metric metric, uint32_t dim, uint32_t m,
+                         uint32_t nbits, uint32_t n, uint32_t nlists, uint32_t nq,
+                         uint32_t nprobe, int with_filter, int with_ltab)
+{
+    unit_make(u, QV_WU_PQ, metric, dim, n, nlists, nq, nprobe, with_filter);
+    CU_ASSERT_EQUAL_FATAL(qv_pq_init(&u->pq, dim, m, nbits), 0);
+    u->coarse = qv_malloc((size_t)nlists * dim * sizeof(float), QV_MEM_TEST);
+    for (size_t i = 0; i < (size_t)nlists * dim; i++)
+        u->coarse[i] = rndf() * 0.5f;
+    float *res = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
+    uint32_t row = 0;
+    for (uint32_t l = 0; l < nlists; l++)
+        for (uint32_t i = 0; i < u->lists[l].n; i++, row++)
+            for (uint32_t d = 0; d < dim; d++)
+                res[(size_t)row * dim + d] = u->x[(size_t)row * dim + d] -
+                                             u->coarse[(size_t)l * dim + d];
+    CU_ASSERT_EQUAL_FATAL(qv_pq_train(&u->pq, res, n, 7, 0, NULL), 0);
+    const uint32_t ksub = u->pq.ksub, dsub = u->pq.dsub, cs = u->pq.code_size;
+    row = 0;
+    for (uint32_t l = 0; l < nlists; l++) {
+        struct qv_wu_list *L = &u->lists[l];
+        uint8_t *codes = qv_calloc((size_t)L->n * cs + 1, 1, QV_MEM_TEST);
+        qv_pq_encode(&u->pq, res + (size_t)row * dim, L->n, codes);
+        if (nbits == 4) {
+            uint8_t *fs = qv_calloc(qv_pq_fs_size(L->n, m) + 1, 1, QV_MEM_TEST);
+            qv_pq_fs_pack(fs, codes, L->n, m);
+            qv_free(codes);
+            codes = fs;
+        }
+        L->codes = codes;
+        row += L->n;
+    }
+    qv_free(res);
+    size_t tsz = (size_t)m * ksub;
+    u->qtab = qv_malloc((size_t)nq * tsz * sizeof(float), QV_MEM_TEST);
+    for (uint32_t q = 0; q < nq; q++)
+        for (uint32_t j = 0; j < m; j++)
+            for (uint32_t c = 0; c < ksub; c++) {
+                const float *y = u->pq.cents + ((size_t)j * ksub + c) * dsub;
+                const float *qq = u->queries + (size_t)q * dim + (size_t)j * dsub;
+                float dot = 0;
+                for (uint32_t s = 0; s < dsub; s++)
+                    dot += qq[s] * y[s];
+                u->qtab[(size_t)q * tsz + (size_t)j * ksub + c] =
+                    metric == QV_METRIC_L2 ? -2.0f * dot : -dot;
+            }
+    if (with_ltab && metric == QV_METRIC_L2) {
+        u->ltab = qv_malloc((size_t)nlists * tsz * sizeof(float), QV_MEM_TEST);
+        for (uint32_t l = 0; l < nlists; l++)
+            for (uint32_t j = 0; j < m; j++)
+                for (uint32_t c = 0; c < ksub; c++) {
+                    const float *y = u->pq.cents + ((size_t)j * ksub + c) * dsub;
+                    const float *cc = u->coarse + (size_t)l * dim + (size_t)j * dsub;
+                    float yy = 0, cy = 0;
+                    for (uint32_t s = 0; s < dsub; s++) {
+                        yy += y[s] * y[s];
+                        cy += cc[s] * y[s];
+                    }
+                    u->ltab[(size_t)l * tsz + (size_t)j * ksub + c] = yy + 2.0f * cy;
+                }
+    }
+    u->pqp.pq = &u->pq;
+    u->pqp.coarse = u->coarse;
+    u->pqp.nlist = nlists;
+    u->pqp.qtab = u->qtab;
+    u->pqp.ltab = u->ltab;
+    u->pqp.res = NULL;
+    u->wu.params = &u->pqp;
+    u->wu.code_size = u->pq.code_size;
+}
+
+static void unit_free(struct unit *u)
+{
+    for (uint32_t l = 0; l < u->wu.nlists; l++) {
+        qv_free((void *)u->lists[l].codes);
+        qv_free((void *)u->lists[l].norms);
+        qv_free((void *)u->lists[l].ids);
+        qv_free((void *)u->lists[l].rows);
+    }
+    qv_free(u->lists);
+    qv_free(u->queries);
+    qv_free(u->qnorms);
+    qv_free(u->poff);
+    qv_free(u->plist);
+    qv_free(u->filter);
+    qv_free(u->x);
+    qv_free(u->vmin);
+    qv_free(u->vdiff);
+    if (u->wu.kind == QV_WU_PQ)
+        qv_pq_fini(&u->pq);
+    qv_free(u->coarse);
+    qv_free(u->qtab);
+    qv_free(u->ltab);
+}
+
+struct heaps {
+    struct qv_topk *h;
+    float *d;
+    uint64_t *id;
+};
+
+static void heaps_init(struct heaps *H, uint32_t nq, uint32_t k)
+{
+    H->h = qv_malloc(nq * sizeof *H->h, QV_MEM_TEST);
+    H->d = qv_malloc((size_t)nq * k * sizeof(float), QV_MEM_TEST);
+    H->id = qv_malloc((size_t)nq * k * sizeof(uint64_t), QV_MEM_TEST);
+    for (uint32_t q = 0; q < nq; q++)
+        qv_topk_init(&H->h[q], k, H->d + (size_t)q * k, H->id + (size_t)q * k);
+}
+
+static void heaps_fini(struct heaps *H)
+{
+    qv_free(H->h);
+    qv_free(H->d);
+    qv_free(H->id);
+}
+
+/* Run u on engine e into fresh heaps (sorted afterwards).  Returns the
+ * unit's status or submit's error. */
+static int run_into(struct qv_engine *e, struct unit *u, struct heaps *H, uint32_t k)
+{
+    heaps_init(H, u->wu.nq, k);
+    u->wu.heaps = H->h;
+    u->wu.status = 1;
+    int rc = qv_engine_run(e, &u->wu);
+    for (uint32_t q = 0; q < u->wu.nq; q++)
+        qv_topk_sort(&H->h[q]);
+    return rc;
+}
+
+/* Compare rank by rank.  Returns the number of mismatches (printed). */
+static int compare(const struct heaps *a, const struct heaps *b, uint32_t nq, uint32_t k,
+                   float tol, const char *what)
+{
+    int bad = 0;
+    for (uint32_t q = 0; q < nq; q++) {
+        const float *da = a->d + (size_t)q * k, *db = b->d + (size_t)q * k;
+        const uint64_t *ia = a->id + (size_t)q * k, *ib = b->id + (size_t)q * k;
+        for (uint32_t i = 0; i < k; i++) {
+            int both_inf = isinf(da[i]) && isinf(db[i]);
+            float t = tol * (1.0f + fabsf(da[i]));
+            if (!both_inf && !(fabsf(da[i] - db[i]) <= t)) {
+                if (bad++ < 5)
+                    fprintf(stderr, "\n  %s: q %u rank %u: dist %.7g vs %.7g (ids %llu %llu)",
+                            what, q, i, da[i], db[i], (unsigned long long)ia[i],
+                            (unsigned long long)ib[i]);
+                continue;
+            }
+            if (ia[i] == ib[i])
+                continue;
+            /* ids differ: only allowed for a near-tie at this rank */
+            int tie = 0;
+            for (uint32_t j = 0; j < k && !tie; j++)
+                tie = j != i && fabsf(da[j] - da[i]) <= t;
+            /* or at the boundary: the other id may be just past rank k */
+            tie |= i == k - 1 || fabsf(da[i] - db[i]) <= t;
+            if (!tie) {
+                if (bad++ < 5)
+                    fprintf(stderr, "\n  %s: q %u rank %u: id %llu vs %llu (dist %.7g)",
+                            what, q, i, (unsigned long long)ia[i],
+                            (unsigned long long)ib[i], da[i]);
+            }
+        }
+    }
+    return bad;
+}
+
+/* CPU and OpenCL on the same unit; asserts equality. */
+static void check_unit(struct unit *u, uint32_t k, float tol, const char *what)
+{
+    struct heaps hc, ho;
+    int rc = run_into(cpu, u, &hc, k);
+    CU_ASSERT_EQUAL(rc, 0);
+    rc = run_into(ocl, u, &ho, k);
+    if (rc)
+        fprintf(stderr, "\n  %s: %s", what, qv_errmsg());
+    CU_ASSERT_EQUAL(rc, 0);
+    if (rc == 0) {
+        int bad = compare(&hc, &ho, u->wu.nq, k, tol, what);
+        CU_ASSERT_EQUAL(bad, 0);
+        if (u->wu.nq && u->poff[u->wu.nq])
+            CU_ASSERT(u->wu.device_ns > 0);
+    }
+    heaps_fini(&hc);
+    heaps_fini(&ho);
+}
+
+static const uint32_t dims[] = { 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 127, 128, 129, 784 };
+#define NDIMS (sizeof dims / sizeof dims[0])
+
+/* ---- result tests ---- */
+
+static void test_flat_dims(void)
+{
+    static const uint32_t ks[] = { 1, 10, 100 };
+    for (size_t di = 0; di < NDIMS; di++)
+        for (int metric = 0; metric < 2; metric++) {
+            uint32_t dim = dims[di];
+            struct unit u;
+            char what[96];
+            uint32_t k = ks[(di + metric) % 3];
+            uint32_t nq = 1 + (uint32_t)(rnd() % 40);
+            unit_make(&u, QV_WU_FLAT, metric, dim, dim > 200 ? 700 : 1500, 1, nq, 1,
+                      di % 3 == 1);
+            snprintf(what, sizeof what, "flat %s dim %u k %u nq %u%s",
+                     metric ? "ip" : "l2", dim, k, nq, u.filter ? " filter" : "");
+            check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
+            unit_free(&u);
+        }
+}
+
+static void test_flat_k(void)
+{
+    static const uint32_t ks[] = { 1, 10, 100, 256 };
+    for (size_t ki = 0; ki < 4; ki++)
+        for (int filt = 0; filt < 2; filt++) {
+            struct unit u;
+            char what[96];
+            unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 32, 3000, 1, 33, 1, filt);
+            snprintf(what, sizeof what, "flat k %u%s", ks[ki], filt ? " filter" : "");
+            check_unit(&u, ks[ki], 1e-4f, what);
+            unit_free(&u);
+        }
+}
+
+static void test_flat_batches(void)
+{
+    static const uint32_t nqs[] = { 1, 2, 7, 8, 9, 64, 300, 4096 };
+    for (size_t i = 0; i < sizeof nqs / sizeof nqs[0]; i++) {
+        struct unit u;
+        char what[96];
+        uint32_t n = nqs[i] >= 4096 ? 4000 : 5000;
+        unit_make(&u, QV_WU_FLAT, i % 2 ? QV_METRIC_IP : QV_METRIC_L2, 24, n, 1, nqs[i], 1,
+                  i == 5);
+        snprintf(what, sizeof what, "flat batch %u", nqs[i]);
+        check_unit(&u, 10, 1e-4f, what);
+        unit_free(&u);
+    }
+}
+
+static void test_ivf_flat(void)
+{
+    static const uint32_t ks[] = { 1, 10, 100 };
+    for (size_t di = 0; di < NDIMS; di += 2)
+        for (int filt = 0; filt < 2; filt++) {
+            uint32_t dim = dims[di + filt < NDIMS ? di + filt : di];
+            struct unit u;
+            char what[96];
+            uint32_t k = ks[(di / 2 + filt) % 3];
+            uint32_t nq = 1 + (uint32_t)(rnd() % 200);
+            unit_make(&u, QV_WU_FLAT, (di / 2) % 2, dim, 4000, 37, nq, 5, filt);
+            snprintf(what, sizeof what, "ivf flat dim %u k %u nq %u%s", dim, k, nq,
+                     filt ? " filter" : "");
+            check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
+            unit_free(&u);
+        }
+    /* a big batch over many lists */
+    struct unit u;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 16, 20000, 64, 2048, 8, 1);
+    check_unit(&u, 10, 1e-4f, "ivf flat 2048 queries");
+    unit_free(&u);
+}
+
+static void test_sq8(void)
+{
+    static const uint32_t ks[] = { 1, 10, 100 };
+    for (size_t di = 0; di < NDIMS; di++) {
+        uint32_t dim = dims[di];
+        struct unit u;
+        char what[96];
+        uint32_t k = ks[di % 3];
+        int metric = (int)(di / 2 % 2);
+        unit_make(&u, QV_WU_SQ8, metric, dim, dim > 200 ? 800 : 2000, di % 2 ? 9 : 1,
+                  1 + (uint32_t)(rnd() % 70), di % 2 ? 3 : 1, di % 3 == 0);
+        snprintf(what, sizeof what, "sq8 %s dim %u k %u nq %u%s", metric ? "ip" : "l2", dim,
+                 k, u.wu.nq, u.filter ? " filter" : "");
+        check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
+        unit_free(&u);
+    }
+}
+
+static void test_pq(void)
+{
+    struct { uint32_t dim, m, nbits; int metric, ltab, filter; uint32_t k, nq; } c[] = {
+        { 32, 8, 4, QV_METRIC_L2, 1, 0, 10, 20 },
+        { 32, 8, 4, QV_METRIC_L2, 0, 1, 100, 7 },
+        { 32, 16, 4, QV_METRIC_IP, 0, 0, 1, 33 },
+        { 33, 11, 4, QV_METRIC_L2, 1, 1, 10, 5 },    /* odd m: a pad nibble */
+        { 16, 16, 4, QV_METRIC_L2, 1, 0, 10, 300 },
+        { 32, 8, 8, QV_METRIC_L2, 1, 0, 10, 20 },
+        { 32, 8, 8, QV_METRIC_L2, 0, 1, 100, 9 },
+        { 36, 12, 8, QV_METRIC_IP, 0, 1, 1, 17 },
+        { 128, 16, 8, QV_METRIC_L2, 1, 0, 10, 64 },
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        struct unit u;
+        char what[128];
+        unit_make_pq(&u, c[i].metric, c[i].dim, c[i].m, c[i].nbits, 3000, 16, c[i].nq, 4,
+                     c[i].filter, c[i].ltab);
+        snprintf(what, sizeof what, "pq%u %s dim %u m %u%s%s k %u nq %u", c[i].nbits,
+                 c[i].metric ? "ip" : "l2", c[i].dim, c[i].m, c[i].ltab ? " ltab" : "",
+                 c[i].filter ? " filter" : "", c[i].k, c[i].nq);
+        /* 4-bit: bit-identical arithmetic; 8-bit: float sums in order */
+        check_unit(&u, c[i].k, c[i].nbits == 4 ? 1e-6f : 1e-4f, what);
+        unit_free(&u);
+    }
+}
+
+/* Whole indexes: the same search with the CPU engine and with OpenCL. */
+static void test_indexes(void)
+{
+    const uint32_t dim = 24, n = 6000, nq = 50, k = 10;
+    float *x = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
+    float *q = qv_malloc((size_t)nq * dim * sizeof(float), QV_MEM_TEST);
+    for (size_t i = 0; i < (size_t)n * dim; i++)
+        x[i] = rndf();
+    for (size_t i = 0; i < (size_t)nq * dim; i++)
+        q[i] = rndf();
+    float *d1 = qv_malloc(nq * k * sizeof(float), QV_MEM_TEST);
+    float *d2 = qv_malloc(nq * k * sizeof(float), QV_MEM_TEST);
+    uint64_t *i1 = qv_malloc(nq * k * sizeof(uint64_t), QV_MEM_TEST);
+    uint64_t *i2 = qv_malloc(nq * k * sizeof(uint64_t), QV_MEM_TEST);
+    struct heaps a = { NULL, d1, i1 }, b = { NULL, d2, i2 };
+    for (int enc = 0; enc < 2; enc++) {
+        struct qv_ivf_opts o = { .dim = dim, .metric = QV_METRIC_L2, .encoding = enc,
+                                 .nlist = 32, .seed = 3 };
+        struct qv_ivf *ix = qv_ivf_create(&o);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
+        CU_ASSERT_EQUAL(qv_ivf_train(ix, x, n), 0);
+        CU_ASSERT_EQUAL(qv_ivf_add(ix, n, x, NULL), 0);
+        CU_ASSERT_EQUAL(qv_ivf_search(ix, q, nq, k, 6, NULL, d1, i1), 0);
+        qv_ivf_set_engine(ix, ocl);
+        int rc = qv_ivf_search(ix, q, nq, k, 6, NULL, d2, i2);
+        if (rc)
+            fprintf(stderr, "\n  ivf search on opencl: %s", qv_errmsg());
+        CU_ASSERT_EQUAL(rc, 0);
+        CU_ASSERT_EQUAL(compare(&a, &b, nq, k, 1e-4f, enc ? "ivf-sq8 index" : "ivf index"), 0);
+        qv_ivf_set_engine(ix, NULL);
+        qv_ivf_free(ix);
+    }
+    for (int nb = 4; nb <= 8; nb += 4) {
+        struct qv_ivfpq_opts o = { .dim = dim, .metric = QV_METRIC_L2, .nlist = 16, .m = 8,
+                                   .nbits = (uint32_t)nb, .seed = 5 };
+        struct qv_ivfpq *ix = qv_ivfpq_create(&o);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
+        CU_ASSERT_EQUAL(qv_ivfpq_train(ix, x, n), 0);
+        CU_ASSERT_EQUAL(qv_ivfpq_add(ix, n, x, NULL), 0);
+        CU_ASSERT_EQUAL(qv_ivfpq_search(ix, q, nq, k, 4, 1, NULL, d1, i1), 0);
+        qv_ivfpq_set_engine(ix, ocl);
+        int rc = qv_ivfpq_search(ix, q, nq, k, 4, 1, NULL, d2, i2);
+        if (rc)
+            fprintf(stderr, "\n  ivfpq search on opencl: %s", qv_errmsg());
+        CU_ASSERT_EQUAL(rc, 0);
+        CU_ASSERT_EQUAL(compare(&a, &b, nq, k, 1e-4f, "ivfpq index"), 0);
+        qv_ivfpq_set_engine(ix, NULL);
+        qv_ivfpq_free(ix);
+    }
+    qv_free(x);
+    qv_free(q);
+    qv_free(d1);
+    qv_free(d2);
+    qv_free(i1);
+    qv_free(i2);
+}
+
+/* ---- engine behaviour ---- */
+
+static struct qv_opencl_opts test_opts(void)
+{
+    struct qv_opencl_opts o;
+    qv_opencl_opts_default(&o);
+    o.cache_dir = cache_dir;
+    return o;
+}
+
+static void test_cache_hit(void)
+{
+    struct qv_opencl_info i1, i2;
+    CU_ASSERT_EQUAL_FATAL(qv_engine_opencl_info(ocl, &i1), 0);
+    /* the suite's engine was the first creation in a fresh dir */
+    CU_ASSERT_EQUAL(i1.cache_hit, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(i1.cache_path, cache_dir));
+    struct stat st;
+    CU_ASSERT_EQUAL(stat(i1.cache_path, &st), 0);
+    CU_ASSERT(st.st_size > 0);
+    struct qv_opencl_opts o = test_opts();
+    struct qv_engine *e = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    CU_ASSERT_EQUAL(qv_engine_opencl_info(e, &i2), 0);
+    CU_ASSERT_EQUAL(i2.cache_hit, 1);
+    CU_ASSERT_STRING_EQUAL(i1.cache_path, i2.cache_path);
+    fprintf(stderr, "\n  %s / %s: build %.1f ms, cached load %.1f ms ",
+            i1.platform, i1.device, i1.build_ns / 1e6, i2.build_ns / 1e6);
+    CU_ASSERT(i2.build_ns < i1.build_ns);
+    /* different build options: another key, a miss */
+    o.build_options = "-DQV_TEST_OTHER_KEY=1";
+    struct qv_engine *e3 = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL(e3);
+    if (e3) {
+        struct qv_opencl_info i3;
+        qv_engine_opencl_info(e3, &i3);
+        CU_ASSERT_EQUAL(i3.cache_hit, 0);
+        CU_ASSERT_STRING_NOT_EQUAL(i3.cache_path, i1.cache_path);
+    }
+    qv_engine_free(e3);
+    /* a corrupt cache file is rebuilt, not fatal */
+    FILE *f = fopen(i1.cache_path, "wb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs("not a binary", f);
+    fclose(f);
+    qv_engine_free(e);
+    o.build_options = NULL;
+    e = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL(e);
+    if (e) {
+        qv_engine_opencl_info(e, &i2);
+        CU_ASSERT_EQUAL(i2.cache_hit, 0);
+    }
+    qv_engine_free(e);
+    e = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL(e);
+    if (e) {
+        qv_engine_opencl_info(e, &i2);
+        CU_ASSERT_EQUAL(i2.cache_hit, 1);
+    }
+    qv_engine_free(e);
+    /* an engine that is not opencl */
+    struct qv_opencl_info i4;
+    CU_ASSERT_EQUAL(qv_engine_opencl_info(cpu, &i4), QV_EINVAL);
+}
+
+/* After a failure, the CPU engine still serves. */
+static void assert_cpu_works(void)
+{
+    struct unit u;
+    struct heaps h;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 8, 500, 1, 3, 1, 0);
+    CU_ASSERT_EQUAL(run_into(cpu, &u, &h, 5), 0);
+    CU_ASSERT_EQUAL(h.h[0].n, 5);
+    heaps_fini(&h);
+    unit_free(&u);
+}
+
+static void test_build_failure(void)
+{
+    struct qv_opencl_opts o = test_opts();
+    o.build_options = "-DQV_FORCE_ERROR";
+    qv_clearerr();
+    struct qv_engine *e = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NULL(e);
+    CU_ASSERT_EQUAL(qv_errno, QV_EUNAVAIL);
+    const char *msg = qv_errmsg();
+    CU_ASSERT_PTR_NOT_NULL(strstr(msg, "CL_BUILD_PROGRAM_FAILURE"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(msg, "build log"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(msg, "QV_FORCE_ERROR"));
+    qv_engine_free(e);
+    assert_cpu_works();
+}
+
+static void test_bad_opts(void)
+{
+    struct qv_opencl_opts o = test_opts();
+    o.platform = "no-such-platform-xyz";
+    CU_ASSERT_PTR_NULL(qv_engine_opencl_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EUNAVAIL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "no-such-platform-xyz"));
+    o = test_opts();
+    o.device_index = 200;
+    CU_ASSERT_PTR_NULL(qv_engine_opencl_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EUNAVAIL);
+    o = test_opts();
+    o.local_size = 48;
+    CU_ASSERT_PTR_NULL(qv_engine_opencl_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EINVAL);
+    o = test_opts();
+    o.binary = "/nonexistent/quiver.bin";
+    CU_ASSERT_PTR_NULL(qv_engine_opencl_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EUNAVAIL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "/nonexistent/quiver.bin"));
+    CU_ASSERT_STRING_EQUAL(qv_opencl_strerror(-5), "CL_OUT_OF_RESOURCES");
+    CU_ASSERT_STRING_EQUAL(qv_opencl_strerror(-11), "CL_BUILD_PROGRAM_FAILURE");
+    CU_ASSERT_STRING_EQUAL(qv_opencl_strerror(-4), "CL_MEM_OBJECT_ALLOCATION_FAILURE");
+    assert_cpu_works();
+}
+
+/* A prebuilt binary (the FPGA path): the cache file is one. */
+static void test_prebuilt_binary(void)
+{
+    struct qv_opencl_info i;
+    qv_engine_opencl_info(ocl, &i);
+    struct qv_opencl_opts o = test_opts();
+    o.binary = i.cache_path;
+    struct qv_engine *e = qv_engine_opencl_create(&o);
+    if (!e)
+        fprintf(stderr, "\n  %s", qv_errmsg());
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    qv_engine_opencl_info(e, &i);
+    CU_ASSERT_EQUAL(i.from_binary, 1);
+    struct unit u;
+    struct heaps h;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 8, 500, 1, 3, 1, 0);
+    CU_ASSERT_EQUAL(run_into(e, &u, &h, 5), 0);
+    CU_ASSERT_EQUAL(h.h[0].n, 5);
+    heaps_fini(&h);
+    unit_free(&u);
+    qv_engine_free(e);
+}
+
+static void test_oom(void)
+{
+    struct qv_opencl_opts o = test_opts();
+    o.max_alloc = 16384;
+    struct qv_engine *e = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    struct unit u;
+    struct heaps h;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 64, 2000, 1, 4, 1, 0);  /* 512 KB list */
+    int rc = run_into(e, &u, &h, 10);
+    CU_ASSERT_EQUAL(rc, QV_ENOMEM);
+    CU_ASSERT_EQUAL(u.wu.status, QV_ENOMEM);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "CL_DEVICE_MAX_MEM_ALLOC_SIZE"));
+    CU_ASSERT_EQUAL(e->ops->health(e), 0);      /* a unit failed, not the engine */
+    heaps_fini(&h);
+    unit_free(&u);
+    /* the same engine still runs a unit that fits */
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 4, 100, 1, 2, 1, 0);
+    CU_ASSERT_EQUAL(run_into(e, &u, &h, 3), 0);
+    CU_ASSERT_EQUAL(h.h[1].n, 3);
+    heaps_fini(&h);
+    unit_free(&u);
+    qv_engine_free(e);
+    /* a host allocation failure inside submit: the unit fails cleanly */
+    e = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    int failed = 0, ok = 0;
+    for (long n = 0; n < 12; n++) {
+        unit_make(&u, QV_WU_SQ8, QV_METRIC_L2, 4, 100, 3, 5, 2, 1);
+        heaps_init(&h, u.wu.nq, 3);
+        u.wu.heaps = h.h;
+        qv_alloc_fail_after(n);
+        rc = qv_engine_run(e, &u.wu);
+        qv_alloc_fail_after(-1);
+        failed += rc == QV_ENOMEM;
+        ok += rc == 0;
+        CU_ASSERT(rc == 0 || rc == QV_ENOMEM);
+        heaps_fini(&h);
+        unit_free(&u);
+    }
+    CU_ASSERT(failed > 0);
+    CU_ASSERT(ok > 0);
+    qv_engine_free(e);
+    assert_cpu_works();
+}
+
+static void test_refusals(void)
+{
+    struct unit u;
+    struct heaps h;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 8, 500, 1, 2, 1, 0);
+    heaps_init(&h, 2, QV_OPENCL_MAX_K + 1);
+    u.wu.heaps = h.h;
+    CU_ASSERT_EQUAL(ocl->ops->submit(ocl, &u.wu), QV_ENOTSUP);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "k = 257"));
+    heaps_fini(&h);
+    heaps_init(&h, 2, 10);
+    u.wu.heaps = h.h;
+    u.wu.metric = QV_METRIC_COSINE;
+    CU_ASSERT_EQUAL(ocl->ops->submit(ocl, &u.wu), QV_ENOTSUP);
+    u.wu.metric = QV_METRIC_L2;
+    u.wu.kind = QV_WU__COUNT;
+    CU_ASSERT_EQUAL(ocl->ops->submit(ocl, &u.wu), QV_ENOTSUP);
+    u.wu.kind = QV_WU_FLAT;
+    struct qv_engine_caps caps;
+    ocl->ops->caps(ocl, &caps);
+    CU_ASSERT_EQUAL(caps.kinds, 7u);
+    CU_ASSERT_EQUAL(ocl->ops->health(ocl), 0);
+    CU_ASSERT_STRING_EQUAL(ocl->ops->name, "opencl");
+    /* an empty unit completes at once */
+    uint32_t off0[3] = { 0, 0, 0 };
+    const uint32_t *saved = u.wu.probe_offsets;
+    u.wu.probe_offsets = off0;
+    CU_ASSERT_EQUAL(qv_engine_run(ocl, &u.wu), 0);
+    CU_ASSERT_EQUAL(h.h[0].n, 0);
+    u.wu.probe_offsets = saved;
+    heaps_fini(&h);
+    unit_free(&u);
+}
+
+static void test_async(void)
+{
+    enum { N = 9 };
+    struct unit u[N];
+    struct heaps h[N], ref[N];
+    int submitted = 0;
+    for (int i = 0; i < N; i++) {
+        unit_make(&u[i], QV_WU_FLAT, QV_METRIC_L2, 16, 3000, 4, 20, 2, i % 2);
+        CU_ASSERT_EQUAL(run_into(cpu, &u[i], &ref[i], 10), 0);
+        heaps_init(&h[i], u[i].wu.nq, 10);
+        u[i].wu.heaps = h[i].h;
+        u[i].wu.user = &u[i];
+    }
+    for (int i = 0; i < N; i++) {
+        int rc = ocl->ops->submit(ocl, &u[i].wu);
+        if (i < 8) {
+            CU_ASSERT_EQUAL(rc, 0);
+            submitted += rc == 0;
+        } else {
+            CU_ASSERT_EQUAL(rc, QV_EBUSY);      /* 8 in flight, none polled */
+        }
+    }
+    CU_ASSERT_EQUAL(qv_engine_opencl_wait(ocl), 0);
+    struct qv_work_unit *done[16];
+    int got = 0, order_ok = 1;
+    while (got < submitted) {
+        int n = ocl->ops->poll(ocl, done, 3);
+        for (int j = 0; j < n; j++) {
+            order_ok &= done[j] == &u[got + j].wu;
+            CU_ASSERT_EQUAL(done[j]->status, 0);
+            CU_ASSERT(done[j]->device_ns > 0);
+        }
+        got += n;
+    }
+    CU_ASSERT(order_ok);
+    CU_ASSERT_EQUAL(ocl->ops->poll(ocl, done, 16), 0);
+    for (int i = 0; i < submitted; i++) {
+        for (uint32_t q = 0; q < u[i].wu.nq; q++)
+            qv_topk_sort(&h[i].h[q]);
+        CU_ASSERT_EQUAL(compare(&ref[i], &h[i], u[i].wu.nq, 10, 1e-4f, "async"), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        heaps_fini(&h[i]);
+        heaps_fini(&ref[i]);
+        unit_free(&u[i]);
+    }
+}
+
+/* Devices without shared memory: resident copies, LRU eviction, forget. */
+static void test_resident(void)
+{
+    struct qv_opencl_opts o = test_opts();
+    o.no_zero_copy = 1;
+    o.resident_bytes = 200000;          /* a few lists at a time */
+    struct qv_engine *saved = ocl;
+    ocl = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ocl);
+    struct qv_opencl_info i;
+    qv_engine_opencl_info(ocl, &i);
+    CU_ASSERT_EQUAL(i.shared_memory, 0);
+    struct unit u;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 32, 8000, 16, 40, 6, 1);
+    check_unit(&u, 10, 1e-4f, "resident flat");
+    check_unit(&u, 10, 1e-4f, "resident flat again");   /* hits and evictions */
+    CU_ASSERT_EQUAL(qv_engine_opencl_forget(ocl, u.lists[u.plist[0]].codes) +
+                    qv_engine_opencl_forget(ocl, (const char *)u.lists[0].codes + 1), 1);
+    check_unit(&u, 10, 1e-4f, "resident flat after forget");
+    unit_free(&u);
+    unit_make_pq(&u, QV_METRIC_L2, 32, 8, 8, 3000, 8, 20, 3, 0, 1);
+    check_unit(&u, 10, 1e-4f, "resident pq8");
+    unit_free(&u);
+    qv_engine_free(ocl);
+    ocl = saved;
+}
+
+static void test_config(void)
+{
+    struct qv_config *cfg = qv_config_parse(
+        "[opencl]\nplatform = Portable\ndevice_type = cpu\ndevice_index = 0\n"
+        "cache_dir = off\nlocal_size = 128\nmax_alloc = 1G\n", "test");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    struct qv_opencl_opts o;
+    CU_ASSERT_EQUAL(qv_opencl_opts_from_config(cfg, &o), 0);
+    CU_ASSERT_STRING_EQUAL(o.platform, "Portable");
+    CU_ASSERT_EQUAL(o.device_type, QV_OPENCL_DEV_CPU);
+    CU_ASSERT_STRING_EQUAL(o.cache_dir, "off");
+    CU_ASSERT_PTR_NULL(o.binary);
+    CU_ASSERT_EQUAL(o.local_size, 128);
+    CU_ASSERT_EQUAL(o.max_alloc, 1ull << 30);
+    qv_config_free(cfg);
+    cfg = qv_config_defaults();
+    CU_ASSERT_EQUAL(qv_opencl_opts_from_config(cfg, &o), 0);
+    CU_ASSERT_PTR_NULL(o.platform);
+    CU_ASSERT_PTR_NULL(o.cache_dir);
+    CU_ASSERT_EQUAL(o.local_size, 0);
+    qv_config_free(cfg);
+    cfg = qv_config_parse("[opencl]\nlocal_size = 48\n", "test");
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "power of two"));
+    cfg = qv_config_parse("[opencl]\ndevice_type = fpga\n", "test");
+    CU_ASSERT_PTR_NULL(cfg);
+}
+
+/* Overheads, printed for the report (not asserted beyond sanity). */
+static void test_overheads(void)
+{
+    struct unit u;
+    struct heaps h;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 16, 16, 1, 1, 1, 0);
+    heaps_init(&h, 1, 1);
+    u.wu.heaps = h.h;
+    for (int i = 0; i < 20; i++)
+        qv_engine_run(ocl, &u.wu);
+    int64_t t0 = qv_now_ns();
+    const int reps = 300;
+    for (int i = 0; i < reps; i++) {
+        qv_topk_init(&h.h[0], 1, h.d, h.id);
+        CU_ASSERT_EQUAL(qv_engine_run(ocl, &u.wu), 0);
+    }
+    double us = (qv_now_ns() - t0) / 1e3 / reps;
+    fprintf(stderr, "\n  tiny unit round trip (1 query x 16 vectors): %.1f us ", us);
+    CU_ASSERT(us < 5000);
+    heaps_fini(&h);
+    unit_free(&u);
+}
+
+int main(void)
+{
+    struct qv_mem_stats before, after;
+    qv_mem_stats(QV_MEM_TEST, &before);
+    snprintf(cache_dir, sizeof cache_dir, "/tmp/qv-ocl-test-XXXXXX");
+    if (!mkdtemp(cache_dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    cpu = qv_engine_cpu_create(NULL);
+    struct qv_opencl_opts o = test_opts();
+    ocl = qv_engine_opencl_create(&o);
+    if (!ocl) {
+        int code = qv_errno;
+        fprintf(stderr, "test_opencl: %s\n", qv_errmsg());
+        qv_engine_free(cpu);
+        rmdir(cache_dir);
+        if (code == QV_EUNAVAIL && strstr(qv_errmsg(), "no OpenCL platform")) {
+            printf("SKIP: no OpenCL platform on this machine (install pocl-opencl-icd)\n");
+            return 0;
+        }
+        return 1;
+    }
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    CU_pSuite s = CU_add_suite("opencl", NULL, NULL);
+    CU_add_test(s, "binary cache: second creation loads the binary", test_cache_hit);
+    CU_add_test(s, "build failure: EUNAVAIL with the build log", test_build_failure);
+    CU_add_test(s, "bad options and error names", test_bad_opts);
+    CU_add_test(s, "prebuilt binary (FPGA path)", test_prebuilt_binary);
+    CU_add_test(s, "allocation failures fail the unit, not the process", test_oom);
+    CU_add_test(s, "refusals: k, metric, kind; empty unit", test_refusals);
+    CU_add_test(s, "config: [opencl] keys", test_config);
+    CU_add_test(s, "flat: every dim, l2/ip, == cpu", test_flat_dims);
+    CU_add_test(s, "flat: k 1..256, filter, == cpu", test_flat_k);
+    CU_add_test(s, "flat: batch sizes 1..4096, == cpu", test_flat_batches);
+    CU_add_test(s, "ivf flat: many lists and probes, == cpu", test_ivf_flat);
+    CU_add_test(s, "sq8: every dim, == cpu", test_sq8);
+    CU_add_test(s, "pq: 4/8 bits, ltab, ip, filter, == cpu", test_pq);
+    CU_add_test(s, "indexes: ivf, ivf-sq8, ivf-pq searches, == cpu", test_indexes);
+    CU_add_test(s, "async: 8 in flight, EBUSY, completion order", test_async);
+    CU_add_test(s, "resident buffers: LRU eviction, forget", test_resident);
+    CU_add_test(s, "overheads (printed)", test_overheads);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failed = CU_get_number_of_failures();
+    int err = CU_get_error();
+    CU_cleanup_registry();
+    qv_engine_free(ocl);
+    qv_engine_free(cpu);
+    /* remove the temp cache */
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "test_opencl: could not remove %s\n", cache_dir);
+    qv_mem_stats(QV_MEM_TEST, &after);
+    if (after.live_blocks != before.live_blocks) {
+        fprintf(stderr, "test_opencl: %lld test blocks leaked\n",
+                (long long)(after.live_blocks - before.live_blocks));
+        failed++;
+    }
+    return failed || err ? 1 : 0;
+}
