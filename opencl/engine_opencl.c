@@ -25,8 +25,20 @@
  *              queries of the group; 1 when only 1 or 2 queries probe the
  *              list).  The tile's queries sit in local memory.  FLAT: a
  *              work-item owns one group of 16 entries per step as a
- *              float16 (explicit SIMD: 8 float16 accumulators, one vload16
- *              per dimension), so an entry is read once per 8 queries; SQ8:
+ *              float16 (explicit SIMD: FQT float16 accumulators, one
+ *              vload16 per dimension); for a list larger than half the
+ *              device's global memory cache the work-group's tile is up
+ *              to QV_OCL_TQ_MAX = 256 queries (tile_for: as many as local
+ *              memory holds; smaller lists: FQT), run as register
+ *              sub-tiles of FQT queries
+ *              over the same 16 x dim entries, which stay in L1, so a
+ *              batch streams the list from memory once per 256 queries,
+ *              not once per 8 (POCL was memory-bound: 1000 queries on
+ *              200k x 128 read 12.8 GB per batch).  FQT = 16 on CPU
+ *              devices (16 of AVX-512's 32 registers), 8 elsewhere (a
+ *              GPU work-item holding 16 x 16 floats would spill); GPUs
+ *              with 48 KB of local memory and local size 64 get tiles of
+ *              8, as before.  SQ8:
  *              a work-item owns QV_OCL_E entries per step, 8 accumulators.
  *              Local size: 16 on CPU devices (measured best on POCL), 64
  *              elsewhere ([opencl] local_size).
@@ -66,6 +78,14 @@
  * (inverted probes, masks, tables, candidates) live in per-slot staging
  * arrays and device buffers that grow and are reused.
  *
+ * Polling.  On a CPU device the device's threads run on the caller's
+ * cores; a caller spinning on poll() took the cores from the kernels
+ * (and contended for the event's lock: a third of POCL's time).  So
+ * poll() with nothing completed on a CPU device, once the oldest unit
+ * has run QV_OCL_POLL_SPIN_NS (50 us: short units keep their latency),
+ * sleeps QV_OCL_POLL_BACKOFF_NS (20 us) before returning 0.  Other
+ * devices: no sleep.
+ *
  * Asynchrony.  submit() prepares the staging, enqueues writes, launches
  * and the one read of the candidates, flushes and returns; up to
  * QV_OCL_SLOTS units are in flight (then QV_EBUSY).  While the device
@@ -93,6 +113,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "opencl_int.h"
@@ -399,8 +420,8 @@ static int load_program(struct ocl_engine *E, const struct qv_opencl_opts *o)
     char options[512];
     cl_int err;
     int64_t t0 = qv_now_ns();
-    snprintf(options, sizeof options, "-cl-std=CL1.2 -DQV_QT=%u -DQV_E=%u %s", QV_OCL_QT,
-             QV_OCL_E, o->build_options ? o->build_options : "");
+    snprintf(options, sizeof options, "-cl-std=CL1.2 -DQV_QT=%u -DQV_FQT=%u -DQV_E=%u %s",
+             QV_OCL_QT, E->flat_qt, QV_OCL_E, o->build_options ? o->build_options : "");
 
     if (o->binary && o->binary[0]) {
         size_t len = 0;
@@ -762,6 +783,37 @@ static uint32_t chunks_for(const struct ocl_engine *E, uint32_t n, uint32_t ntil
     return want ? want : 1;
 }
 
+/* Queries per work-group of a launch with a group of ng queries.  FLAT:
+ * up to QV_OCL_TQ_MAX, a multiple of E->flat_qt (the register sub-tile),
+ * as many as local memory holds, so each group of 16 entries loaded
+ * serves up to 256 queries and a batch streams the list ng / 256 times,
+ * not ng / 8 (POCL, 200k x 128, 1000 queries: 1509 QPS at 8 queries per
+ * group, 1713 at 32, 2081 at 64, 2337 at 128, 2524 at 256).  GPUs with
+ * 48 KB of local memory and local size 64 stay at 8.  SQ8: QV_OCL_QT.
+ * Groups of 1 or 2: 1.  O(1). */
+static uint32_t tile_for(const struct ocl_engine *E, enum qv_wu_kind kind, uint32_t ng,
+                         uint32_t n, uint32_t dim, uint32_t k)
+{
+    if (ng <= 2)
+        return 1;
+    if (kind != QV_WU_FLAT)
+        return QV_OCL_QT;
+    const uint32_t qt = E->flat_qt;
+    /* a list that stays in half the device's global memory cache is not
+     * streamed from memory: one sub-tile per group keeps the queries and
+     * the distances of a step in L1 (siftsmall, 10k x 128, 100 queries:
+     * 29k QPS with 112-query groups, see the header) */
+    if ((uint64_t)n * dim * 4 <= E->cache_bytes / 2)
+        return qt;
+    uint32_t tq = (ng + qt - 1) / qt * qt;
+    if (tq > QV_OCL_TQ_MAX)
+        tq = QV_OCL_TQ_MAX / qt * qt;
+    size_t per_q = ((size_t)dim + 1 + (size_t)E->info.local_size * 16 + 2 * (size_t)k + 1) * 4;
+    while (tq > qt && tq * per_q > E->info.local_mem)
+        tq -= qt;
+    return tq;
+}
+
 /* Local memory of one launch (bytes) and whether it fits. */
 static size_t local_bytes(const struct ocl_engine *E, enum qv_wu_kind kind, uint32_t dim,
                           uint32_t k, const struct qv_pq *pq)
@@ -773,7 +825,8 @@ static size_t local_bytes(const struct ocl_engine *E, enum qv_wu_kind kind, uint
         return tab + ls * 4 + (size_t)k * 8 + 16;
     }
     size_t step = kind == QV_WU_FLAT ? ls * 16 : ls * QV_OCL_E;
-    return (size_t)QV_OCL_QT * (dim + step + 2 * k + 1) * 4;
+    size_t qt = kind == QV_WU_FLAT ? E->flat_qt : QV_OCL_QT;
+    return qt * (dim + 1 + step + 2 * k + 1) * 4;
 }
 
 static int check_unit(const struct ocl_engine *E, const struct qv_work_unit *wu)
@@ -947,7 +1000,8 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
         if (!ng || !n)
             continue;
         struct ocl_launch *L = &S->launch[S->nlaunch++];
-        uint32_t ntiles = pq || ng <= 2 ? ng : (ng + QV_OCL_QT - 1) / QV_OCL_QT;
+        L->tq = pq ? 1 : tile_for(E, wu->kind, ng, n, wu->dim, k);
+        uint32_t ntiles = (ng + L->tq - 1) / L->tq;
         L->li = l;
         L->gfirst = S->loff[l];
         L->ng = ng;
@@ -1114,12 +1168,15 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
             SETARG(K, 15, kk);
             SETARG(K, 16, S->out.mem);
             SETARG(K, 17, out_off);
-            SETLOCAL(K, 18, (size_t)qt * dim * 4);
-            SETLOCAL(K, 19, (size_t)qt * ls * (wu->kind == QV_WU_FLAT ? 16 : QV_OCL_E) * 4);
-            SETLOCAL(K, 20, (size_t)qt * k * 4);
-            SETLOCAL(K, 21, (size_t)qt * k * 4);
-            SETLOCAL(K, 22, (size_t)qt * 4);
-            gsz[1] = (ng + qt - 1) / qt;
+            cl_uint tq = L->tq;         /* qt, or a multiple of it (FLAT) */
+            SETLOCAL(K, 18, (size_t)tq * (dim + (wu->kind == QV_WU_FLAT)) * 4);
+            SETLOCAL(K, 19, (size_t)tq * ls * (wu->kind == QV_WU_FLAT ? 16 : QV_OCL_E) * 4);
+            SETLOCAL(K, 20, (size_t)tq * k * 4);
+            SETLOCAL(K, 21, (size_t)tq * k * 4);
+            SETLOCAL(K, 22, (size_t)tq * 4);
+            if (wu->kind == QV_WU_FLAT)
+                SETARG(K, 23, tq);
+            gsz[1] = (ng + tq - 1) / tq;
         } else if (pq->nbits == 4) {
             cl_uint mp = (pq->m + 1u) & ~1u;
             if ((rc = host_buffer(E, S, lst->codes, qv_pq_fs_size(n, pq->m), 1, "list codes",
@@ -1296,6 +1353,7 @@ static int ocl_submit(struct qv_engine *e, struct qv_work_unit *wu)
     E->count++;
     E->serial++;
     S->wu = wu;
+    S->t_submit = qv_now_ns();
     S->status = 0;
     S->enqueued = 0;
     wu->status = 0;
@@ -1329,8 +1387,21 @@ static int ocl_poll(struct qv_engine *e, struct qv_work_unit **done, int max)
             cl_int st = CL_QUEUED;
             cl_int err = clGetEventInfo(S->last, CL_EVENT_COMMAND_EXECUTION_STATUS,
                                         sizeof st, &st, NULL);
-            if (err == CL_SUCCESS && st > CL_COMPLETE)
-                break;              /* oldest still running: so are the rest */
+            if (err == CL_SUCCESS && st > CL_COMPLETE) {
+                /* oldest still running: so are the rest.  A CPU device
+                 * runs on the cores of the caller, who typically polls
+                 * in a loop: spinning here (each call takes the event's
+                 * lock, which the device's threads also take) cost POCL
+                 * about a third of its throughput.  Past the first
+                 * QV_OCL_POLL_SPIN_NS, give the core back for
+                 * QV_OCL_POLL_BACKOFF_NS before saying "nothing". */
+                if (E->cpu_device && n == 0 &&
+                    qv_now_ns() - S->t_submit > QV_OCL_POLL_SPIN_NS) {
+                    struct timespec ts = { 0, QV_OCL_POLL_BACKOFF_NS };
+                    nanosleep(&ts, NULL);
+                }
+                break;
+            }
             if (err != CL_SUCCESS || st < 0) {
                 S->status = qv_seterr(QV_EIO, "opencl engine: a unit failed on %s: %s",
                                       E->info.device,
@@ -1462,6 +1533,9 @@ struct qv_engine *qv_engine_opencl_create(const struct qv_opencl_opts *opts)
     clGetDeviceInfo(E->device, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL);
     clGetDeviceInfo(E->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof maxwg, &maxwg, NULL);
     clGetDeviceInfo(E->device, CL_DEVICE_TYPE, sizeof dt, &dt, NULL);
+    cl_ulong cache = 0;
+    clGetDeviceInfo(E->device, CL_DEVICE_GLOBAL_MEM_CACHE_SIZE, sizeof cache, &cache, NULL);
+    E->cache_bytes = cache;
     if (maxwg && ls > maxwg) {
         rc = qv_seterr(QV_EINVAL, "opencl engine: local_size %u exceeds the %zu work-items "
                        "a work-group of %s may have; lower [opencl] local_size", ls, maxwg,
@@ -1477,6 +1551,11 @@ struct qv_engine *qv_engine_opencl_create(const struct qv_opencl_opts *opts)
     if (!ls)
         ls = (dt & CL_DEVICE_TYPE_CPU) ? 16 : 64;
     E->info.local_size = ls;
+    E->cpu_device = (dt & CL_DEVICE_TYPE_CPU) != 0;
+    /* FLAT register sub-tile: 16 float16 accumulators fill half of
+     * AVX-512's 32 registers (POCL: measured faster than 8); GPUs keep 8
+     * (16 x 16 floats per work-item would spill their registers) */
+    E->flat_qt = E->cpu_device ? QV_OCL_FQT_CPU : QV_OCL_QT;
     E->info.shared_memory = (unified == CL_TRUE || (dt & CL_DEVICE_TYPE_CPU)) &&
                             !opts->no_zero_copy;
     E->max_alloc = ma;

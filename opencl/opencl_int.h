@@ -30,10 +30,17 @@ extern const unsigned qv__cl_nsources;
 
 #define QV_OCL_QT 8u            /* queries per work-group tile (FLAT, SQ8):
                                    must equal QV_QT of quiver.cl */
+#define QV_OCL_TQ_MAX 256u      /* FLAT: most queries per work-group
+                                   (register sub-tiles of flat_qt) */
+#define QV_OCL_FQT_CPU 16u      /* FLAT sub-tile on CPU devices */
 #define QV_OCL_E 8u             /* entries per work-item per step: QV_E */
 #define QV_OCL_SLOTS 8u         /* units in flight per engine */
 #define QV_OCL_NONE 0xffffffffu /* empty candidate slot (quiver.cl) */
 #define QV_OCL_MAX_DIM 65536u
+#define QV_OCL_POLL_BACKOFF_NS 20000L /* poll() on a CPU device with
+                                   nothing done sleeps this long */
+#define QV_OCL_POLL_SPIN_NS 50000 /* ... once the oldest unit has run
+                                   this long */
 
 enum ocl_kernel {
     OCL_K_FLAT = 0,
@@ -61,6 +68,7 @@ struct ocl_launch {
     uint32_t li;                /* index into wu->lists */
     uint32_t gfirst, ng;
     uint32_t nchunks;
+    uint32_t tq;                /* queries per work-group (tile_for) */
     uint64_t out_off;           /* first output slot */
 };
 
@@ -71,6 +79,7 @@ struct ocl_slot {
     struct qv_work_unit *wu;
     int status;                 /* set when the unit failed at submit */
     int enqueued;               /* device work was enqueued (events valid) */
+    int64_t t_submit;           /* qv_now_ns() at submit (poll back-off) */
     uint32_t k;
     /* staging + device buffers */
     struct ocl_dbuf qidx;       /* uint32 per probe, grouped by list */
@@ -124,6 +133,10 @@ struct ocl_engine {
     uint64_t max_alloc;         /* min(device, opts) */
     uint64_t resident_budget;
     int health;                 /* 0 or QV_EUNAVAIL */
+    uint32_t flat_qt;           /* FLAT register sub-tile (QV_FQT) */
+    uint64_t cache_bytes;       /* CL_DEVICE_GLOBAL_MEM_CACHE_SIZE (0: none) */
+    int cpu_device;             /* CL_DEVICE_TYPE_CPU: shares the host's
+                                   cores, poll() backs off (see there) */
     /* units in flight */
     struct ocl_slot slots[QV_OCL_SLOTS];
     unsigned head, count;

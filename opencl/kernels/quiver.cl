@@ -8,8 +8,9 @@
  * the group of queries (or probes) that probe it, listed in qidx[]:
  *   global = (nchunks * LS, ntiles), local = (LS, 1)
  *   group (c, t): chunk c of the list (entries [c*chunk, (c+1)*chunk)),
- *                 tile t of the group (QV_QT queries for FLAT / SQ8, one
- *                 probe for PQ, whose table is per (query, list)).
+ *                 tile t of the group (QV_QT queries for SQ8; tq queries,
+ *                 a multiple of QV_FQT, for FLAT; one probe for PQ, whose
+ *                 table is per (query, list)).
  * Each work-item computes the distances of its entries of the current
  * step (FLAT: one group of 16 as a float16; SQ8: QV_E entries) to every
  * query of the tile (QV_QT accumulators in registers, queries tiled in
@@ -39,6 +40,10 @@
 
 #ifndef QV_QT
 #define QV_QT 8
+#endif
+
+#ifndef QV_FQT
+#define QV_FQT QV_QT            /* FLAT register sub-tile (queries) */
 #endif
 
 #define QV_NONE 0xffffffffu
@@ -179,7 +184,13 @@ __kernel void NAME(__global const CODE_T *codes, __global const float *norms,   
  * broadcast multiply-add per (query, dimension).  This is explicit SIMD
  * that CPU devices map to AVX-512 without relying on work-item
  * vectorisation; GPUs run it as 16 scalar lanes per work-item.  A step is
- * ls * 16 entries; chunks start at multiples of 16.
+ * ls * 16 entries; chunks start at multiples of 16.  A work-group holds
+ * tq queries (the host's tile_for; lq is d-major, lq[d * tq + q], so a
+ * sub-tile's broadcasts are consecutive, then tq biases); each work-item
+ * runs its 16 entries against them QT (QV_FQT) at a time, so its
+ * 16 x dim entries come from memory once per tq queries and from L1 for
+ * the other sub-tiles.  The padding queries of the last sub-tile are
+ * zero and their distances never merged.
  */
 #define QV_FLAT16(NAME, QT, CODE_T, LOAD16)                                               \
 __kernel void NAME(__global const CODE_T *codes, __global const float *norms,            \
@@ -189,22 +200,23 @@ __kernel void NAME(__global const CODE_T *codes, __global const float *norms,   
                    uint ng, __global const uint *mask, uint mask_off, uint chunk,       \
                    uint k, __global uint *out, ulong out_off,                           \
                    __local float *lq, __local float *ltd, __local float *lkd,           \
-                   __local uint *lki, __local uint *lcnt)                               \
+                   __local uint *lki, __local uint *lcnt, uint tq)                      \
 {                                                                                       \
     const uint lid = get_local_id(0), ls = get_local_size(0);                           \
     const uint c = get_group_id(0), nchunks = get_num_groups(0);                        \
     const uint t = get_group_id(1);                                                     \
-    const uint g0 = t * QT;                                                             \
-    const uint nt = min((uint)QT, ng - g0);                                             \
-    for (uint i = lid; i < QT * dim; i += ls) {                                         \
+    const uint g0 = t * tq;                                                             \
+    const uint nt = min(tq, ng - g0);                                                   \
+    __local float *lqa = lq + (size_t)tq * dim;                                         \
+    for (uint i = lid; i < tq * dim; i += ls) {   /* d-major: lq[d * tq + qq] */     \
         uint qq = i / dim, d = i - qq * dim;                                            \
-        lq[i] = qq < nt ? queries[(size_t)qidx[gfirst + g0 + qq] * dim + d] : 0.0f;     \
+        lq[(size_t)d * tq + qq] =                                                       \
+            qq < nt ? queries[(size_t)qidx[gfirst + g0 + qq] * dim + d] : 0.0f;         \
     }                                                                                   \
-    float qa[QT];                                                                       \
-    for (uint qq = 0; qq < QT; qq++)                                                    \
-        qa[qq] = qq < nt ? qaux[qidx[gfirst + g0 + qq]] : 0.0f;                         \
-    if (lid < QT)                                                                       \
-        lcnt[lid] = 0;                                                                  \
+    for (uint qq = lid; qq < tq; qq += ls) {                                            \
+        lqa[qq] = qq < nt ? qaux[qidx[gfirst + g0 + qq]] : 0.0f;                        \
+        lcnt[qq] = 0;                                                                   \
+    }                                                                                   \
     barrier(CLK_LOCAL_MEM_FENCE);                                                       \
     const uint c0 = c * chunk;                                                          \
     const uint c1 = min(n, c0 + chunk);                                                 \
@@ -214,15 +226,6 @@ __kernel void NAME(__global const CODE_T *codes, __global const float *norms,   
         const uint v0 = base + lid * 16;                                                \
         const uint gi = min(v0, n - 1) / 16;                                            \
         __global const CODE_T *xp = codes + (size_t)gi * dim * 16;                      \
-        float16 acc[QT];                                                                \
-        for (uint qq = 0; qq < QT; qq++)                                                \
-            acc[qq] = (float16)0.0f;                                                    \
-        for (uint d = 0; d < dim; d++) {                                                \
-            float16 x = LOAD16;                                                         \
-            _Pragma("unroll")                                                           \
-            for (uint qq = 0; qq < QT; qq++)                                            \
-                acc[qq] = fma((float16)lq[qq * dim + d], x, acc[qq]);                   \
-        }                                                                               \
         float16 xn = (float16)0.0f;                                                     \
         if (metric == 0) {                                                              \
             if (v0 + 16 <= n) {                                                         \
@@ -239,13 +242,29 @@ __kernel void NAME(__global const CODE_T *codes, __global const float *norms,   
             bits = (mask[mask_off + v0 / 32] >> (v0 & 31)) & 0xffffu;                   \
         const int16 ok = (((int16)(bits) >> lane) & 1) != 0 &&                          \
                          ((int16)(v0) + lane) < (int16)(c1);                            \
-        for (uint qq = 0; qq < QT; qq++) {                                              \
-            float16 r = metric == 0 ? (float16)(qa[qq]) + xn - 2.0f * acc[qq] : -acc[qq]; \
-            vstore16(select((float16)(NAN), r, ok), 0, ltd + qq * step + lid * 16);     \
+        /* register sub-tiles of QT queries; the work-item's group of 16   \
+         * entries (16 x dim) is re-read from L1 / cache by each */         \
+        for (uint s0 = 0; s0 < nt; s0 += QT) {                                          \
+            __local const float *qp = lq + s0;                                          \
+            float16 acc[QT];                                                            \
+            for (uint qq = 0; qq < QT; qq++)                                            \
+                acc[qq] = (float16)0.0f;                                                \
+            for (uint d = 0; d < dim; d++, qp += tq) {                                  \
+                float16 x = LOAD16;                                                     \
+                _Pragma("unroll")                                                       \
+                for (uint qq = 0; qq < QT; qq++)                                        \
+                    acc[qq] = fma((float16)qp[qq], x, acc[qq]);                         \
+            }                                                                           \
+            for (uint qq = 0; qq < QT; qq++) {                                          \
+                float16 r = metric == 0 ? (float16)(lqa[s0 + qq]) + xn - 2.0f * acc[qq] \
+                                        : -acc[qq];                                     \
+                vstore16(select((float16)(NAN), r, ok), 0,                              \
+                         ltd + (s0 + qq) * step + lid * 16);                            \
+            }                                                                           \
         }                                                                               \
         barrier(CLK_LOCAL_MEM_FENCE);                                                   \
-        if (lid < nt)                                                                   \
-            qv_topk_merge(lkd + lid * k, lki + lid * k, lcnt + lid, ltd + lid * step,   \
+        for (uint qq = lid; qq < nt; qq += ls)                                          \
+            qv_topk_merge(lkd + qq * k, lki + qq * k, lcnt + qq, ltd + qq * step,       \
                           min(step, c1 - base), base, k);                               \
         barrier(CLK_LOCAL_MEM_FENCE);                                                   \
     }                                                                                   \
@@ -254,9 +273,9 @@ __kernel void NAME(__global const CODE_T *codes, __global const float *norms,   
                      lkd + qq * k, lki + qq * k, lcnt[qq], k, lid, ls);                 \
 }
 
-QV_FLAT16(qv_flat_scan, QV_QT, float, vload16(d, xp))
+QV_FLAT16(qv_flat_scan, QV_FQT, float, vload16(d, xp))
 QV_FLAT16(qv_flat_scan1, 1, float, vload16(d, xp))
-QV_FLAT16(qv_flat_scan_f16, QV_QT, ushort, vload_half16(d, (__global const half *)xp))
+QV_FLAT16(qv_flat_scan_f16, QV_FQT, ushort, vload_half16(d, (__global const half *)xp))
 QV_TILED_SCAN(qv_sq8_scan, QV_QT, uchar, QV_SQ8_ROW, (float)xp[d], float sx = scale[d] * x,
               QV_SQ8_ACC, r = metric == 0 ? acc[qq] : qa[qq] - acc[qq])
 QV_TILED_SCAN(qv_sq8_scan1, 1, uchar, QV_SQ8_ROW, (float)xp[d], float sx = scale[d] * x,

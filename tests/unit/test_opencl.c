@@ -421,6 +421,24 @@ static void test_flat_batches(void)
         check_unit(&u, 10, 1e-4f, what);
         unit_free(&u);
     }
+    /* work-group tiles of many queries (register sub-tiles, a partial
+     * last one): small lists get one sub-tile per group; lists larger
+     * than half a 32 MB device cache get tiles of up to 256 queries
+     * (129 x 40000), or what local memory holds (784 with k 256) */
+    static const struct { uint32_t dim, n, k, nq; int filt; } big[] = {
+        { 17, 3000, 100, 300, 1 }, { 129, 40000, 10, 300, 0 },
+        { 784, 8000, 256, 300, 1 },
+    };
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
+        struct unit u;
+        char what[96];
+        unit_make(&u, QV_WU_FLAT, i % 2 ? QV_METRIC_IP : QV_METRIC_L2, big[i].dim, big[i].n, 1,
+                  big[i].nq, 1, big[i].filt);
+        snprintf(what, sizeof what, "flat tile dim %u k %u batch %u%s", big[i].dim,
+                 big[i].k, big[i].nq, big[i].filt ? " filter" : "");
+        check_unit(&u, big[i].k, 1e-4f * (1 + big[i].dim / 64.0f), what);
+        unit_free(&u);
+    }
 }
 
 static void test_ivf_flat(void)
