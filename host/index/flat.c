@@ -404,6 +404,45 @@ static void run_task(void *arg, unsigned t, unsigned worker)
     }
 }
 
+/* Queries as the scans take them: with COSINE a normalised copy (*copy,
+ * which the caller frees), and |q|^2 per query into qnorms for L2 (0
+ * otherwise).  Returns the queries to scan, or NULL when the copy cannot
+ * be allocated. */
+static const float *prepare_queries(const struct qv_flat *f, const struct qv_dist_ops *ops,
+                                    const float *queries, size_t nq, float *qnorms,
+                                    float **copy)
+{
+    const size_t dim = f->dim;
+    *copy = NULL;
+    if (f->metric == QV_METRIC_COSINE) {
+        *copy = qv_malloc(nq * dim * sizeof(float), QV_MEM_INDEX);
+        if (!*copy)
+            return NULL;
+        memcpy(*copy, queries, nq * dim * sizeof(float));
+        for (size_t i = 0; i < nq; i++)
+            ops->normalize_f32(*copy + i * dim, dim);
+        queries = *copy;
+    }
+    for (size_t i = 0; i < nq; i++)
+        qnorms[i] = f->metric == QV_METRIC_L2
+                  ? -ops->dist[QV_METRIC_IP][QV_ELEM_F32](queries + i * dim,
+                                                          queries + i * dim, dim)
+                  : 0.0f;
+    return queries;
+}
+
+/* Sort each query's heap into its result row; COSINE reports 1 - cos. */
+static void finish_results(const struct qv_flat *f, struct qv_topk *heaps, size_t nq,
+                           uint32_t k, float *dist)
+{
+    for (size_t i = 0; i < nq; i++) {
+        qv_topk_sort(&heaps[i]);
+        if (f->metric == QV_METRIC_COSINE)
+            for (uint32_t j = 0; j < k; j++)
+                dist[i * k + j] += 1.0f;
+    }
+}
+
 static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
 int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t k,
@@ -416,7 +455,6 @@ int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t 
     if (k == 0 || k > QV_FLAT_MAX_K)
         return qv_seterr(QV_EINVAL, "flat search: k = %u is out of range; use 1..%u",
                          k, QV_FLAT_MAX_K);
-    const size_t dim = f->dim;
     const unsigned T = qv_pool_threads(f->pool);
     size_t groups_total = 0;
     for (size_t si = 0; si < f->nsegs; si++)
@@ -447,20 +485,9 @@ int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t 
     uint64_t *hi = heap_slots ? qv_malloc(heap_slots * sizeof(uint64_t), QV_MEM_INDEX) : NULL;
     if (!qnorms || !S.tasks || !S.heaps || !S.masks || (heap_slots && (!hd || !hi)))
         goto out;
-    if (f->metric == QV_METRIC_COSINE) {
-        qcopy = qv_malloc(nq * dim * sizeof(float), QV_MEM_INDEX);
-        if (!qcopy)
-            goto out;
-        memcpy(qcopy, queries, nq * dim * sizeof(float));
-        for (size_t i = 0; i < nq; i++)
-            S.ops->normalize_f32(qcopy + i * dim, dim);
-        queries = qcopy;
-    }
-    for (size_t i = 0; i < nq; i++)
-        qnorms[i] = f->metric == QV_METRIC_L2
-                  ? -S.ops->dist[QV_METRIC_IP][QV_ELEM_F32](queries + i * dim,
-                                                            queries + i * dim, dim)
-                  : 0.0f;
+    queries = prepare_queries(f, S.ops, queries, nq, qnorms, &qcopy);
+    if (!queries)
+        goto out;
     S.queries = queries;
     S.qnorms = qnorms;
 
@@ -506,12 +533,7 @@ int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t 
     for (unsigned w = 1; w < nworkers; w++)
         for (size_t i = 0; i < nq; i++)
             qv_topk_merge(&S.heaps[i], &S.heaps[(size_t)w * nq + i]);
-    for (size_t i = 0; i < nq; i++) {
-        qv_topk_sort(&S.heaps[i]);
-        if (f->metric == QV_METRIC_COSINE)
-            for (uint32_t j = 0; j < k; j++)
-                dist[i * k + j] += 1.0f;
-    }
+    finish_results(f, S.heaps, nq, k, dist);
     rc = 0;
 
 out:
@@ -738,7 +760,6 @@ int qv_flat_search_engine(struct qv_flat *f, struct qv_engine *e, const float *q
                          QV_FLAT_MAX_K);
     if (f->rows > UINT32_MAX)
         return qv_seterr(QV_ENOTSUP, "flat search: engine work units address 2^32 rows");
-    const size_t dim = f->dim;
     const struct qv_dist_ops *ops = qv_kernels();
     size_t nsegs = (size_t)((f->rows + f->cap - 1) / f->cap);
     size_t words = (size_t)((f->rows + 63) / 64);
@@ -764,19 +785,10 @@ int qv_flat_search_engine(struct qv_flat *f, struct qv_engine *e, const float *q
     uint64_t *mask = need_mask ? qv_malloc(words * sizeof(uint64_t) + 1, QV_MEM_INDEX) : NULL;
     if (!qnorms || !lists || !offs || !probes || !heaps || (need_mask && !mask))
         goto out;
-    if (f->metric == QV_METRIC_COSINE) {
-        qcopy = qv_malloc(nq * dim * sizeof(float), QV_MEM_INDEX);
-        if (!qcopy)
-            goto out;
-        memcpy(qcopy, queries, nq * dim * sizeof(float));
-        for (size_t i = 0; i < nq; i++)
-            ops->normalize_f32(qcopy + i * dim, dim);
-        queries = qcopy;
-    }
+    queries = prepare_queries(f, ops, queries, nq, qnorms, &qcopy);
+    if (!queries)
+        goto out;
     for (size_t i = 0; i < nq; i++) {
-        qnorms[i] = f->metric == QV_METRIC_L2
-                  ? -ops->dist[QV_METRIC_IP][QV_ELEM_F32](queries + i * dim, queries + i * dim, dim)
-                  : 0.0f;
         offs[i] = (uint32_t)(i * nsegs);
         for (size_t j = 0; j < nsegs; j++)
             probes[i * nsegs + j] = (uint32_t)j;
@@ -817,12 +829,7 @@ int qv_flat_search_engine(struct qv_flat *f, struct qv_engine *e, const float *q
     };
     rc = qv_engine_run(e, &wu);
     if (rc == 0)
-        for (size_t i = 0; i < nq; i++) {
-            qv_topk_sort(&heaps[i]);
-            if (f->metric == QV_METRIC_COSINE)
-                for (uint32_t j = 0; j < k; j++)
-                    dist[i * k + j] += 1.0f;
-        }
+        finish_results(f, heaps, nq, k, dist);
 out:
     qv_free(mask);
     qv_free(heaps);

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "kernels_int.h"
+#include "pq_int.h"
 #include "quiver/pq.h"
 #include "quiver/topk.h"
 
@@ -105,29 +106,6 @@ static void lut_quantize4_avx2(const float *t2, const float *t3, uint32_t m,
     *scale = span / 255.0f;
 }
 
-static int threshold(float w, float scale, float bias)
-{
-    if (!(bias <= w))
-        return -1;
-    if (fmaf(65535.0f, scale, bias) <= w)
-        return 65535;
-    float x = (w - bias) / scale;
-    long t = x < 0.0f ? 0 : x > 65534.0f ? 65534 : (long)x;
-    while (t < 65535 && fmaf((float)(t + 1), scale, bias) <= w)
-        t++;
-    while (t > 0 && fmaf((float)t, scale, bias) > w)
-        t--;
-    return (int)t;
-}
-
-static inline int eligible(const struct qv_pq_scan_args *a, size_t i)
-{
-    if (!a->filter)
-        return 1;
-    uint32_t r = a->rows[i];
-    return (a->filter[r >> 6] >> (r & 63)) & 1;
-}
-
 static void scan4_avx2(const struct qv_pq_scan_args *a)
 {
     const uint32_t m = a->m;
@@ -146,7 +124,7 @@ static void scan4_avx2(const struct qv_pq_scan_args *a)
     const float scale = a->scale, bias = a->bias;
     struct qv_topk *h = a->heap;
     struct qv_pq_res *res = a->res;
-    int thr = threshold(res ? res->bound : h->worst, scale, bias);
+    int thr = qv__pq_threshold(res ? res->bound : h->worst, scale, bias);
     if (thr < 0)
         return;
     __m256i vthr = _mm256_set1_epi16((short)thr);
@@ -183,7 +161,7 @@ static void scan4_avx2(const struct qv_pq_scan_args *a)
             uint32_t lane = (uint32_t)__builtin_ctz(cand);
             cand &= cand - 1;
             size_t i = b * QV_PQ_FS_BLOCK + lane;
-            if (!eligible(a, i))
+            if (!qv__pq_eligible(a, i))
                 continue;
             float d = fmaf((float)sums[lane], scale, bias);
             if (!res) {
@@ -195,7 +173,7 @@ static void scan4_avx2(const struct qv_pq_scan_args *a)
             }
         } while (cand);
         if (pushed) {
-            thr = threshold(res ? res->bound : h->worst, scale, bias);
+            thr = qv__pq_threshold(res ? res->bound : h->worst, scale, bias);
             if (thr < 0)
                 return;
             vthr = _mm256_set1_epi16((short)thr);
@@ -212,7 +190,7 @@ static void scan8_avx2(const struct qv_pq_scan_args *a)
         for (uint32_t j = 0; j < m; j++)
             s += a->lut[(size_t)j * 256 + c[j]];
         s += a->bias;
-        if (s <= a->heap->worst && eligible(a, i))
+        if (s <= a->heap->worst && qv__pq_eligible(a, i))
             qv_topk_push(a->heap, s, a->ids[i]);
     }
 }

@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "kernels_int.h"
+#include "pq_int.h"
 #include "quiver/pq.h"
 #include "quiver/topk.h"
 
@@ -100,31 +101,6 @@ static void lut_quantize4_avx512(const float *t2, const float *t3, uint32_t m,
     *scale = span / 255.0f;
 }
 
-/* Largest integer sum T in [0, 65535] with fmaf(T, scale, bias) <= w (the
- * heap's worst or the reservoir's bound), or -1 when none. */
-static int threshold(float w, float scale, float bias)
-{
-    if (!(bias <= w))
-        return -1;
-    if (fmaf(65535.0f, scale, bias) <= w)
-        return 65535;
-    float x = (w - bias) / scale;
-    long t = x < 0.0f ? 0 : x > 65534.0f ? 65534 : (long)x;
-    while (t < 65535 && fmaf((float)(t + 1), scale, bias) <= w)
-        t++;
-    while (t > 0 && fmaf((float)t, scale, bias) > w)
-        t--;
-    return (int)t;
-}
-
-static inline int eligible(const struct qv_pq_scan_args *a, size_t i)
-{
-    if (!a->filter)
-        return 1;
-    uint32_t r = a->rows[i];
-    return (a->filter[r >> 6] >> (r & 63)) & 1;
-}
-
 static void scan4_avx512(const struct qv_pq_scan_args *a)
 {
     const uint32_t m = a->m;
@@ -154,7 +130,7 @@ static void scan4_avx512(const struct qv_pq_scan_args *a)
     const float scale = a->scale, bias = a->bias;
     struct qv_topk *h = a->heap;
     struct qv_pq_res *res = a->res;
-    int thr = threshold(res ? res->bound : h->worst, scale, bias);
+    int thr = qv__pq_threshold(res ? res->bound : h->worst, scale, bias);
     if (thr < 0)
         return;
     __m512i vthr = _mm512_set1_epi16((short)thr);
@@ -204,7 +180,7 @@ static void scan4_avx512(const struct qv_pq_scan_args *a)
             uint32_t lane = (uint32_t)__builtin_ctz(cand);
             cand &= cand - 1;
             size_t i = b * QV_PQ_FS_BLOCK + lane;
-            if (!eligible(a, i))
+            if (!qv__pq_eligible(a, i))
                 continue;
             float d = fmaf((float)sums[lane], scale, bias);
             if (!res) {
@@ -216,7 +192,7 @@ static void scan4_avx512(const struct qv_pq_scan_args *a)
             }
         } while (cand);
         if (pushed) {
-            thr = threshold(res ? res->bound : h->worst, scale, bias);
+            thr = qv__pq_threshold(res ? res->bound : h->worst, scale, bias);
             if (thr < 0)
                 return;
             vthr = _mm512_set1_epi16((short)thr);
@@ -265,7 +241,7 @@ static void scan8_avx512(const struct qv_pq_scan_args *a)
             do {
                 uint32_t lane = (uint32_t)__builtin_ctz(cand);
                 cand &= cand - 1;
-                if (eligible(a, i + lane))
+                if (qv__pq_eligible(a, i + lane))
                     qv_topk_push(h, d[lane], a->ids[i + lane]);
             } while (cand);
         }
@@ -276,7 +252,7 @@ static void scan8_avx512(const struct qv_pq_scan_args *a)
         for (uint32_t j = 0; j < m; j++)
             s += lut[(size_t)j * 256 + c[j]];
         s += a->bias;
-        if (eligible(a, i))
+        if (qv__pq_eligible(a, i))
             qv_topk_push(h, s, a->ids[i]);
     }
 }

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "kernels_int.h"
+#include "pq_int.h"
 #include "quiver/pq.h"
 #include "quiver/topk.h"
 
@@ -79,14 +80,6 @@ static void lut_quantize4_ref(const float *t2, const float *t3, uint32_t m,
     *scale = span / 255.0f;
 }
 
-static inline int eligible(const struct qv_pq_scan_args *a, size_t i)
-{
-    if (!a->filter)
-        return 1;
-    uint32_t r = a->rows[i];
-    return (a->filter[r >> 6] >> (r & 63)) & 1;
-}
-
 static void scan8_ref(const struct qv_pq_scan_args *a)
 {
     const uint32_t m = a->m;
@@ -96,7 +89,7 @@ static void scan8_ref(const struct qv_pq_scan_args *a)
         for (uint32_t j = 0; j < m; j++)
             s += a->lut[(size_t)j * 256 + c[j]];
         s += a->bias;
-        if (eligible(a, i))
+        if (qv__pq_eligible(a, i))
             qv_topk_push(a->heap, s, a->ids[i]);
     }
 }
@@ -258,7 +251,7 @@ static void scan4_ref(const struct qv_pq_scan_args *a)
         if (acc > 65535u)
             acc = 65535u;
         float d = fmaf((float)acc, a->scale, a->bias);
-        if (!eligible(a, i))
+        if (!qv__pq_eligible(a, i))
             continue;
         if (!a->res)
             qv_topk_push(a->heap, d, a->ids[i]);
