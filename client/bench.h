@@ -78,6 +78,20 @@ struct qv_engine;
 struct qv_engine *qv__bench_opencl_engine(const struct qv_config *cfg);
 
 /*
+ * A meter around an engine: an engine that forwards submit/poll/health to
+ * inner (owned: freed with the meter) and adds up, over the units it sees
+ * complete, their count, device_ns and transfer_ns, so quiverbench can
+ * print the share of wall time spent in kernels and in transfers.  NULL +
+ * qv_errno (QV_ENOMEM) on failure, inner then freed.
+ */
+struct qv__bench_meter {
+    uint64_t units, device_ns, transfer_ns;
+};
+struct qv_engine *qv__bench_meter_wrap(struct qv_engine *inner);
+/* The totals since the last read, then reset them.  Cannot fail. */
+void qv__bench_meter_take(struct qv_engine *meter, struct qv__bench_meter *out);
+
+/*
  * Peak loops, one set per ISA (bench_peak_avx512.c, bench_peak_avx2.c,
  * and the portable fallback in bench_peak.c).  Call a level's functions
  * only when qv_simd_detect() says the CPU runs it.

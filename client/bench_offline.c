@@ -538,6 +538,10 @@ static int64_t make_filter(struct offline_run *r, const struct offline_args *a,
 
 struct result {
     double recall, qps, pass_s, mean_us, p50_us, p99_us;
+    /* --engine other than cpu, best pass: units completed, seconds of
+     * kernels and of transfers the engine reported */
+    uint64_t units;
+    double device_s, transfer_s;
 };
 
 /* All passes over the queries with the current parameters. */
@@ -546,8 +550,11 @@ static int measure(struct offline_run *r, const struct offline_args *a,
                    struct result *res)
 {
     double best_qps = 0.0, best_pass_s = 0.0, recall = 0.0, mean_us = 0.0;
+    struct qv__bench_meter m = { 0 }, best_m = { 0 };
 
     for (uint64_t pass = 0; pass < a->repeat; pass++) {
+        if (r->engine)
+            qv__bench_meter_take(r->engine, &m);        /* reset */
         int64_t pass_t0 = qv_now_ns();
         for (uint64_t b = 0; b < nq; b += a->batch) {
             uint64_t nb = nq - b < a->batch ? nq - b : a->batch;
@@ -567,12 +574,15 @@ static int measure(struct offline_run *r, const struct offline_args *a,
         }
         double pass_s = (double)(qv_now_ns() - pass_t0) * 1e-9;
         double qps = (double)nq / pass_s;
+        if (r->engine)
+            qv__bench_meter_take(r->engine, &m);
         if (!a->json && a->repeat > 1)
             fprintf(stderr, "offline: pass %llu: %.1f QPS\n", (unsigned long long)pass + 1,
                     qps);
         if (pass == 0 || qps > best_qps) {
             best_qps = qps;
             best_pass_s = pass_s;
+            best_m = m;
             memcpy(r->best_lat_us, r->lat_us, nq * sizeof(double));
         }
     }
@@ -587,6 +597,9 @@ static int measure(struct offline_run *r, const struct offline_args *a,
     res->mean_us = mean_us / (double)nq;
     res->p50_us = qv__bench_quantile(r->best_lat_us, nq, 0.50);
     res->p99_us = qv__bench_quantile(r->best_lat_us, nq, 0.99);
+    res->units = best_m.units;
+    res->device_s = (double)best_m.device_ns * 1e-9;
+    res->transfer_s = (double)best_m.transfer_ns * 1e-9;
     return 0;
 }
 
@@ -731,6 +744,8 @@ int qv__bench_offline_main(int argc, char **argv)
     }
     if (strcmp(a.engine, "opencl") == 0) {
         r.engine = qv__bench_opencl_engine(cfg);
+        if (r.engine)
+            r.engine = qv__bench_meter_wrap(r.engine);
         if (!r.engine) {
             fprintf(stderr, "quiverbench offline: --engine opencl: %s\n", qv_errmsg());
             goto fail;
@@ -801,9 +816,10 @@ int qv__bench_offline_main(int argc, char **argv)
                    a.filter * 1000000.0, a.filter);
         if (a.repeat > 1)
             printf("passes        %llu (best QPS reported)\n", (unsigned long long)a.repeat);
-        printf("%-8s %10s %12s %10s %10s %10s\n",
+        printf("%-8s %10s %12s %10s %10s %10s%s\n",
                r.ops->sweep_param ? r.ops->sweep_param : "-", "recall@k", "QPS",
-               "mean_us", "p50_us", "p99_us");
+               "mean_us", "p50_us", "p99_us",
+               r.engine ? "    units  kernel%  xfer%" : "");
     }
     for (unsigned run = 0; run < runs; run++) {
         struct result res;
@@ -855,6 +871,21 @@ int qv__bench_offline_main(int argc, char **argv)
             }
             if (a.filter)
                 json_object_object_add(o, "filter", json_object_new_double(a.filter));
+            json_object_object_add(o, "engine", json_object_new_string(a.engine));
+            if (r.engine) {
+                /* of the best pass: engine-reported kernel and transfer
+                 * time, and their shares of the pass's wall time (kernels
+                 * of concurrent units may overlap: shares can pass 1) */
+                json_param(o, "units", res.units);
+                json_object_object_add(o, "device_ms",
+                                       json_object_new_double(res.device_s * 1e3));
+                json_object_object_add(o, "transfer_ms",
+                                       json_object_new_double(res.transfer_s * 1e3));
+                json_object_object_add(o, "device_share",
+                                       json_object_new_double(res.device_s / res.pass_s));
+                json_object_object_add(o, "transfer_share",
+                                       json_object_new_double(res.transfer_s / res.pass_s));
+            }
             printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
                                                           JSON_C_TO_STRING_NOSLASHESCAPE));
             json_object_put(o);
@@ -862,8 +893,13 @@ int qv__bench_offline_main(int argc, char **argv)
             char col[32] = "-";
             if (r.ops->sweep_param)
                 snprintf(col, sizeof col, "%llu", (unsigned long long)sv);
-            printf("%-8s %10.4f %12.1f %10.1f %10.1f %10.1f\n", col, res.recall, res.qps,
+            printf("%-8s %10.4f %12.1f %10.1f %10.1f %10.1f", col, res.recall, res.qps,
                    res.mean_us, res.p50_us, res.p99_us);
+            if (r.engine)
+                printf(" %8llu %7.1f%% %5.1f%%", (unsigned long long)res.units,
+                       100.0 * res.device_s / res.pass_s,
+                       100.0 * res.transfer_s / res.pass_s);
+            printf("\n");
         }
         fflush(stdout);
     }

@@ -21,7 +21,9 @@
  * Execution of a unit.  The CSR probes are inverted into list -> queries
  * (like the CPU engine's list-major mode); each distinct probed list is
  * one kernel launch scanning it for its group of queries:
- *   FLAT, SQ8  work-group = (chunk of the list, tile of QV_OCL_QT = 8
+ *   FLAT, F16, SQ8  (F16: FLAT's kernel loading float16 with
+ *              vload_half16, half the bytes per entry)
+ *              work-group = (chunk of the list, tile of QV_OCL_QT = 8
  *              queries of the group; 1 when only 1 or 2 queries probe the
  *              list).  The tile's queries sit in local memory.  FLAT: a
  *              work-item owns one group of 16 entries per step as a
@@ -67,10 +69,18 @@
  * host (one distance per probe).
  *
  * Buffers.  On devices that share host memory (CL_DEVICE_HOST_UNIFIED_
- * MEMORY, e.g. POCL) lists, queries and index tables are wrapped per unit
- * with CL_MEM_USE_HOST_PTR: nothing is copied or cached (the wrapper is
- * released when the unit completes, so freed list memory is never
- * reached).  Elsewhere lists and index-wide tables (ltab, codebooks,
+ * MEMORY, e.g. POCL) lists, queries and index tables are wrapped with
+ * CL_MEM_USE_HOST_PTR: nothing is copied.  When a probe at create proves
+ * that the device uses such memory in place (probe_inplace: POCL does;
+ * the spec would allow a copy), the engine is "in place": wrappers are
+ * cached by (pointer, bytes) (at most QV_OCL_WRAP_MAX, LRU), so rewritten
+ * memory is still what a unit reads, and the per-slot staging arrays
+ * are themselves USE_HOST_PTR buffers: a unit enqueues its kernels and
+ * nothing else (no writes, no read of the candidates, whose host array
+ * the last kernel's event makes valid).  This halved the round trip of a
+ * tiny unit on POCL (about 60 -> 25 us median: each command costs POCL
+ * a thread wake-up).  Otherwise the wrappers are per unit (released when
+ * it completes) and the staging is written and read.  Elsewhere lists and index-wide tables (ltab, codebooks,
  * centroids) are copied once into resident device buffers keyed by
  * (host pointer, bytes), evicted least-recently-used when the resident
  * budget or an allocation failure says device memory is short; per-unit
@@ -126,10 +136,17 @@
 #include "quiver/timeutil.h"
 #include "quiver/topk.h"
 
+/* FLAT and F16 share the blocked layout and the kernels' shape. */
+static int is_flat(enum qv_wu_kind kind)
+{
+    return kind == QV_WU_FLAT || kind == QV_WU_F16;
+}
+
 static const char *const kernel_names[OCL_K__COUNT] = {
     [OCL_K_FLAT] = "qv_flat_scan",
     [OCL_K_FLAT1] = "qv_flat_scan1",
     [OCL_K_FLAT_F16] = "qv_flat_scan_f16",
+    [OCL_K_FLAT1_F16] = "qv_flat_scan1_f16",
     [OCL_K_SQ8] = "qv_sq8_scan",
     [OCL_K_SQ81] = "qv_sq8_scan1",
     [OCL_K_PQ4] = "qv_pq4_scan",
@@ -512,7 +529,9 @@ static int dbuf_reserve(struct ocl_engine *E, struct ocl_dbuf *b, size_t bytes,
         return qv_seterr(QV_ENOMEM, "opencl engine: no host memory for the unit's %s "
                          "(%zu bytes)", what, bytes);
     cl_int err;
-    cl_mem m = clCreateBuffer(E->ctx, flags, bytes, NULL, &err);
+    cl_mem m = E->inplace
+               ? clCreateBuffer(E->ctx, flags | CL_MEM_USE_HOST_PTR, bytes, h, &err)
+               : clCreateBuffer(E->ctx, flags, bytes, NULL, &err);
     if (!m || err != CL_SUCCESS) {
         qv_free(h);
         return qv_seterr(is_alloc_error(err) ? QV_ENOMEM : QV_EIO,
@@ -666,6 +685,30 @@ static int host_buffer(struct ocl_engine *E, struct ocl_slot *S, const void *hos
                          "buffer allowed (%llu: CL_DEVICE_MAX_MEM_ALLOC_SIZE or [opencl] "
                          "max_alloc); the router should give this unit to the cpu", what,
                          bytes, (unsigned long long)E->max_alloc);
+    if (E->inplace) {
+        /* the wrapper is the host memory itself: cache it whatever it
+         * holds (a list, queries), keyed by (pointer, bytes) */
+        struct ocl_resident *r = res_find(E, host);
+        if (r && r->bytes == bytes) {
+            r->last_use = E->serial;
+            *out = r->mem;
+            return 0;
+        }
+        if (r)
+            res_remove(E, (size_t)(r - E->res));
+        while (E->res_n >= QV_OCL_WRAP_MAX && res_evict_one(E))
+            ;
+        m = clCreateBuffer(E->ctx, CL_MEM_READ_ONLY | CL_MEM_USE_HOST_PTR, bytes,
+                           (void *)host, &err);
+        if (!m || err != CL_SUCCESS)
+            goto fail;
+        if (res_insert(E, host, bytes, m)) {
+            clReleaseMemObject(m);
+            return qv_seterr(QV_ENOMEM, "opencl engine: no memory");
+        }
+        *out = m;
+        return 0;
+    }
     if (E->info.shared_memory) {
         m = clCreateBuffer(E->ctx, CL_MEM_READ_ONLY | CL_MEM_USE_HOST_PTR, bytes,
                            (void *)host, &err);
@@ -796,14 +839,15 @@ static uint32_t tile_for(const struct ocl_engine *E, enum qv_wu_kind kind, uint3
 {
     if (ng <= 2)
         return 1;
-    if (kind != QV_WU_FLAT)
+    if (!is_flat(kind))
         return QV_OCL_QT;
     const uint32_t qt = E->flat_qt;
+    const uint64_t esz = kind == QV_WU_F16 ? 2 : 4;
     /* a list that stays in half the device's global memory cache is not
      * streamed from memory: one sub-tile per group keeps the queries and
      * the distances of a step in L1 (siftsmall, 10k x 128, 100 queries:
      * 29k QPS with 112-query groups, see the header) */
-    if ((uint64_t)n * dim * 4 <= E->cache_bytes / 2)
+    if ((uint64_t)n * dim * esz <= E->cache_bytes / 2)
         return qt;
     uint32_t tq = (ng + qt - 1) / qt * qt;
     if (tq > QV_OCL_TQ_MAX)
@@ -824,8 +868,8 @@ static size_t local_bytes(const struct ocl_engine *E, enum qv_wu_kind kind, uint
                                     : (size_t)pq->m * 256 * 4 + (size_t)dim * 4;
         return tab + ls * 4 + (size_t)k * 8 + 16;
     }
-    size_t step = kind == QV_WU_FLAT ? ls * 16 : ls * QV_OCL_E;
-    size_t qt = kind == QV_WU_FLAT ? E->flat_qt : QV_OCL_QT;
+    size_t step = is_flat(kind) ? ls * 16 : ls * QV_OCL_E;
+    size_t qt = is_flat(kind) ? E->flat_qt : QV_OCL_QT;
     return qt * (dim + 1 + step + 2 * k + 1) * 4;
 }
 
@@ -846,7 +890,7 @@ static int check_unit(const struct ocl_engine *E, const struct qv_work_unit *wu)
         return 0;
     if (!wu->probe_offsets || !wu->heaps || !wu->queries)
         return qv_seterr(QV_EINVAL, "opencl engine: unit without probes, heaps or queries");
-    if (wu->metric == QV_METRIC_L2 && wu->kind == QV_WU_FLAT && !wu->qnorms)
+    if (wu->metric == QV_METRIC_L2 && is_flat(wu->kind) && !wu->qnorms)
         return qv_seterr(QV_EINVAL, "opencl engine: L2 flat unit without query norms");
     uint32_t k = wu->heaps[0].k;
     if (k == 0 || k > QV_OPENCL_MAX_K)
@@ -956,8 +1000,9 @@ static int prepare_pq(struct ocl_engine *E, struct ocl_slot *S, const struct qv_
     return 0;
 }
 
-/* Build and enqueue everything of one unit into slot S.  0, or an error
- * that fails the unit (QV_ENOMEM, QV_EIO) with a message. */
+/* Build and enqueue everything of one unit into slot S.  0, 1 when no
+ * probed list has entries (nothing enqueued), or an error that fails the
+ * unit (QV_ENOMEM, QV_EIO) with a message. */
 static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work_unit *wu)
 {
     const uint32_t nq = wu->nq, dim = wu->dim, k = S->k;
@@ -1005,12 +1050,14 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
         L->li = l;
         L->gfirst = S->loff[l];
         L->ng = ng;
-        L->nchunks = chunks_for(E, n, ntiles, wu->kind == QV_WU_FLAT ? ls * 16 : ls * QV_OCL_E);
+        L->nchunks = chunks_for(E, n, ntiles, is_flat(wu->kind) ? ls * 16 : ls * QV_OCL_E);
         L->out_off = out_slots;
         out_slots += (uint64_t)ng * L->nchunks * k;
         S->mask_off[l] = (uint32_t)mask_words;
         mask_words += (n + 31) / 32;
     }
+    if (S->nlaunch == 0)
+        return 1;                       /* every probed list is empty */
     if ((rc = dbuf_reserve(E, &S->out, out_slots * 8, CL_MEM_WRITE_ONLY, "candidates")))
         return rc;
     if (wu->filter) {
@@ -1030,7 +1077,7 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
 
     /* per-kind preparation on the host */
     cl_mem b_queries = E->dummy, b_qaux = E->dummy, b_scale = E->dummy;
-    if (wu->kind == QV_WU_FLAT) {
+    if (is_flat(wu->kind)) {
         if ((rc = host_buffer(E, S, wu->queries, (size_t)nq * dim * 4, 0, "queries",
                               &b_queries)))
             return rc;
@@ -1064,6 +1111,8 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
     /* uploads of the staging */
 #define UPLOAD(B, bytes)                                                                  \
     do {                                                                                  \
+        if (E->inplace)                                                                   \
+            break;                                                                        \
         cl_event *ev_ = xev_slot(S);                                                      \
         err = clEnqueueWriteBuffer(E->queue, (B).mem, CL_FALSE, 0, (bytes), (B).host, 0,  \
                                    NULL, ev_);                                            \
@@ -1131,15 +1180,16 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
         cl_kernel K;
         /* FLAT chunks start at multiples of 16 (whole groups) */
         chunk = (cl_uint)round_up((n + L->nchunks - 1) / L->nchunks,
-                                  wu->kind == QV_WU_FLAT ? 16 : 1);
+                                  is_flat(wu->kind) ? 16 : 1);
         err = CL_SUCCESS;
-        if (wu->kind == QV_WU_FLAT || wu->kind == QV_WU_SQ8) {
-            size_t cbytes = wu->kind == QV_WU_FLAT
-                            ? (size_t)(n + QV_BLOCK - 1) / QV_BLOCK * QV_BLOCK * dim * 4
-                            : (size_t)(n - 1) * wu->code_size + dim;
+        if (is_flat(wu->kind) || wu->kind == QV_WU_SQ8) {
+            const int flat = is_flat(wu->kind);
+            size_t cbytes = flat ? (size_t)(n + QV_BLOCK - 1) / QV_BLOCK * QV_BLOCK * dim *
+                                   (wu->kind == QV_WU_F16 ? 2 : 4)
+                                 : (size_t)(n - 1) * wu->code_size + dim;
             if ((rc = host_buffer(E, S, lst->codes, cbytes, 1, "list codes", &b_codes)))
                 return rc;
-            if (wu->kind == QV_WU_FLAT && wu->metric == QV_METRIC_L2 &&
+            if (flat && wu->metric == QV_METRIC_L2 &&
                 (rc = host_buffer(E, S, lst->norms, (size_t)n * 4, 1, "list norms",
                                   &b_norms)))
                 return rc;
@@ -1148,8 +1198,10 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
             /* groups of 1 or 2 queries: the one-query kernel, not a tile
              * of 8 accumulators mostly idle */
             cl_uint qt = ng <= 2 ? 1 : QV_OCL_QT;
-            K = E->kernels[wu->kind == QV_WU_FLAT ? (qt == 1 ? OCL_K_FLAT1 : OCL_K_FLAT)
-                                                  : (qt == 1 ? OCL_K_SQ81 : OCL_K_SQ8)];
+            K = E->kernels[wu->kind == QV_WU_FLAT  ? (qt == 1 ? OCL_K_FLAT1 : OCL_K_FLAT)
+                           : wu->kind == QV_WU_F16 ? (qt == 1 ? OCL_K_FLAT1_F16
+                                                              : OCL_K_FLAT_F16)
+                                                   : (qt == 1 ? OCL_K_SQ81 : OCL_K_SQ8)];
             SETARG(K, 0, b_codes);
             SETARG(K, 1, b_norms);
             SETARG(K, 2, b_scale);
@@ -1169,12 +1221,12 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
             SETARG(K, 16, S->out.mem);
             SETARG(K, 17, out_off);
             cl_uint tq = L->tq;         /* qt, or a multiple of it (FLAT) */
-            SETLOCAL(K, 18, (size_t)tq * (dim + (wu->kind == QV_WU_FLAT)) * 4);
-            SETLOCAL(K, 19, (size_t)tq * ls * (wu->kind == QV_WU_FLAT ? 16 : QV_OCL_E) * 4);
+            SETLOCAL(K, 18, (size_t)tq * (dim + flat) * 4);
+            SETLOCAL(K, 19, (size_t)tq * ls * (flat ? 16 : QV_OCL_E) * 4);
             SETLOCAL(K, 20, (size_t)tq * k * 4);
             SETLOCAL(K, 21, (size_t)tq * k * 4);
             SETLOCAL(K, 22, (size_t)tq * 4);
-            if (wu->kind == QV_WU_FLAT)
+            if (flat)
                 SETARG(K, 23, tq);
             gsz[1] = (ng + tq - 1) / tq;
         } else if (pq->nbits == 4) {
@@ -1246,7 +1298,15 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
         }
     }
 
-    /* the one read of the candidates, which is the unit's completion */
+    /* the one read of the candidates, which is the unit's completion; in
+     * place, the candidates are in S->out.host when the last kernel ends
+     * (in-order queue: so have the others) */
+    if (E->inplace && S->nlaunch) {
+        S->last = S->kev[S->nlaunch - 1];
+        clRetainEvent(S->last);
+        clFlush(E->queue);
+        return 0;
+    }
     err = clEnqueueReadBuffer(E->queue, S->out.mem, CL_FALSE, 0, out_slots * 8, S->out.host,
                               0, NULL, &S->last);
     if (err != CL_SUCCESS) {
@@ -1300,7 +1360,6 @@ static void finish_unit(struct ocl_engine *E, struct ocl_slot *S)
     const uint32_t *qidx = S->qidx.host;
     const uint32_t *out = S->out.host;
     uint64_t dev = 0, xfer = 0;
-    (void)E;
     for (uint32_t i = 0; i < S->nlaunch; i++) {
         const struct ocl_launch *L = &S->launch[i];
         const uint64_t *ids = wu->lists[L->li].ids;
@@ -1322,7 +1381,8 @@ static void finish_unit(struct ocl_engine *E, struct ocl_slot *S)
     }
     for (unsigned i = 0; i < S->nxev; i++)
         xfer += event_ns(S->xev[i]);
-    xfer += event_ns(S->last);
+    if (!E->inplace)
+        xfer += event_ns(S->last);      /* the read (in place: a kernel) */
     wu->device_ns = dev;
     wu->transfer_ns = xfer;
     wu->status = 0;
@@ -1332,10 +1392,55 @@ static void finish_unit(struct ocl_engine *E, struct ocl_slot *S)
 /* Ops                                                                  */
 /* ------------------------------------------------------------------ */
 
+/*
+ * Does this device use CL_MEM_USE_HOST_PTR memory in place?  The spec
+ * lets an implementation copy at creation and copy back at a map; POCL's
+ * CPU device uses the pointer itself.  Proven here rather than assumed: a
+ * word written by the host AFTER the buffer was created must be seen by
+ * a kernel (qv_nop clears 0xdeadbeef), and the kernel's write must be seen
+ * by the host without a read or a map, twice over (no copy made at the
+ * first launch), on memory aligned to 64 bytes but not 128 (what
+ * qv_malloc gives lists).  1 = in place.  Any failure: 0 (copies).
+ */
+static int probe_inplace(struct ocl_engine *E)
+{
+    int ok = 0;
+    cl_int err;
+    uint32_t *mem = qv_malloc(256, QV_MEM_KERNEL);
+    if (!mem)
+        return 0;
+    volatile uint32_t *w = ((uintptr_t)mem & 127) ? mem : mem + 16;
+    w[0] = 1;
+    cl_mem b = clCreateBuffer(E->ctx, CL_MEM_READ_WRITE | CL_MEM_USE_HOST_PTR, 64,
+                              (void *)w, &err);
+    if (!b || err != CL_SUCCESS)
+        goto out;
+    cl_kernel K = E->kernels[OCL_K_NOP];
+    size_t one = 1;
+    ok = 1;
+    for (int round = 0; round < 2 && ok; round++) {
+        cl_event ev = NULL;
+        w[0] = 0xdeadbeefu;
+        err = clSetKernelArg(K, 0, sizeof b, &b);
+        if (err == CL_SUCCESS)
+            err = clEnqueueNDRangeKernel(E->queue, K, 1, NULL, &one, &one, 0, NULL, &ev);
+        if (err == CL_SUCCESS)
+            err = clWaitForEvents(1, &ev);
+        if (ev)
+            clReleaseEvent(ev);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        ok = err == CL_SUCCESS && w[0] == 0;
+    }
+    clReleaseMemObject(b);
+out:
+    qv_free(mem);
+    return ok;
+}
+
 static void ocl_caps(const struct qv_engine *e, struct qv_engine_caps *out)
 {
     const struct ocl_engine *E = e->priv;
-    out->kinds = 1u << QV_WU_FLAT | 1u << QV_WU_SQ8 | 1u << QV_WU_PQ;
+    out->kinds = 1u << QV_WU_FLAT | 1u << QV_WU_SQ8 | 1u << QV_WU_PQ | 1u << QV_WU_F16;
     out->max_dim = QV_OCL_MAX_DIM;
     out->device_memory = E->info.shared_memory ? 0 : E->info.global_mem;
 }
@@ -1362,6 +1467,8 @@ static int ocl_submit(struct qv_engine *e, struct qv_work_unit *wu)
         return 0;                   /* nothing to scan: complete at once */
     S->k = wu->heaps[0].k;
     rc = enqueue_unit(E, S, wu);
+    if (rc > 0)
+        return 0;                   /* nothing to scan after all */
     if (rc) {
         /* whatever was enqueued must finish before the slot is reused */
         clFinish(E->queue);
@@ -1594,10 +1701,12 @@ struct qv_engine *qv_engine_opencl_create(const struct qv_opencl_opts *opts)
             goto fail;
         }
     }
-    QV_LOG(QV_LOG_INFO, "opencl engine: %s on %s (driver %s), program %s in %.1f ms",
+    E->inplace = E->info.shared_memory && probe_inplace(E);
+    E->info.inplace = E->inplace;
+    QV_LOG(QV_LOG_INFO, "opencl engine: %s on %s (driver %s), program %s in %.1f ms%s",
            E->info.device, E->info.platform, E->info.driver,
            E->info.from_binary ? "from binary" : E->info.cache_hit ? "from cache" : "built",
-           E->info.build_ns / 1e6);
+           E->info.build_ns / 1e6, E->inplace ? ", host memory used in place" : "");
     return &E->base;
 
 fail:

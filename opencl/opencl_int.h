@@ -37,6 +37,8 @@ extern const unsigned qv__cl_nsources;
 #define QV_OCL_SLOTS 8u         /* units in flight per engine */
 #define QV_OCL_NONE 0xffffffffu /* empty candidate slot (quiver.cl) */
 #define QV_OCL_MAX_DIM 65536u
+#define QV_OCL_WRAP_MAX 4096u    /* in-place devices: most cached
+                                   USE_HOST_PTR wrappers (LRU) */
 #define QV_OCL_POLL_BACKOFF_NS 20000L /* poll() on a CPU device with
                                    nothing done sleeps this long */
 #define QV_OCL_POLL_SPIN_NS 50000 /* ... once the oldest unit has run
@@ -46,6 +48,7 @@ enum ocl_kernel {
     OCL_K_FLAT = 0,
     OCL_K_FLAT1,                /* one query per work-group */
     OCL_K_FLAT_F16,
+    OCL_K_FLAT1_F16,
     OCL_K_SQ8,
     OCL_K_SQ81,
     OCL_K_PQ4,
@@ -137,6 +140,10 @@ struct ocl_engine {
     uint64_t cache_bytes;       /* CL_DEVICE_GLOBAL_MEM_CACHE_SIZE (0: none) */
     int cpu_device;             /* CL_DEVICE_TYPE_CPU: shares the host's
                                    cores, poll() backs off (see there) */
+    int inplace;                /* shared memory, and the probe at create
+                                   proved that USE_HOST_PTR buffers are the
+                                   host's memory itself: staging needs no
+                                   writes or reads, wrappers are cached */
     /* units in flight */
     struct ocl_slot slots[QV_OCL_SLOTS];
     unsigned head, count;

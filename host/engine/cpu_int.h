@@ -31,6 +31,10 @@ void qv__cpu_scan_flat(const struct qv_work_unit *wu, uint32_t li, const uint32_
                        uint32_t nq, struct qv_topk *heaps, void *scratch);
 size_t qv__cpu_scratch_flat(const struct qv_work_unit *wu);
 
+void qv__cpu_scan_f16(const struct qv_work_unit *wu, uint32_t li, const uint32_t *qidx,
+                      uint32_t nq, struct qv_topk *heaps, void *scratch);
+size_t qv__cpu_scratch_f16(const struct qv_work_unit *wu);
+
 void qv__cpu_scan_sq8(const struct qv_work_unit *wu, uint32_t li, const uint32_t *qidx,
                       uint32_t nq, struct qv_topk *heaps, void *scratch);
 size_t qv__cpu_scratch_sq8(const struct qv_work_unit *wu);

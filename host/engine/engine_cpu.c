@@ -91,12 +91,14 @@ static const qv_cpu_scan_fn scan_fns[QV_WU__COUNT] = {
     [QV_WU_FLAT] = qv__cpu_scan_flat,
     [QV_WU_SQ8] = qv__cpu_scan_sq8,
     [QV_WU_PQ] = qv__cpu_scan_pq,
+    [QV_WU_F16] = qv__cpu_scan_f16,
 };
 
 static const qv_cpu_scratch_fn scratch_fns[QV_WU__COUNT] = {
     [QV_WU_FLAT] = qv__cpu_scratch_flat,
     [QV_WU_SQ8] = qv__cpu_scratch_sq8,
     [QV_WU_PQ] = qv__cpu_scratch_pq,
+    [QV_WU_F16] = qv__cpu_scratch_f16,
 };
 
 /* ---- growth of engine-owned memory ---- */
@@ -306,7 +308,7 @@ static int execute(struct cpu_engine *E, struct qv_work_unit *wu)
 static void cpu_caps(const struct qv_engine *e, struct qv_engine_caps *out)
 {
     (void)e;
-    out->kinds = 1u << QV_WU_FLAT | 1u << QV_WU_SQ8 | 1u << QV_WU_PQ;
+    out->kinds = 1u << QV_WU_FLAT | 1u << QV_WU_SQ8 | 1u << QV_WU_PQ | 1u << QV_WU_F16;
     out->max_dim = QV_CPU_MAX_DIM;
     out->device_memory = 0;
 }

@@ -276,6 +276,7 @@ __kernel void NAME(__global const CODE_T *codes, __global const float *norms,   
 QV_FLAT16(qv_flat_scan, QV_FQT, float, vload16(d, xp))
 QV_FLAT16(qv_flat_scan1, 1, float, vload16(d, xp))
 QV_FLAT16(qv_flat_scan_f16, QV_FQT, ushort, vload_half16(d, (__global const half *)xp))
+QV_FLAT16(qv_flat_scan1_f16, 1, ushort, vload_half16(d, (__global const half *)xp))
 QV_TILED_SCAN(qv_sq8_scan, QV_QT, uchar, QV_SQ8_ROW, (float)xp[d], float sx = scale[d] * x,
               QV_SQ8_ACC, r = metric == 0 ? acc[qq] : qa[qq] - acc[qq])
 QV_TILED_SCAN(qv_sq8_scan1, 1, uchar, QV_SQ8_ROW, (float)xp[d], float sx = scale[d] * x,

@@ -489,6 +489,112 @@ static void recall_on(const char *set, const char *gt_name, enum qv_metric m)
     qv_vecfile_close(&b);
 }
 
+/* The CPU engine's QV_WU_F16 scanner: a list of float16 values in the
+ * blocked layout, several widened chunks long, against the exact
+ * distances of the same (rounded) values; every dim of the SIMD test
+ * list, l2 and ip, with and without a filter. */
+static void test_engine_f16(void)
+{
+    static const uint32_t dims[] = { 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 127, 128,
+                                     129, 784 };
+    const uint32_t n = 1300, nq = 7, k = 10;
+    struct qv_engine *e = qv_engine_cpu_create(pool2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    struct qv_engine_caps caps;
+    e->ops->caps(e, &caps);
+    CU_ASSERT(caps.kinds & (1u << QV_WU_F16));
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
+        for (int m = 0; m < 2; m++) {
+            const uint32_t dim = dims[di];
+            const int filtered = (int)(di + m) % 2;
+            size_t groups = (n + QV_BLOCK - 1) / QV_BLOCK;
+            float *x = malloc((size_t)n * dim * sizeof(float));
+            float *blk = calloc(groups * QV_BLOCK * dim, sizeof(float));
+            uint16_t *h = calloc(groups * QV_BLOCK * dim, sizeof(uint16_t));
+            float *norms = malloc(n * sizeof(float)), q[7 * 784], qn[7];
+            uint64_t *ids = malloc(n * sizeof(uint64_t)), filter[21] = { 0 };
+            uint32_t *rows = malloc(n * sizeof(uint32_t));
+            for (size_t i = 0; i < (size_t)n * dim; i++)
+                x[i] = qv_f16_to_f32(qv_f32_to_f16(frand() * 4.0f - 2.0f));
+            qv_block_pack(blk, 0, x, n, dim);
+            for (size_t i = 0; i < groups * QV_BLOCK * dim; i++)
+                h[i] = qv_f32_to_f16(blk[i]);
+            for (uint32_t i = 0; i < n; i++) {
+                double s2 = 0;
+                for (uint32_t d = 0; d < dim; d++)
+                    s2 += (double)x[(size_t)i * dim + d] * x[(size_t)i * dim + d];
+                norms[i] = (float)s2;
+                ids[i] = 5000 + (uint64_t)i * 13;
+                rows[i] = i;
+                if (i % 3 != 1)
+                    filter[i / 64] |= 1ull << (i % 64);
+            }
+            for (uint32_t i = 0; i < nq * dim; i++)
+                q[i] = frand() * 4.0f - 2.0f;
+            for (uint32_t i = 0; i < nq; i++) {
+                double s2 = 0;
+                for (uint32_t d = 0; d < dim; d++)
+                    s2 += (double)q[i * dim + d] * q[i * dim + d];
+                qn[i] = (float)s2;
+            }
+            struct qv_wu_list L = { h, norms, ids, rows, n, 0 };
+            uint32_t poff[8], plist[7] = { 0 };
+            for (uint32_t i = 0; i <= nq; i++)
+                poff[i] = i;
+            struct qv_topk heaps[7];
+            float hd[7 * 10];
+            uint64_t hid[7 * 10];
+            for (uint32_t i = 0; i < nq; i++)
+                qv_topk_init(&heaps[i], k, hd + i * k, hid + i * k);
+            struct qv_work_unit wu = {
+                .kind = QV_WU_F16, .metric = (enum qv_metric)m, .dim = dim, .nq = nq,
+                .queries = q, .qnorms = qn, .nlists = 1, .lists = &L,
+                .probe_offsets = poff, .probe_lists = plist,
+                .filter = filtered ? filter : NULL, .heaps = heaps,
+            };
+            CU_ASSERT_EQUAL(qv_engine_run(e, &wu), 0);
+            int ok = 1;
+            struct pr *all = malloc(n * sizeof *all);
+            for (uint32_t i = 0; i < nq; i++) {
+                size_t ne = 0;
+                for (uint32_t r = 0; r < n; r++)
+                    if (!filtered || (filter[r / 64] >> (r % 64) & 1))
+                        all[ne++] = (struct pr){ exact(q + i * dim, x + (size_t)r * dim, dim,
+                                                       (enum qv_metric)m), ids[r] };
+                qsort(all, ne, sizeof *all, cmp_pr);
+                size_t got = qv_topk_sort(&heaps[i]);
+                const float *dd = heaps[i].dist;
+                const uint64_t *ii = heaps[i].ids;
+                if (got != k)
+                    ok = 0;
+                double tol = 1e-4 * (1.0 + fabs(all[0].d)) + 1e-4 * dim;
+                for (size_t j = 0; j < got && j < ne; j++) {
+                    /* the rank's distance, and the reported id really at
+                     * that distance (ids may differ only in near-ties) */
+                    uint64_t row = (ii[j] - 5000) / 13;
+                    if (ii[j] < 5000 || row >= n || (ii[j] - 5000) % 13 ||
+                        fabs(dd[j] - all[j].d) > tol ||
+                        fabs(exact(q + i * dim, x + row * dim, dim, (enum qv_metric)m) -
+                             dd[j]) > tol ||
+                        (filtered && !(filter[row / 64] >> (row % 64) & 1)))
+                        ok = 0;
+                }
+            }
+            if (!ok)
+                fprintf(stderr, "\n  f16 unit: dim %u metric %d filter %d differs", dim, m,
+                        filtered);
+            CU_ASSERT_TRUE(ok);
+            free(all);
+            free(x);
+            free(blk);
+            free(h);
+            free(norms);
+            free(ids);
+            free(rows);
+        }
+    qv_engine_free(e);
+}
+
 static void test_recall_siftsmall(void) { recall_on("siftsmall", "groundtruth.ivecs", QV_METRIC_L2); }
 static void test_recall_bigann10k(void) { recall_on("bigann10k", "groundtruth.ivecs", QV_METRIC_L2); }
 static void test_recall_mnist(void) { recall_on("mnist", "groundtruth.ivecs", QV_METRIC_L2); }
@@ -509,6 +615,7 @@ int main(void)
     CU_add_test(s, "injected allocation failures: ENOMEM, no leak", test_alloc_failures);
     CU_add_test(s, "save, load in place, add/remove after load, damage", test_save_load);
     CU_add_test(s, "search as an engine work unit equals the direct path", test_engine_path);
+    CU_add_test(s, "cpu engine: float16 units (QV_WU_F16) == exact", test_engine_f16);
     CU_add_test(s, "recall@10 siftsmall", test_recall_siftsmall);
     CU_add_test(s, "recall@10 bigann10k", test_recall_bigann10k);
     CU_add_test(s, "recall@10 mnist", test_recall_mnist);

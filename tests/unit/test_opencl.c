@@ -131,10 +131,14 @@ static void unit_make(struct unit *u, enum qv_wu_kind kind, enum qv_metric metri
         }
         L->ids = ids;
         L->rows = rows;
-        if (kind == QV_WU_FLAT) {
+        if (kind == QV_WU_FLAT || kind == QV_WU_F16) {
             size_t groups = (ln + QV_BLOCK - 1) / QV_BLOCK;
             float *blk = qv_calloc(groups * QV_BLOCK * dim + 1, sizeof(float), QV_MEM_TEST);
             float *nrm = qv_malloc((ln + 1) * sizeof(float), QV_MEM_TEST);
+            if (kind == QV_WU_F16)      /* the values float16 holds */
+                for (size_t i = 0; i < (size_t)ln * dim; i++)
+                    u->x[(size_t)cut[l] * dim + i] =
+                        qv_f16_to_f32(qv_f32_to_f16(u->x[(size_t)cut[l] * dim + i]));
             qv_block_pack(blk, 0, lx, ln, dim);
             for (uint32_t i = 0; i < ln; i++) {
                 float s = 0;
@@ -142,7 +146,16 @@ static void unit_make(struct unit *u, enum qv_wu_kind kind, enum qv_metric metri
                     s += lx[(size_t)i * dim + d] * lx[(size_t)i * dim + d];
                 nrm[i] = s;
             }
-            L->codes = blk;
+            if (kind == QV_WU_F16) {
+                uint16_t *h = qv_calloc(groups * QV_BLOCK * dim + 1, sizeof(uint16_t),
+                                        QV_MEM_TEST);
+                for (size_t i = 0; i < groups * QV_BLOCK * dim; i++)
+                    h[i] = qv_f32_to_f16(blk[i]);
+                qv_free(blk);
+                L->codes = h;
+            } else {
+                L->codes = blk;
+            }
             L->norms = nrm;
         } else if (kind == QV_WU_SQ8) {
             uint8_t *c = qv_malloc((size_t)ln * dim + 1, QV_MEM_TEST);
@@ -392,6 +405,33 @@ static void test_flat_dims(void)
             check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
             unit_free(&u);
         }
+}
+
+/* float16 lists (QV_WU_F16): every dim, both metrics, one list scanned
+ * by tiles and by the one-query kernel; then IVF-shaped units. */
+static void test_f16(void)
+{
+    for (size_t di = 0; di < NDIMS; di++)
+        for (int metric = 0; metric < 2; metric++) {
+            uint32_t dim = dims[di];
+            struct unit u;
+            char what[96];
+            uint32_t k = di % 2 ? 10 : 1 + (uint32_t)(rnd() % 100);
+            uint32_t nq = (di + metric) % 3 ? 1 + (uint32_t)(rnd() % 40) : 2;
+            unit_make(&u, QV_WU_F16, metric, dim, dim > 200 ? 700 : 1500, 1, nq, 1,
+                      di % 3 == 1);
+            snprintf(what, sizeof what, "f16 %s dim %u k %u nq %u%s",
+                     metric ? "ip" : "l2", dim, k, nq, u.filter ? " filter" : "");
+            check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
+            unit_free(&u);
+        }
+    struct unit u;
+    unit_make(&u, QV_WU_F16, QV_METRIC_L2, 96, 20000, 64, 300, 8, 1);
+    check_unit(&u, 10, 1e-3f, "f16 ivf 64 lists nprobe 8 filter");
+    unit_free(&u);
+    unit_make(&u, QV_WU_F16, QV_METRIC_IP, 128, 30000, 1, 600, 1, 0);
+    check_unit(&u, 100, 1e-3f, "f16 one list 600 queries (large tiles)");
+    unit_free(&u);
 }
 
 static void test_flat_k(void)
@@ -775,7 +815,7 @@ static void test_refusals(void)
     u.wu.kind = QV_WU_FLAT;
     struct qv_engine_caps caps;
     ocl->ops->caps(ocl, &caps);
-    CU_ASSERT_EQUAL(caps.kinds, 7u);
+    CU_ASSERT_EQUAL(caps.kinds, 15u);     /* FLAT, SQ8, PQ, F16 */
     CU_ASSERT_EQUAL(ocl->ops->health(ocl), 0);
     CU_ASSERT_STRING_EQUAL(ocl->ops->name, "opencl");
     /* an empty unit completes at once */
@@ -838,6 +878,22 @@ static void test_async(void)
 }
 
 /* Devices without shared memory: resident copies, LRU eviction, forget. */
+/* The documented duty of an owner freeing memory the engine may hold a
+ * resident copy of (a later allocation at the same address and size
+ * would otherwise be served the stale copy). */
+static void unit_forget(struct unit *u)
+{
+    for (uint32_t l = 0; l < u->wu.nlists; l++) {
+        qv_engine_opencl_forget(ocl, u->lists[l].codes);
+        qv_engine_opencl_forget(ocl, u->lists[l].norms);
+    }
+    if (u->wu.kind == QV_WU_PQ) {
+        qv_engine_opencl_forget(ocl, u->pq.cents);
+        qv_engine_opencl_forget(ocl, u->coarse);
+        qv_engine_opencl_forget(ocl, u->ltab);
+    }
+}
+
 static void test_resident(void)
 {
     struct qv_opencl_opts o = test_opts();
@@ -856,12 +912,62 @@ static void test_resident(void)
     CU_ASSERT_EQUAL(qv_engine_opencl_forget(ocl, u.lists[u.plist[0]].codes) +
                     qv_engine_opencl_forget(ocl, (const char *)u.lists[0].codes + 1), 1);
     check_unit(&u, 10, 1e-4f, "resident flat after forget");
+    unit_forget(&u);
     unit_free(&u);
     unit_make_pq(&u, QV_METRIC_L2, 32, 8, 8, 3000, 8, 20, 3, 0, 1);
     check_unit(&u, 10, 1e-4f, "resident pq8");
+    unit_forget(&u);
     unit_free(&u);
     qv_engine_free(ocl);
     ocl = saved;
+}
+
+/* Host memory rewritten in place between units (same pointers, same
+ * sizes: what a growing segment or a reused query buffer does) must be
+ * what the next unit scans, whether the engine copies or caches
+ * in-place wrappers. */
+static void test_inplace(void)
+{
+    struct qv_opencl_info i;
+    qv_engine_opencl_info(ocl, &i);
+    if (i.shared_memory)                /* POCL: proven at create */
+        CU_ASSERT_EQUAL(i.inplace, 1);
+    struct unit u;
+    const uint32_t dim = 24;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, dim, 3000, 8, 30, 3, 0);
+    check_unit(&u, 10, 1e-4f, "inplace: before");
+    for (uint32_t l = 0; l < u.wu.nlists; l++) {
+        struct qv_wu_list *L = &u.lists[l];
+        float *c = (float *)L->codes, *nr = (float *)L->norms;
+        size_t cn = (size_t)(L->n + QV_BLOCK - 1) / QV_BLOCK * QV_BLOCK * dim;
+        for (size_t e = 0; e < cn; e++)
+            c[e] = 1.0f - 2.0f * c[e];
+        for (uint32_t e = 0; e < L->n; e++) {
+            float s2 = 0;
+            for (uint32_t d = 0; d < dim; d++) {
+                float v = c[(size_t)(e / QV_BLOCK) * QV_BLOCK * dim + (size_t)d * QV_BLOCK +
+                            e % QV_BLOCK];
+                s2 += v * v;
+            }
+            nr[e] = s2;
+        }
+    }
+    for (uint32_t q = 0; q < u.wu.nq; q++) {
+        float s2 = 0;
+        for (uint32_t d = 0; d < dim; d++) {
+            float *v = &u.queries[(size_t)q * dim + d];
+            *v = 0.5f - *v;
+            s2 += *v * *v;
+        }
+        u.qnorms[q] = s2;
+    }
+    if (!i.inplace)                     /* copies: the documented duty */
+        for (uint32_t l = 0; l < u.wu.nlists; l++) {
+            qv_engine_opencl_forget(ocl, u.lists[l].codes);
+            qv_engine_opencl_forget(ocl, u.lists[l].norms);
+        }
+    check_unit(&u, 10, 1e-4f, "inplace: rewritten lists and queries");
+    unit_free(&u);
 }
 
 static void test_config(void)
@@ -902,15 +1008,23 @@ static void test_overheads(void)
     u.wu.heaps = h.h;
     for (int i = 0; i < 20; i++)
         qv_engine_run(ocl, &u.wu);
-    int64_t t0 = qv_now_ns();
-    const int reps = 300;
+    enum { reps = 301 };
+    int64_t t[reps];
     for (int i = 0; i < reps; i++) {
         qv_topk_init(&h.h[0], 1, h.d, h.id);
+        int64_t t0 = qv_now_ns();
         CU_ASSERT_EQUAL(qv_engine_run(ocl, &u.wu), 0);
+        t[i] = qv_now_ns() - t0;
+        /* insertion sort as we go */
+        for (int j = i; j > 0 && t[j - 1] > t[j]; j--) {
+            int64_t x = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = x;
+        }
     }
-    double us = (qv_now_ns() - t0) / 1e3 / reps;
-    fprintf(stderr, "\n  tiny unit round trip (1 query x 16 vectors): %.1f us ", us);
-    CU_ASSERT(us < 5000);
+    fprintf(stderr, "\n  tiny unit round trip (1 query x 16 vectors): median %.1f us, "
+            "p90 %.1f us ", t[reps / 2] / 1e3, t[reps * 9 / 10] / 1e3);
+    CU_ASSERT(t[reps / 2] < 5000000);   /* a sanity bound; the figure is printed */
     heaps_fini(&h);
     unit_free(&u);
 }
@@ -953,10 +1067,12 @@ int main(void)
     CU_add_test(s, "flat: batch sizes 1..4096, == cpu", test_flat_batches);
     CU_add_test(s, "ivf flat: many lists and probes, == cpu", test_ivf_flat);
     CU_add_test(s, "sq8: every dim, == cpu", test_sq8);
+    CU_add_test(s, "f16: every dim, ivf shapes, == cpu", test_f16);
     CU_add_test(s, "pq: 4/8 bits, ltab, ip, filter, == cpu", test_pq);
     CU_add_test(s, "indexes: ivf, ivf-sq8, ivf-pq searches, == cpu", test_indexes);
     CU_add_test(s, "async: 8 in flight, EBUSY, completion order", test_async);
     CU_add_test(s, "resident buffers: LRU eviction, forget", test_resident);
+    CU_add_test(s, "in place: rewritten host memory is what is scanned", test_inplace);
     CU_add_test(s, "overheads (printed)", test_overheads);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();

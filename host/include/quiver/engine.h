@@ -18,6 +18,10 @@
  *               `code_size` bytes; params -> struct qv_sq8_params.
  *   QV_WU_PQ    product-quantisation codes; layout and params defined by
  *               pq.h (4-bit fast-scan codes are packed in blocks of 32).
+ *   QV_WU_F16   IEEE binary16 in the blocked layout of FLAT (half the
+ *               bytes per entry: for memory-bound scans); norms = |x|^2
+ *               of the float16 values, as float32 (L2).  Queries stay
+ *               float32.
  *
  * Engines: "cpu" (host/engine/engine_cpu.c: synchronous, on the worker
  * pool), later "opencl", "fpga", "gpu".  Life cycle:
@@ -43,6 +47,7 @@ enum qv_wu_kind {
     QV_WU_FLAT = 0,
     QV_WU_SQ8 = 1,
     QV_WU_PQ = 2,
+    QV_WU_F16 = 3,
     QV_WU__COUNT
 };
 

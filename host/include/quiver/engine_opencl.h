@@ -7,7 +7,8 @@
  * cache) is described at the top of opencl/engine_opencl.c.  What a caller
  * needs to know:
  *
- *   - Supported units: QV_WU_FLAT, QV_WU_SQ8 and QV_WU_PQ (nbits 4 and 8),
+ *   - Supported units: QV_WU_FLAT, QV_WU_F16, QV_WU_SQ8 and QV_WU_PQ
+ *     (nbits 4 and 8),
  *     metrics L2 and IP, k (the heaps' k) 1..QV_OPENCL_MAX_K.  A unit
  *     outside that (larger k, a dim whose query tile does not fit the
  *     device's local memory, a PQ table too big for it) is refused by
@@ -123,6 +124,11 @@ struct qv_opencl_info {
     int from_binary;                /* 1: loaded from opts.binary */
     uint64_t build_ns;              /* time to get the program */
     int shared_memory;              /* 1: lists used in place (zero-copy) */
+    int inplace;                    /* 1: the device was proven to use
+                                       USE_HOST_PTR memory itself: no
+                                       staging writes or candidate read;
+                                       wrappers of lists and queries are
+                                       cached by (pointer, bytes) */
     uint64_t global_mem, local_mem, max_alloc;
     unsigned compute_units, local_size;
     char cache_path[512];           /* the binary's file ("" = no cache) */
@@ -132,9 +138,10 @@ struct qv_opencl_info {
  * gives QV_EINVAL).  Cannot fail otherwise. */
 int qv_engine_opencl_info(const struct qv_engine *e, struct qv_opencl_info *out);
 
-/* Drop any resident device copy of the list memory at host (codes or
- * norms).  Returns how many buffers were released (0 on shared-memory
- * devices, which keep none).  Waits for in-flight units that use it. */
+/* Drop any resident device copy (or, on in-place devices, the cached
+ * wrapper) of the list memory at host (codes or norms).  Returns how many
+ * buffers were released (0 when none was held).  Units in flight that use
+ * it keep it until they complete (OpenCL reference counts). */
 int qv_engine_opencl_forget(struct qv_engine *e, const void *host);
 
 /* Block until every submitted unit has finished on the device (poll()
