@@ -762,6 +762,8 @@ fail:
 int qv_engine_opencl_forget(struct qv_engine *e, const void *host)
 {
     struct ocl_engine *E = e->priv;
+    if (!host)
+        return 0;               /* NULL marks an empty bucket: never held */
     struct ocl_resident *r = res_find(E, host);
     if (!r)
         return 0;
@@ -1583,7 +1585,13 @@ static void ocl_free(struct qv_engine *e)
     qv_free(E);
 }
 
+static void ocl_forget(struct qv_engine *e, const void *host)
+{
+    (void)qv_engine_opencl_forget(e, host);
+}
+
 static const struct qv_engine_ops ocl_ops = {
+    .forget = ocl_forget,
     .name = "opencl",
     .caps = ocl_caps,
     .submit = ocl_submit,

@@ -79,7 +79,17 @@ struct qv_flat {
     size_t live;
     struct qv_idmap map;
     struct qv_ixfile file;          /* the mapping of a loaded index */
+    struct qv_engine *engine;       /* the last engine qv_flat_search_engine
+                                       used (borrowed): told of freed and
+                                       rewritten segments (engine.h) */
 };
+
+/* Tell the engine that segment i's memory is about to change or go. */
+static void forget_segment(const struct qv_flat *f, size_t i)
+{
+    qv_engine_forget(f->engine, f->segs[i].blocks);
+    qv_engine_forget(f->engine, f->segs[i].norms);
+}
 
 struct qv_flat *qv_flat_create(const struct qv_flat_opts *o)
 {
@@ -130,6 +140,8 @@ void qv_flat_free(struct qv_flat *f)
 {
     if (!f)
         return;
+    for (size_t i = 0; f->engine && i < f->nsegs; i++)
+        forget_segment(f, i);
     qv__idmap_fini(&f->map);
     qv_free(f->segs);
     qv_arena_free(f->arena);
@@ -259,6 +271,9 @@ int qv_flat_add(struct qv_flat *f, size_t n, const float *vecs, const uint64_t *
             return qv_seterr(QV_ENOMEM, "flat add: no memory");
         }
     }
+    if (f->engine)                  /* segments written in place */
+        for (uint64_t s = f->rows / f->cap; s <= (f->rows + n - 1) / f->cap; s++)
+            forget_segment(f, (size_t)s);
     const struct qv_dist_ops *k = qv_kernels();
     for (size_t j = 0; j < n; j++) {
         uint64_t row = f->rows + j;
@@ -827,6 +842,11 @@ int qv_flat_search_engine(struct qv_flat *f, struct qv_engine *e, const float *q
         .filter = mask,
         .heaps = heaps,
     };
+    if (f->engine != e) {
+        for (size_t j = 0; f->engine && j < nsegs; j++)
+            forget_segment(f, j);   /* it will not hear of later changes */
+        f->engine = e;
+    }
     rc = qv_engine_run(e, &wu);
     if (rc == 0)
         finish_results(f, heaps, nq, k, dist);

@@ -226,10 +226,26 @@ fail:
     return NULL;
 }
 
+/* Tell engine e (the borrowed one; may be NULL) that list l's memory is
+ * about to be freed or rewritten (engine.h, qv_engine_forget). */
+static void forget_list(const struct qv_ivf *ix, struct qv_engine *e, uint32_t l)
+{
+    qv_engine_forget(e, ix->lists[l].codes);
+    qv_engine_forget(e, ix->lists[l].norms);
+}
+
+static void forget_all(const struct qv_ivf *ix, struct qv_engine *e)
+{
+    if (e && ix->lists)
+        for (uint32_t l = 0; l < ix->o.nlist; l++)
+            forget_list(ix, e, l);
+}
+
 void qv_ivf_free(struct qv_ivf *ix)
 {
     if (!ix)
         return;
+    forget_all(ix, ix->use);
     qv_engine_free(ix->engine);
     if (ix->lists)
         for (uint32_t l = 0; l < ix->o.nlist; l++)
@@ -490,6 +506,9 @@ int qv_ivf_add(struct qv_ivf *ix, size_t n, const float *vecs, const uint64_t *i
         goto fail;
     for (size_t j = 0; j < n; j++)
         count[assign[j]]++;
+    for (uint32_t l = 0; l < ix->o.nlist; l++)
+        if (count[l])           /* grown (freed) or appended to in place */
+            forget_list(ix, ix->use, l);
     for (uint32_t l = 0; l < ix->o.nlist; l++)
         if (count[l] && list_reserve(ix, &ix->lists[l], ix->lists[l].n + count[l]))
             goto fail;
@@ -925,5 +944,7 @@ fail:
 
 void qv_ivf_set_engine(struct qv_ivf *ix, struct qv_engine *engine)
 {
+    if (ix->use != engine)
+        forget_all(ix, ix->use);    /* it will not hear of later changes */
     ix->use = engine;
 }

@@ -421,10 +421,30 @@ static int rows_reserve(struct qv_ivfpq *ix, uint64_t need)
 
 /* Copy lists and row arrays out of the file mapping.  0 or QV_ENOMEM
  * (nothing changed). */
+/* Tell engine e (the borrowed one; may be NULL) that list l's codes are
+ * about to be freed or rewritten (engine.h, qv_engine_forget). */
+static void forget_list(const struct qv_ivfpq *ix, struct qv_engine *e, uint32_t l)
+{
+    qv_engine_forget(e, ix->lists[l].codes);
+}
+
+/* ... every list and the tables units pass in params. */
+static void forget_all(const struct qv_ivfpq *ix, struct qv_engine *e)
+{
+    if (!e)
+        return;
+    for (uint32_t l = 0; ix->lists && l < ix->nlist; l++)
+        forget_list(ix, e, l);
+    qv_engine_forget(e, ix->pq.cents);
+    qv_engine_forget(e, ix->coarse);
+    qv_engine_forget(e, ix->ltab);
+}
+
 static int materialise(struct qv_ivfpq *ix)
 {
     if (!ix->mapped)
         return 0;
+    forget_all(ix, ix->use);        /* the mapped lists go away */
     struct ivfpq_list *nl = qv_calloc(ix->nlist, sizeof *nl, QV_MEM_INDEX);
     struct qv_ivfpq tmp = *ix;
     int rc = QV_ENOMEM;
@@ -561,6 +581,9 @@ int qv_ivfpq_add(struct qv_ivfpq *ix, size_t n, const float *vecs, const uint64_
     rc = QV_ENOMEM;
     for (size_t i = 0; i < n; i++)
         count[assign[i]]++;
+    for (uint32_t l = 0; l < ix->nlist; l++)
+        if (count[l])           /* reallocated or appended to in place */
+            forget_list(ix, ix->use, l);
     for (uint32_t l = 0; l < ix->nlist; l++)
         if (count[l] && list_reserve(ix, &ix->lists[l], (size_t)ix->lists[l].n + count[l]))
             goto undo_ids;
@@ -1128,6 +1151,7 @@ void qv_ivfpq_free(struct qv_ivfpq *ix)
 {
     if (!ix)
         return;
+    forget_all(ix, ix->use);
     if (!ix->mapped) {
         for (uint32_t l = 0; l < ix->nlist; l++) {
             qv_free(ix->lists[l].codes);
@@ -1159,5 +1183,7 @@ void qv_ivfpq_free(struct qv_ivfpq *ix)
 
 void qv_ivfpq_set_engine(struct qv_ivfpq *ix, struct qv_engine *engine)
 {
+    if (ix->use != engine)
+        forget_all(ix, ix->use);    /* it will not hear of later changes */
     ix->use = engine;
 }

@@ -437,9 +437,12 @@ static void test_setup(void)
     CU_ASSERT_EQUAL_FATAL(qv_ivfpq_train(ivfpq, base, n), 0);
     CU_ASSERT_EQUAL_FATAL(qv_ivfpq_add(ivfpq, n, base, row_ids), 0);
 
+    /* built on one thread: a parallel build links in a timing-dependent
+     * order, and the graph-walk recall of the rarest predicates moved
+     * around the floor from run to run (0.91..1.0 at selectivity 0.003) */
     struct qv_hnsw_opts ho = { .dim = (uint32_t)dim, .metric = QV_METRIC_L2, .M = 16,
                                .ef_construction = 200, .ef_search = 64, .seed = 7,
-                               .pool = pool2, .numa_node = -1, .hugepages = QV_HUGE_AUTO };
+                               .pool = NULL, .numa_node = -1, .hugepages = QV_HUGE_AUTO };
     hnsw = qv_hnsw_build(&ho, n, base, row_ids);
     CU_ASSERT_PTR_NOT_NULL_FATAL(hnsw);
     CU_ASSERT_EQUAL(qv_hnsw_rows(hnsw), n);

@@ -30,6 +30,7 @@
 #include "quiver/engine.h"
 #include "quiver/engine_opencl.h"
 #include "quiver/errors.h"
+#include "quiver/flat.h"
 #include "quiver/ivf.h"
 #include "quiver/ivfpq.h"
 #include "quiver/pq.h"
@@ -549,10 +550,27 @@ static void test_pq(void)
     }
 }
 
-/* Whole indexes: the same search with the CPU engine and with OpenCL. */
+static struct qv_opencl_opts test_opts(void)
+{
+    struct qv_opencl_opts o;
+    qv_opencl_opts_default(&o);
+    o.cache_dir = cache_dir;
+    return o;
+}
+
+/* Whole indexes: the same search with the CPU engine and with OpenCL,
+ * on the suite's engine and on one that keeps resident copies; between
+ * two searches the indexes take the queries themselves as vectors (a few
+ * per list: into partly filled blocks, same pointers, often the same
+ * sizes), which they must tell the engine of (qv_engine_forget), or a
+ * resident engine serves the old contents and misses each query's
+ * nearest neighbour, itself. */
 static void test_indexes(void)
 {
     const uint32_t dim = 24, n = 6000, nq = 50, k = 10;
+    uint64_t qids[50];
+    for (uint32_t i = 0; i < nq; i++)
+        qids[i] = 1000000 + i;
     float *x = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
     float *q = qv_malloc((size_t)nq * dim * sizeof(float), QV_MEM_TEST);
     for (size_t i = 0; i < (size_t)n * dim; i++)
@@ -564,40 +582,81 @@ static void test_indexes(void)
     uint64_t *i1 = qv_malloc(nq * k * sizeof(uint64_t), QV_MEM_TEST);
     uint64_t *i2 = qv_malloc(nq * k * sizeof(uint64_t), QV_MEM_TEST);
     struct heaps a = { NULL, d1, i1 }, b = { NULL, d2, i2 };
-    for (int enc = 0; enc < 2; enc++) {
-        struct qv_ivf_opts o = { .dim = dim, .metric = QV_METRIC_L2, .encoding = enc,
-                                 .nlist = 32, .seed = 3 };
-        struct qv_ivf *ix = qv_ivf_create(&o);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
-        CU_ASSERT_EQUAL(qv_ivf_train(ix, x, n), 0);
-        CU_ASSERT_EQUAL(qv_ivf_add(ix, n, x, NULL), 0);
-        CU_ASSERT_EQUAL(qv_ivf_search(ix, q, nq, k, 6, NULL, d1, i1), 0);
-        qv_ivf_set_engine(ix, ocl);
-        int rc = qv_ivf_search(ix, q, nq, k, 6, NULL, d2, i2);
-        if (rc)
-            fprintf(stderr, "\n  ivf search on opencl: %s", qv_errmsg());
-        CU_ASSERT_EQUAL(rc, 0);
-        CU_ASSERT_EQUAL(compare(&a, &b, nq, k, 1e-4f, enc ? "ivf-sq8 index" : "ivf index"), 0);
-        qv_ivf_set_engine(ix, NULL);
-        qv_ivf_free(ix);
+    struct qv_opencl_opts ro = test_opts();
+    ro.no_zero_copy = 1;
+    struct qv_engine *res = qv_engine_opencl_create(&ro);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(res);
+    struct qv_engine *engines[2] = { ocl, res };
+    for (int ei = 0; ei < 2; ei++) {
+        struct qv_engine *e = engines[ei];
+        char what[64];
+        for (int enc = 0; enc < 2; enc++) {
+            struct qv_ivf_opts o = { .dim = dim, .metric = QV_METRIC_L2, .encoding = enc,
+                                     .nlist = 32, .seed = 3 };
+            struct qv_ivf *ix = qv_ivf_create(&o);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
+            CU_ASSERT_EQUAL(qv_ivf_train(ix, x, n), 0);
+            CU_ASSERT_EQUAL(qv_ivf_add(ix, n, x, NULL), 0);
+            for (int step = 0; step < 2; step++) {
+                if (step)
+                    CU_ASSERT_EQUAL(qv_ivf_add(ix, nq, q, qids), 0);
+                qv_ivf_set_engine(ix, NULL);
+                CU_ASSERT_EQUAL(qv_ivf_search(ix, q, nq, k, 6, NULL, d1, i1), 0);
+                qv_ivf_set_engine(ix, e);
+                int rc = qv_ivf_search(ix, q, nq, k, 6, NULL, d2, i2);
+                if (rc)
+                    fprintf(stderr, "\n  ivf search on opencl: %s", qv_errmsg());
+                CU_ASSERT_EQUAL(rc, 0);
+                snprintf(what, sizeof what, "%s index, %s engine, step %d",
+                         enc ? "ivf-sq8" : "ivf", ei ? "resident" : "suite", step);
+                CU_ASSERT_EQUAL(compare(&a, &b, nq, k, 1e-4f, what), 0);
+            }
+            qv_ivf_set_engine(ix, NULL);
+            qv_ivf_free(ix);
+        }
+        for (int nb = 4; nb <= 8; nb += 4) {
+            struct qv_ivfpq_opts o = { .dim = dim, .metric = QV_METRIC_L2, .nlist = 16, .m = 8,
+                                       .nbits = (uint32_t)nb, .seed = 5 };
+            struct qv_ivfpq *ix = qv_ivfpq_create(&o);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
+            CU_ASSERT_EQUAL(qv_ivfpq_train(ix, x, n), 0);
+            CU_ASSERT_EQUAL(qv_ivfpq_add(ix, n, x, NULL), 0);
+            for (int step = 0; step < 2; step++) {
+                if (step)
+                    CU_ASSERT_EQUAL(qv_ivfpq_add(ix, nq, q, qids), 0);
+                qv_ivfpq_set_engine(ix, NULL);
+                CU_ASSERT_EQUAL(qv_ivfpq_search(ix, q, nq, k, 4, 1, NULL, d1, i1), 0);
+                qv_ivfpq_set_engine(ix, e);
+                int rc = qv_ivfpq_search(ix, q, nq, k, 4, 1, NULL, d2, i2);
+                if (rc)
+                    fprintf(stderr, "\n  ivfpq search on opencl: %s", qv_errmsg());
+                CU_ASSERT_EQUAL(rc, 0);
+                snprintf(what, sizeof what, "ivfpq%d index, %s engine, step %d", nb,
+                         ei ? "resident" : "suite", step);
+                CU_ASSERT_EQUAL(compare(&a, &b, nq, k, 1e-4f, what), 0);
+            }
+            qv_ivfpq_set_engine(ix, NULL);
+            qv_ivfpq_free(ix);
+        }
+        {
+            struct qv_flat_opts o = { .dim = dim, .metric = QV_METRIC_L2,
+                                      .segment_capacity = 2048, .numa_node = -1 };
+            struct qv_flat *f = qv_flat_create(&o);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+            CU_ASSERT_EQUAL(qv_flat_add(f, n, x, NULL), 0);
+            for (int step = 0; step < 2; step++) {
+                if (step)
+                    CU_ASSERT_EQUAL(qv_flat_add(f, nq, q, qids), 0);
+                CU_ASSERT_EQUAL(qv_flat_search(f, q, nq, k, NULL, d1, i1), 0);
+                CU_ASSERT_EQUAL(qv_flat_search_engine(f, e, q, nq, k, NULL, d2, i2), 0);
+                snprintf(what, sizeof what, "flat index, %s engine, step %d",
+                         ei ? "resident" : "suite", step);
+                CU_ASSERT_EQUAL(compare(&a, &b, nq, k, 1e-4f, what), 0);
+            }
+            qv_flat_free(f);
+        }
     }
-    for (int nb = 4; nb <= 8; nb += 4) {
-        struct qv_ivfpq_opts o = { .dim = dim, .metric = QV_METRIC_L2, .nlist = 16, .m = 8,
-                                   .nbits = (uint32_t)nb, .seed = 5 };
-        struct qv_ivfpq *ix = qv_ivfpq_create(&o);
-        CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
-        CU_ASSERT_EQUAL(qv_ivfpq_train(ix, x, n), 0);
-        CU_ASSERT_EQUAL(qv_ivfpq_add(ix, n, x, NULL), 0);
-        CU_ASSERT_EQUAL(qv_ivfpq_search(ix, q, nq, k, 4, 1, NULL, d1, i1), 0);
-        qv_ivfpq_set_engine(ix, ocl);
-        int rc = qv_ivfpq_search(ix, q, nq, k, 4, 1, NULL, d2, i2);
-        if (rc)
-            fprintf(stderr, "\n  ivfpq search on opencl: %s", qv_errmsg());
-        CU_ASSERT_EQUAL(rc, 0);
-        CU_ASSERT_EQUAL(compare(&a, &b, nq, k, 1e-4f, "ivfpq index"), 0);
-        qv_ivfpq_set_engine(ix, NULL);
-        qv_ivfpq_free(ix);
-    }
+    qv_engine_free(res);
     qv_free(x);
     qv_free(q);
     qv_free(d1);
@@ -608,13 +667,6 @@ static void test_indexes(void)
 
 /* ---- engine behaviour ---- */
 
-static struct qv_opencl_opts test_opts(void)
-{
-    struct qv_opencl_opts o;
-    qv_opencl_opts_default(&o);
-    o.cache_dir = cache_dir;
-    return o;
-}
 
 static void test_cache_hit(void)
 {
@@ -912,6 +964,7 @@ static void test_resident(void)
     CU_ASSERT_EQUAL(qv_engine_opencl_forget(ocl, u.lists[u.plist[0]].codes) +
                     qv_engine_opencl_forget(ocl, (const char *)u.lists[0].codes + 1), 1);
     check_unit(&u, 10, 1e-4f, "resident flat after forget");
+    CU_ASSERT_EQUAL(qv_engine_opencl_forget(ocl, NULL), 0);    /* not a crash */
     unit_forget(&u);
     unit_free(&u);
     unit_make_pq(&u, QV_METRIC_L2, 32, 8, 8, 3000, 8, 20, 3, 0, 1);

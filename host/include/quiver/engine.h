@@ -109,6 +109,11 @@ struct qv_engine_ops {
     /* 0 when healthy, else the QV_E* that made it unhealthy. */
     int (*health)(const struct qv_engine *e);
     void (*free)(struct qv_engine *e);
+    /* Optional (NULL: the engine keeps no copies).  Drop any copy the
+     * engine keeps of the host memory starting at `host` (a list's codes
+     * or norms, an index table), because its owner is about to free or
+     * rewrite it.  Units in flight that use it are not disturbed. */
+    void (*forget)(struct qv_engine *e, const void *host);
 };
 
 struct qv_engine {
@@ -125,6 +130,20 @@ struct qv_engine *qv_engine_cpu_create(struct qv_pool *pool);
 /* Convenience: submit then poll until this unit is done.  0 or the
  * unit's status / submit's error. */
 int qv_engine_run(struct qv_engine *e, struct qv_work_unit *wu);
+
+/*
+ * The duty of an index whose lists an engine scans: call this for a
+ * list's codes and norms (and any table it passed in params) before it
+ * frees that memory or changes its contents in place (an add into a
+ * partly filled block keeps the pointer and even the size).  Engines
+ * that copy lists to device memory key their copies by host pointer and
+ * would otherwise serve the old contents.  NULL e or host: nothing.
+ */
+static inline void qv_engine_forget(struct qv_engine *e, const void *host)
+{
+    if (e && host && e->ops->forget)
+        e->ops->forget(e, host);
+}
 
 static inline void qv_engine_free(struct qv_engine *e)
 {

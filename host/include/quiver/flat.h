@@ -81,7 +81,9 @@ int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t 
 /*
  * qv_flat_search_engine - the same exact search run as one work unit on
  * engine e (engine.h): each segment is a list, each query probes all of
- * them.  Same arguments and results as qv_flat_search, plus the engine's
+ * them.  The index remembers e (borrowed) and tells it of segments it
+ * rewrites or frees (qv_engine_forget), so e must outlive the index or
+ * its next search on another engine.  Same arguments and results as qv_flat_search, plus the engine's
  * errors (QV_ENOTSUP: the engine cannot take this unit, e.g. k too large
  * for it; QV_EUNAVAIL).  For running flat search on an accelerator; on
  * the CPU, qv_flat_search is the faster path.

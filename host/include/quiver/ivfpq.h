@@ -110,6 +110,9 @@ void qv_ivfpq_free(struct qv_ivfpq *ix);
  * use here) instead of the index's own CPU engine; NULL goes back to the
  * CPU engine.  An engine that refuses or fails a unit makes the search
  * fail with its error (the router re-dispatches; the index does not).
+ * The index tells the engine of lists it rewrites or frees (adds, free,
+ * switching engines: qv_engine_forget), so the engine must outlive the
+ * index or be detached first (set_engine NULL).
  * Not thread-safe against searches in flight. */
 struct qv_engine;
 void qv_ivfpq_set_engine(struct qv_ivfpq *ix, struct qv_engine *engine);
