@@ -122,7 +122,7 @@
 
 /* fault injection: SIMULATOR ONLY (a real card reads 0, ignores writes) */
 #define QV_FPGA_REG_FAULT_INJECT    0x0200u     /* u32 RW write QV_FPGA_FAULT_*; card
-                                                   writes NONE once applied */
+                                                   writes 0 (FAULT_NONE) once applied */
 #define QV_FPGA_REG_FAULT_ACTIVE    0x0204u     /* u32 RO QV_FPGA_FACTIVE_* */
 #define QV_FPGA_REG_THROTTLE_FACTOR 0x0208u     /* u32 RW >= 1, default 4 */
 
@@ -432,7 +432,8 @@ struct qv_fpga_scan_table {
     uint32_t mask_nwords;       /* 0x20 u32 words at mask_words */
     uint32_t rsvd0;             /* 0x24 zero */
     uint64_t queries;           /* 0x28 nq x dim f32, row-major */
-    uint64_t qnorms;            /* 0x30 nq f32 |q|^2: FLAT + L2, else NONE */
+    uint64_t qnorms;            /* 0x30 nq f32 |q|^2: FLAT/F16 + L2, else
+                                   QV_FPGA_ADDR_NONE */
     uint64_t probe_offsets;     /* 0x38 nq + 1 u32, [0] = 0, non-decreasing */
     uint64_t probe_lists;       /* 0x40 nprobes u32, each < nlists */
     uint64_t lists;             /* 0x48 nlists x struct qv_fpga_scan_list */
