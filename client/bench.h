@@ -8,6 +8,9 @@
  *   bench_offline.c      `offline`: build an index from fvecs, measure
  *                        recall@k, QPS and per-query latency
  *   bench_peak.c         `peak`: fp32 FMA peak and DRAM read bandwidth
+ *   bench_fpga.c         `fpga`: the FPGA engine on a simulated card: NOP
+ *                        round trip, a flat scan's modelled device time
+ *                        beside the CPU engine's measured time
  *   bench_peak_avx512.c  the peak loops with zmm registers (own library,
  *   bench_peak_avx2.c    compiled with only its ISA's flags; STYLE rule 11)
  *
@@ -78,10 +81,29 @@ struct qv_engine;
 struct qv_engine *qv__bench_opencl_engine(const struct qv_config *cfg);
 
 /*
+ * The FPGA engine configured by cfg's [fpga] keys (bench_engine.c): with
+ * mode = thread (or off) a simulated card is started as a thread of this
+ * process ([fpga] card keys) and owned by the returned engine; with mode
+ * = process the running qv-fpga-sim of [fpga] name is used.  NULL +
+ * qv_errmsg() on failure.
+ */
+struct qv_fpga_sim;
+struct qv_engine *qv__bench_fpga_engine(const struct qv_config *cfg);
+/* The same, parts apart: *sim (NULL in process mode) and the driver
+ * *drv; free *drv before *sim.  0 or a QV_E* with a message. */
+int qv__bench_fpga_open(const struct qv_config *cfg, struct qv_fpga_sim **sim,
+                        struct qv_engine **drv);
+
+/* `fpga`: the FPGA figures (bench_fpga.c). */
+int qv__bench_fpga_main(int argc, char **argv);
+extern const char qv__bench_fpga_usage[];
+
+/*
  * A meter around an engine: an engine that forwards submit/poll/health to
  * inner (owned: freed with the meter) and adds up, over the units it sees
  * complete, their count, device_ns and transfer_ns, so quiverbench can
- * print the share of wall time spent in kernels and in transfers.  NULL +
+ * print the share of wall time spent in kernels and in transfers (forget
+ * is forwarded too).  NULL +
  * qv_errno (QV_ENOMEM) on failure, inner then freed.
  */
 struct qv__bench_meter {

@@ -75,7 +75,7 @@ const char qv__bench_offline_usage[] =
     "                           [--refine R] [--M M] [--ef-construction E] [--ef E]\n"
     "                           [--filter S] [--sweep V1,V2,...] [--save F | --load F]\n"
     "                           [--simd ref|avx2|avx512] [--nq N] [--repeat R]\n"
-    "                           [--seed S] [--engine cpu|opencl] [--conf FILE]\n"
+    "                           [--seed S] [--engine cpu|opencl|fpga] [--conf FILE]\n"
     "                           [--json]\n"
     "\n"
     "Build an index from DIR/base.fvecs, search DIR/query.fvecs and report\n"
@@ -113,9 +113,13 @@ const char qv__bench_offline_usage[] =
     "                  (1..1000; default 1)\n"
     "  --seed S        seed of training and of --filter (default 1)\n"
     "  --engine E      where the list scans of flat and IVF indexes run: cpu\n"
-    "                  (default) or opencl (device from the [opencl] keys)\n"
+    "                  (default), opencl (device from the [opencl] keys) or\n"
+    "                  fpga (the card of the [fpga] keys: mode process = a\n"
+    "                  running qv-fpga-sim, otherwise a simulated card started\n"
+    "                  here as a thread; kernel% is then its modelled time)\n"
     "  --conf FILE     read [simd] level, [workers] threads/pin, [memory]\n"
-    "                  hugepages/numa_node and [flat] keys from FILE (flags\n"
+    "                  hugepages/numa_node, [flat], [opencl] and [fpga] keys\n"
+    "                  from FILE (flags\n"
     "                  given here win; default: the built-in defaults)\n"
     "  --json          print one JSON object per result instead of text\n"
     "  -h, --help      this text\n";
@@ -139,7 +143,7 @@ struct offline_args {
     unsigned nsweep;
     const char *save;
     const char *load;
-    const char *engine;         /* "cpu" (default) or "opencl" */
+    const char *engine;         /* "cpu" (default), "opencl" or "fpga" */
 };
 
 /* Everything acquired by a run, released by offline_release(). */
@@ -334,8 +338,10 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
             break;
         case O_SAVE: a->save = optarg; break;
         case O_ENGINE:
-            if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "opencl") != 0) {
-                qv__bench_usage(cmd, usage, "--engine %s: expected cpu or opencl", optarg);
+            if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "opencl") != 0 &&
+                strcmp(optarg, "fpga") != 0) {
+                qv__bench_usage(cmd, usage, "--engine %s: expected cpu, opencl or fpga",
+                                optarg);
                 return -1;
             }
             a->engine = optarg;
@@ -742,12 +748,13 @@ int qv__bench_offline_main(int argc, char **argv)
                 (unsigned long long)a.threads, qv_errmsg());
         goto fail;
     }
-    if (strcmp(a.engine, "opencl") == 0) {
-        r.engine = qv__bench_opencl_engine(cfg);
+    if (strcmp(a.engine, "cpu") != 0) {
+        r.engine = strcmp(a.engine, "opencl") == 0 ? qv__bench_opencl_engine(cfg)
+                                                   : qv__bench_fpga_engine(cfg);
         if (r.engine)
             r.engine = qv__bench_meter_wrap(r.engine);
         if (!r.engine) {
-            fprintf(stderr, "quiverbench offline: --engine opencl: %s\n", qv_errmsg());
+            fprintf(stderr, "quiverbench offline: --engine %s: %s\n", a.engine, qv_errmsg());
             goto fail;
         }
     }

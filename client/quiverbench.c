@@ -29,6 +29,8 @@ static const char main_usage[] =
     "  gen       write a deterministic clustered synthetic data set with\n"
     "            exact ground truth\n"
     "  peak      measure fp32 FMA peak (GFLOP/s) and DRAM read bandwidth\n"
+    "  fpga      the FPGA engine on a simulated card: submission cost, and a\n"
+    "            flat scan's modelled device time beside the CPU's\n"
     "  help      this text; `quiverbench help COMMAND` or\n"
     "            `quiverbench COMMAND --help` for a command's flags\n"
     "\n"
@@ -44,6 +46,7 @@ static const struct bench_cmd bench_cmds[] = {
     { "offline", qv__bench_offline_main, qv__bench_offline_usage },
     { "gen",     qv__bench_gen_main,     qv__bench_gen_usage },
     { "peak",    qv__bench_peak_main,    qv__bench_peak_usage },
+    { "fpga",    qv__bench_fpga_main,    qv__bench_fpga_usage },
 };
 
 #define N_CMDS (sizeof(bench_cmds) / sizeof(bench_cmds[0]))

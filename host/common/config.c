@@ -98,6 +98,38 @@ const struct qv_conf_key qv_conf_schema[] = {
     { "opencl", "resident_bytes", QV_CONF_SIZE, "0", 0, 1024 * GIB, NULL,
       "device memory for resident list copies (devices without shared "
       "memory), LRU-evicted; 0 = half the device's memory" },
+    { "fpga", "mode", QV_CONF_ENUM, "off", 0, 0, "off|thread|process",
+      "the FPGA card: off = none; thread = a simulated card in this process; "
+      "process = connect to the running qv-fpga-sim (or card) named `name`" },
+    { "fpga", "name", QV_CONF_STRING, "0", 0, 0, NULL,
+      "card name: the shm object /quiver-fpga-<name> holds its BAR0" },
+    { "fpga", "ring_entries", QV_CONF_INT, "256", 16, 4096, NULL,
+      "entries of the driver's submission and completion rings; a power of two" },
+    { "fpga", "timeout_ms", QV_CONF_INT, "2000", 1, 3600000, NULL,
+      "a work unit that makes no progress this long is a fault (reset)" },
+    { "fpga", "watchdog_ms", QV_CONF_INT, "250", 1, 60000, NULL,
+      "the card's HEARTBEAT must change within this while units are in flight" },
+    { "fpga", "reset_timeout_ms", QV_CONF_INT, "1000", 1, 60000, NULL,
+      "a card reset must complete within this, else the card is down" },
+    { "fpga", "hbm_budget", QV_CONF_SIZE, "0", 0, 1024 * GIB, NULL,
+      "card memory for resident lists, LRU-evicted; 0 = all of HBM_BYTES" },
+    { "fpga", "hbm_bytes", QV_CONF_SIZE, "16G", 1 * MIB, 1024 * GIB, NULL,
+      "simulated card: device memory (an Alveo U55C has 16 GiB of HBM2e)" },
+    { "fpga", "clock_mhz", QV_CONF_INT, "300", 1, 10000, NULL,
+      "simulated card, timing model: kernel clock in MHz" },
+    { "fpga", "lanes", QV_CONF_INT, "2048", 1, 1048576, NULL,
+      "simulated card, timing model: distance operations per cycle" },
+    { "fpga", "hbm_mbps", QV_CONF_INT, "460000", 1, 100000000, NULL,
+      "simulated card, timing model: HBM bandwidth in 10^6 bytes/s" },
+    { "fpga", "pcie_mbps", QV_CONF_INT, "12000", 1, 10000000, NULL,
+      "simulated card, timing model: PCIe DMA bandwidth in 10^6 bytes/s" },
+    { "fpga", "launch_ns", QV_CONF_INT, "5000", 0, 1000000000, NULL,
+      "simulated card, timing model: fixed cost per descriptor in ns" },
+    { "fpga", "sim_opencl", QV_CONF_BOOL, "true", 0, 0, NULL,
+      "simulated card: run the scans with the OpenCL kernels (POCL) when an "
+      "OpenCL device exists, else on the CPU" },
+    { "fpga", "sim_pace", QV_CONF_BOOL, "false", 0, 0, NULL,
+      "simulated card: complete no earlier than the modelled device time" },
     { NULL, NULL, 0, NULL, 0, 0, NULL, NULL },
 };
 
@@ -139,9 +171,23 @@ static int check_power_of_two(int64_t v, char *why, size_t len)
     return -1;
 }
 
+static int check_ring_entries(int64_t v, char *why, size_t len)
+{
+    int64_t lo = 16;
+
+    if ((v & (v - 1)) == 0)
+        return 0;
+    while (lo * 2 <= v)
+        lo *= 2;
+    snprintf(why, len, "expected a power of two (ring indices wrap by masking); try "
+             "%lld or %lld", (long long)lo, (long long)(lo * 2));
+    return -1;
+}
+
 static const struct extra_check extra_checks[] = {
     { "flat", "segment_capacity", check_multiple_of_16 },
     { "opencl", "local_size", check_power_of_two },
+    { "fpga", "ring_entries", check_ring_entries },
 };
 
 union conf_num {

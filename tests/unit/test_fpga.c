@@ -1,0 +1,1334 @@
+/*
+ * test_fpga.c - the FPGA engine (host/engine/fpga.c) against the CPU
+ * engine, its reference, on the simulated card (firmware-sim/).
+ *
+ * Thread mode (the card is a thread of this process, scans on the card's
+ * CPU engine for speed): every result test builds one work unit by hand
+ * (the helpers of test_opencl.c: flat single list and IVF lists with
+ * probes, F16, SQ8, PQ 4/8-bit with and without list tables, filters),
+ * runs it on the CPU engine and on the FPGA engine into separate heaps and
+ * compares rank by rank.  Then: units split over several SCANs (more than
+ * MAX_NQ queries), asynchronous submission (8 in flight, EBUSY, order,
+ * forget while in flight), LRU eviction under a small hbm_budget, forget,
+ * the documented refusals, an error completion (BAD_PARAM) and an
+ * allocation failure each failing one unit,
+ * and every injectable fault (HANG by the watchdog and by the timeout,
+ * ECC, LINK_DOWN, THROTTLE, a killed card): the units in flight come back
+ * with QV_EIO and untouched heaps, the fault is counted, the engine
+ * recovers (or, for a dead card, stays unhealthy) and resubmitted units
+ * equal the CPU again.
+ *
+ * Process mode: fork + exec of qv-fpga-sim ($QV_FPGA_SIM, set by
+ * tests/meson.build), connect by name, units == CPU, then SIGKILL of the
+ * card with work in flight (detected within the watchdog period, units
+ * handed back), then a new card process of the same name, which the
+ * engine finds and returns to service with.  Where this process may not be read by
+ * another (process_vm_readv refused: ptrace restrictions), that part
+ * prints SKIP.
+ */
+
+#include <CUnit/Basic.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "fpga_sim.h"
+#include "quiver/alloc.h"
+#include "quiver/config.h"
+#include "quiver/dist.h"
+#include "quiver/engine.h"
+#include "quiver/engine_fpga.h"
+#include "quiver/errors.h"
+#include "quiver/pq.h"
+#include "quiver/sq8.h"
+#include "quiver/timeutil.h"
+#include "quiver/topk.h"
+
+static struct qv_engine *fpga;      /* the shared engine of the suite */
+static struct qv_fpga_sim *sim;     /* its card */
+static struct qv_engine *cpu;
+
+/* ---- deterministic random numbers ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rndf(void) { return (float)(rnd() >> 40) / (float)(1u << 24); }
+
+/* ---- a work unit built by hand ---- */
+
+struct unit {
+    struct qv_work_unit wu;
+    struct qv_wu_list *lists;
+    float *queries, *qnorms;
+    uint32_t *poff, *plist;
+    uint64_t *filter;
+    float *x;                   /* all vectors, row-major (n x dim) */
+    uint32_t n;
+    /* SQ8 */
+    float *vmin, *vdiff;
+    struct qv_sq8_params sq8;
+    /* PQ */
+    struct qv_pq pq;
+    float *coarse, *qtab, *ltab;
+    struct qv_pq_params pqp;
+};
+
+/* Split n random vectors over nlists lists (sizes vary, some may be
+ * empty), queries random, each query probing nprobe distinct lists. */
+static void unit_make(struct unit *u, enum qv_wu_kind kind, enum qv_metric metric,
+                      uint32_t dim, uint32_t n, uint32_t nlists, uint32_t nq,
+                      uint32_t nprobe, int with_filter)
+{
+    memset(u, 0, sizeof *u);
+    u->n = n;
+    u->x = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
+    for (size_t i = 0; i < (size_t)n * dim; i++)
+        u->x[i] = rndf();
+    u->queries = qv_malloc((size_t)nq * dim * sizeof(float), QV_MEM_TEST);
+    u->qnorms = qv_malloc(nq * sizeof(float), QV_MEM_TEST);
+    for (size_t i = 0; i < (size_t)nq * dim; i++)
+        u->queries[i] = rndf();
+    for (uint32_t q = 0; q < nq; q++) {
+        float s = 0;
+        for (uint32_t d = 0; d < dim; d++)
+            s += u->queries[(size_t)q * dim + d] * u->queries[(size_t)q * dim + d];
+        u->qnorms[q] = s;
+    }
+    u->lists = qv_calloc(nlists, sizeof *u->lists, QV_MEM_TEST);
+    /* list boundaries: random cut points */
+    uint32_t *cut = qv_malloc((nlists + 1) * sizeof(uint32_t), QV_MEM_TEST);
+    cut[0] = 0;
+    cut[nlists] = n;
+    for (uint32_t l = 1; l < nlists; l++)
+        cut[l] = (uint32_t)(rnd() % (n + 1));
+    for (uint32_t a = 1; a < nlists; a++)          /* sort */
+        for (uint32_t b = a; b > 1 && cut[b - 1] > cut[b]; b--) {
+            uint32_t t = cut[b];
+            cut[b] = cut[b - 1];
+            cut[b - 1] = t;
+        }
+    if (kind == QV_WU_SQ8) {
+        u->vmin = qv_malloc(dim * sizeof(float), QV_MEM_TEST);
+        u->vdiff = qv_malloc(dim * sizeof(float), QV_MEM_TEST);
+        CU_ASSERT_EQUAL(qv_sq8_train(u->x, n, dim, u->vmin, u->vdiff), 0);
+        u->sq8.vmin = u->vmin;
+        u->sq8.vdiff = u->vdiff;
+        u->wu.params = &u->sq8;
+        u->wu.code_size = dim;
+    }
+    for (uint32_t l = 0; l < nlists; l++) {
+        struct qv_wu_list *L = &u->lists[l];
+        uint32_t ln = cut[l + 1] - cut[l];
+        const float *lx = u->x + (size_t)cut[l] * dim;
+        L->n = ln;
+        L->list_no = l;
+        uint64_t *ids = qv_malloc((ln + 1) * sizeof(uint64_t), QV_MEM_TEST);
+        uint32_t *rows = qv_malloc((ln + 1) * sizeof(uint32_t), QV_MEM_TEST);
+        for (uint32_t i = 0; i < ln; i++) {
+            ids[i] = 1000000 + (uint64_t)(cut[l] + i) * 7919 % 1000003;
+            rows[i] = cut[l] + i;
+        }
+        L->ids = ids;
+        L->rows = rows;
+        if (kind == QV_WU_FLAT || kind == QV_WU_F16) {
+            size_t groups = (ln + QV_BLOCK - 1) / QV_BLOCK;
+            float *blk = qv_calloc(groups * QV_BLOCK * dim + 1, sizeof(float), QV_MEM_TEST);
+            float *nrm = qv_malloc((ln + 1) * sizeof(float), QV_MEM_TEST);
+            if (kind == QV_WU_F16)      /* the values float16 holds */
+                for (size_t i = 0; i < (size_t)ln * dim; i++)
+                    u->x[(size_t)cut[l] * dim + i] =
+                        qv_f16_to_f32(qv_f32_to_f16(u->x[(size_t)cut[l] * dim + i]));
+            qv_block_pack(blk, 0, lx, ln, dim);
+            for (uint32_t i = 0; i < ln; i++) {
+                float s = 0;
+                for (uint32_t d = 0; d < dim; d++)
+                    s += lx[(size_t)i * dim + d] * lx[(size_t)i * dim + d];
+                nrm[i] = s;
+            }
+            if (kind == QV_WU_F16) {
+                uint16_t *h = qv_calloc(groups * QV_BLOCK * dim + 1, sizeof(uint16_t),
+                                        QV_MEM_TEST);
+                for (size_t i = 0; i < groups * QV_BLOCK * dim; i++)
+                    h[i] = qv_f32_to_f16(blk[i]);
+                qv_free(blk);
+                L->codes = h;
+            } else {
+                L->codes = blk;
+            }
+            L->norms = nrm;
+        } else if (kind == QV_WU_SQ8) {
+            uint8_t *c = qv_malloc((size_t)ln * dim + 1, QV_MEM_TEST);
+            qv_sq8_encode(lx, ln, dim, u->vmin, u->vdiff, c, dim);
+            L->codes = c;
+        }
+    }
+    qv_free(cut);
+    u->poff = qv_malloc((nq + 1) * sizeof(uint32_t), QV_MEM_TEST);
+    u->plist = qv_malloc(((size_t)nq * nprobe + 1) * sizeof(uint32_t), QV_MEM_TEST);
+    uint32_t p = 0;
+    for (uint32_t q = 0; q < nq; q++) {
+        u->poff[q] = p;
+        uint32_t start = (uint32_t)(rnd() % nlists);
+        for (uint32_t j = 0; j < nprobe && j < nlists; j++)
+            u->plist[p++] = (start + j) % nlists;
+    }
+    u->poff[nq] = p;
+    if (with_filter) {
+        u->filter = qv_calloc((n + 63) / 64 + 1, sizeof(uint64_t), QV_MEM_TEST);
+        for (uint32_t r = 0; r < n; r++)
+            if (rnd() % 3)
+                u->filter[r / 64] |= 1ull << (r % 64);
+    }
+    u->wu.kind = kind;
+    u->wu.metric = metric;
+    u->wu.dim = dim;
+    u->wu.nq = nq;
+    u->wu.queries = u->queries;
+    u->wu.qnorms = u->qnorms;
+    u->wu.nlists = nlists;
+    u->wu.lists = u->lists;
+    u->wu.probe_offsets = u->poff;
+    u->wu.probe_lists = u->plist;
+    u->wu.filter = u->filter;
+}
+
+/* PQ lists: residual codes of the unit's vectors against random coarse
+ * centroids, codebooks trained on the residuals; qtab (and ltab when
+ * with_ltab) as the IVF-PQ index computes them. */
+static void unit_make_pq(struct unit *u, enum qv_metric metric, uint32_t dim, uint32_t m,
+                         uint32_t nbits, uint32_t n, uint32_t nlists, uint32_t nq,
+                         uint32_t nprobe, int with_filter, int with_ltab)
+{
+    unit_make(u, QV_WU_PQ, metric, dim, n, nlists, nq, nprobe, with_filter);
+    CU_ASSERT_EQUAL_FATAL(qv_pq_init(&u->pq, dim, m, nbits), 0);
+    u->coarse = qv_malloc((size_t)nlists * dim * sizeof(float), QV_MEM_TEST);
+    for (size_t i = 0; i < (size_t)nlists * dim; i++)
+        u->coarse[i] = rndf() * 0.5f;
+    float *res = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
+    uint32_t row = 0;
+    for (uint32_t l = 0; l < nlists; l++)
+        for (uint32_t i = 0; i < u->lists[l].n; i++, row++)
+            for (uint32_t d = 0; d < dim; d++)
+                res[(size_t)row * dim + d] = u->x[(size_t)row * dim + d] -
+                                             u->coarse[(size_t)l * dim + d];
+    CU_ASSERT_EQUAL_FATAL(qv_pq_train(&u->pq, res, n, 7, 0, NULL), 0);
+    const uint32_t ksub = u->pq.ksub, dsub = u->pq.dsub, cs = u->pq.code_size;
+    row = 0;
+    for (uint32_t l = 0; l < nlists; l++) {
+        struct qv_wu_list *L = &u->lists[l];
+        uint8_t *codes = qv_calloc((size_t)L->n * cs + 1, 1, QV_MEM_TEST);
+        qv_pq_encode(&u->pq, res + (size_t)row * dim, L->n, codes);
+        if (nbits == 4) {
+            uint8_t *fs = qv_calloc(qv_pq_fs_size(L->n, m) + 1, 1, QV_MEM_TEST);
+            qv_pq_fs_pack(fs, codes, L->n, m);
+            qv_free(codes);
+            codes = fs;
+        }
+        L->codes = codes;
+        row += L->n;
+    }
+    qv_free(res);
+    size_t tsz = (size_t)m * ksub;
+    u->qtab = qv_malloc((size_t)nq * tsz * sizeof(float), QV_MEM_TEST);
+    for (uint32_t q = 0; q < nq; q++)
+        for (uint32_t j = 0; j < m; j++)
+            for (uint32_t c = 0; c < ksub; c++) {
+                const float *y = u->pq.cents + ((size_t)j * ksub + c) * dsub;
+                const float *qq = u->queries + (size_t)q * dim + (size_t)j * dsub;
+                float dot = 0;
+                for (uint32_t s = 0; s < dsub; s++)
+                    dot += qq[s] * y[s];
+                u->qtab[(size_t)q * tsz + (size_t)j * ksub + c] =
+                    metric == QV_METRIC_L2 ? -2.0f * dot : -dot;
+            }
+    if (with_ltab && metric == QV_METRIC_L2) {
+        u->ltab = qv_malloc((size_t)nlists * tsz * sizeof(float), QV_MEM_TEST);
+        for (uint32_t l = 0; l < nlists; l++)
+            for (uint32_t j = 0; j < m; j++)
+                for (uint32_t c = 0; c < ksub; c++) {
+                    const float *y = u->pq.cents + ((size_t)j * ksub + c) * dsub;
+                    const float *cc = u->coarse + (size_t)l * dim + (size_t)j * dsub;
+                    float yy = 0, cy = 0;
+                    for (uint32_t s = 0; s < dsub; s++) {
+                        yy += y[s] * y[s];
+                        cy += cc[s] * y[s];
+                    }
+                    u->ltab[(size_t)l * tsz + (size_t)j * ksub + c] = yy + 2.0f * cy;
+                }
+    }
+    u->pqp.pq = &u->pq;
+    u->pqp.coarse = u->coarse;
+    u->pqp.nlist = nlists;
+    u->pqp.qtab = u->qtab;
+    u->pqp.ltab = u->ltab;
+    u->pqp.res = NULL;
+    u->wu.params = &u->pqp;
+    u->wu.code_size = u->pq.code_size;
+}
+
+/* The documented duty of an owner freeing memory an engine may hold a
+ * copy of (a later allocation at the same address and size would
+ * otherwise be served the stale copy). */
+static void unit_forget(struct qv_engine *e, struct unit *u)
+{
+    for (uint32_t l = 0; l < u->wu.nlists; l++) {
+        qv_engine_forget(e, u->lists[l].codes);
+        qv_engine_forget(e, u->lists[l].norms);
+    }
+    if (u->wu.kind == QV_WU_PQ) {
+        qv_engine_forget(e, u->pq.cents);
+        qv_engine_forget(e, u->coarse);
+        qv_engine_forget(e, u->ltab);
+    }
+}
+
+static void unit_free(struct unit *u)
+{
+    unit_forget(fpga, u);
+    for (uint32_t l = 0; l < u->wu.nlists; l++) {
+        qv_free((void *)u->lists[l].codes);
+        qv_free((void *)u->lists[l].norms);
+        qv_free((void *)u->lists[l].ids);
+        qv_free((void *)u->lists[l].rows);
+    }
+    qv_free(u->lists);
+    qv_free(u->queries);
+    qv_free(u->qnorms);
+    qv_free(u->poff);
+    qv_free(u->plist);
+    qv_free(u->filter);
+    qv_free(u->x);
+    qv_free(u->vmin);
+    qv_free(u->vdiff);
+    if (u->wu.kind == QV_WU_PQ)
+        qv_pq_fini(&u->pq);
+    qv_free(u->coarse);
+    qv_free(u->qtab);
+    qv_free(u->ltab);
+}
+
+struct heaps {
+    struct qv_topk *h;
+    float *d;
+    uint64_t *id;
+};
+
+static void heaps_init(struct heaps *H, uint32_t nq, uint32_t k)
+{
+    H->h = qv_malloc(nq * sizeof *H->h, QV_MEM_TEST);
+    H->d = qv_malloc((size_t)nq * k * sizeof(float), QV_MEM_TEST);
+    H->id = qv_malloc((size_t)nq * k * sizeof(uint64_t), QV_MEM_TEST);
+    for (uint32_t q = 0; q < nq; q++)
+        qv_topk_init(&H->h[q], k, H->d + (size_t)q * k, H->id + (size_t)q * k);
+}
+
+static void heaps_fini(struct heaps *H)
+{
+    qv_free(H->h);
+    qv_free(H->d);
+    qv_free(H->id);
+}
+
+/* Run u on engine e into fresh heaps (sorted afterwards).  Returns the
+ * unit's status or submit's error. */
+static int run_into(struct qv_engine *e, struct unit *u, struct heaps *H, uint32_t k)
+{
+    heaps_init(H, u->wu.nq, k);
+    u->wu.heaps = H->h;
+    u->wu.status = 1;
+    int rc = qv_engine_run(e, &u->wu);
+    for (uint32_t q = 0; q < u->wu.nq; q++)
+        qv_topk_sort(&H->h[q]);
+    return rc;
+}
+
+/* Compare rank by rank.  Returns the number of mismatches (printed). */
+static int compare(const struct heaps *a, const struct heaps *b, uint32_t nq, uint32_t k,
+                   float tol, const char *what)
+{
+    int bad = 0;
+    for (uint32_t q = 0; q < nq; q++) {
+        const float *da = a->d + (size_t)q * k, *db = b->d + (size_t)q * k;
+        const uint64_t *ia = a->id + (size_t)q * k, *ib = b->id + (size_t)q * k;
+        for (uint32_t i = 0; i < k; i++) {
+            int both_inf = isinf(da[i]) && isinf(db[i]);
+            float t = tol * (1.0f + fabsf(da[i]));
+            if (!both_inf && !(fabsf(da[i] - db[i]) <= t)) {
+                if (bad++ < 5)
+                    fprintf(stderr, "\n  %s: q %u rank %u: dist %.7g vs %.7g (ids %llu %llu)",
+                            what, q, i, da[i], db[i], (unsigned long long)ia[i],
+                            (unsigned long long)ib[i]);
+                continue;
+            }
+            if (ia[i] == ib[i])
+                continue;
+            /* ids differ: only allowed for a near-tie at this rank */
+            int tie = 0;
+            for (uint32_t j = 0; j < k && !tie; j++)
+                tie = j != i && fabsf(da[j] - da[i]) <= t;
+            /* or at the boundary: the other id may be just past rank k */
+            tie |= i == k - 1 || fabsf(da[i] - db[i]) <= t;
+            if (!tie) {
+                if (bad++ < 5)
+                    fprintf(stderr, "\n  %s: q %u rank %u: id %llu vs %llu (dist %.7g)",
+                            what, q, i, (unsigned long long)ia[i],
+                            (unsigned long long)ib[i], da[i]);
+            }
+        }
+    }
+    return bad;
+}
+
+
+/* ---- the card and the engine ---- */
+
+#define MS 1000000LL
+
+static struct qv_fpga_sim *sim_make(uint64_t hbm)
+{
+    struct qv_fpga_sim_opts o;
+    qv_fpga_sim_opts_default(&o);
+    o.use_opencl = 0;                   /* the card's CPU engine: fast, deterministic */
+    if (hbm)
+        o.hbm_bytes = hbm;
+    struct qv_fpga_sim *s = qv_fpga_sim_create(&o, QV_FPGA_SIM_THREAD);
+    if (!s)
+        fprintf(stderr, "\n  qv_fpga_sim_create: %s", qv_errmsg());
+    return s;
+}
+
+static struct qv_engine *engine_on(struct qv_fpga_sim *s, uint32_t watchdog_ms,
+                                   uint32_t timeout_ms, uint64_t budget)
+{
+    struct qv_fpga_opts o;
+    qv_fpga_opts_default(&o);
+    o.bar0 = qv_fpga_sim_bar0(s);
+    o.watchdog_ms = watchdog_ms;
+    o.timeout_ms = timeout_ms;
+    o.reset_timeout_ms = 300;
+    o.hbm_budget = budget;
+    struct qv_engine *e = qv_engine_fpga_create(&o);
+    if (!e)
+        fprintf(stderr, "\n  qv_engine_fpga_create: %s", qv_errmsg());
+    return e;
+}
+
+static struct qv_fpga_stats stats_of(struct qv_engine *e)
+{
+    struct qv_fpga_stats st;
+    memset(&st, 0, sizeof st);
+    CU_ASSERT_EQUAL(qv_engine_fpga_stats(e, &st), 0);
+    return st;
+}
+
+/* CPU and FPGA on the same unit; asserts equality. */
+static void check_unit_on(struct qv_engine *e, struct unit *u, uint32_t k, float tol,
+                          const char *what)
+{
+    struct heaps hc, hf;
+    int rc = run_into(cpu, u, &hc, k);
+    CU_ASSERT_EQUAL(rc, 0);
+    rc = run_into(e, u, &hf, k);
+    if (rc)
+        fprintf(stderr, "\n  %s: %s", what, qv_errmsg());
+    CU_ASSERT_EQUAL(rc, 0);
+    if (rc == 0) {
+        int bad = compare(&hc, &hf, u->wu.nq, k, tol, what);
+        CU_ASSERT_EQUAL(bad, 0);
+        if (u->wu.nq && u->poff[u->wu.nq])
+            CU_ASSERT(u->wu.device_ns > 0 && u->wu.transfer_ns > 0);
+    }
+    heaps_fini(&hc);
+    heaps_fini(&hf);
+}
+
+static void check_unit(struct unit *u, uint32_t k, float tol, const char *what)
+{
+    check_unit_on(fpga, u, k, tol, what);
+}
+
+/* Apply fault f and wait until the card has (FAULT_INJECT reads 0). */
+static void inject(struct qv_fpga_sim *s, enum qv_fpga_fault f)
+{
+    CU_ASSERT_EQUAL_FATAL(qv_fpga_sim_inject(s, f), 0);
+    volatile uint32_t *fi = (volatile uint32_t *)((volatile uint8_t *)qv_fpga_sim_bar0(s) +
+                                                  QV_FPGA_REG_FAULT_INJECT);
+    int64_t t0 = qv_now_ns();
+    while (__atomic_load_n(fi, __ATOMIC_ACQUIRE) && qv_now_ns() - t0 < 2000 * MS)
+        usleep(50);
+    CU_ASSERT_EQUAL(*fi, 0);
+}
+
+/* Poll e until every unit of want[0..n) came back or limit_ns passed.
+ * Returns how many came back; a unit handed back twice fails. */
+static int collect(struct qv_engine *e, struct qv_work_unit **want, int n, int64_t limit_ns)
+{
+    int got = 0, seen[16] = { 0 };
+    int64_t t0 = qv_now_ns();
+    while (got < n && qv_now_ns() - t0 < limit_ns) {
+        struct qv_work_unit *done[16];
+        int m = e->ops->poll(e, done, 16);
+        for (int j = 0; j < m; j++)
+            for (int i = 0; i < n; i++)
+                if (done[j] == want[i]) {
+                    CU_ASSERT_EQUAL(seen[i], 0);
+                    seen[i]++;
+                    got++;
+                }
+        if (!m)
+            usleep(100);
+    }
+    return got;
+}
+
+/* Poll until the engine is healthy again (or limit).  Returns health. */
+static int wait_healthy(struct qv_engine *e, int64_t limit_ns)
+{
+    int64_t t0 = qv_now_ns();
+    struct qv_work_unit *done[16];
+    while (e->ops->health(e) && qv_now_ns() - t0 < limit_ns) {
+        e->ops->poll(e, done, 16);
+        usleep(200);
+    }
+    return e->ops->health(e);
+}
+
+static const uint32_t dims_all[] = { 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 127, 128,
+                                     129, 784 };
+#define NDIMS (sizeof dims_all / sizeof dims_all[0])
+
+/* ---- result tests ---- */
+
+static void test_flat_dims(void)
+{
+    static const uint32_t ks[] = { 1, 10, 100 };
+    for (size_t di = 0; di < NDIMS; di++)
+        for (int metric = 0; metric < 2; metric++) {
+            uint32_t dim = dims_all[di];
+            struct unit u;
+            char what[96];
+            uint32_t k = ks[(di + metric) % 3];
+            uint32_t nq = 1 + (uint32_t)(rnd() % 40);
+            unit_make(&u, QV_WU_FLAT, metric, dim, dim > 200 ? 700 : 1500, 1, nq, 1,
+                      di % 3 == 1);
+            snprintf(what, sizeof what, "flat %s dim %u k %u nq %u%s",
+                     metric ? "ip" : "l2", dim, k, nq, u.filter ? " filter" : "");
+            check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
+            unit_free(&u);
+        }
+}
+
+static void test_flat_k(void)
+{
+    static const uint32_t ks[] = { 1, 10, 100, 256 };
+    for (size_t ki = 0; ki < 4; ki++)
+        for (int filt = 0; filt < 2; filt++) {
+            struct unit u;
+            char what[96];
+            unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 32, 3000, 1, 33, 1, filt);
+            snprintf(what, sizeof what, "flat k %u%s", ks[ki], filt ? " filter" : "");
+            check_unit(&u, ks[ki], 1e-4f, what);
+            unit_free(&u);
+        }
+}
+
+static void test_ivf_flat(void)
+{
+    static const uint32_t ks[] = { 1, 10, 100 };
+    for (size_t di = 0; di < NDIMS; di += 3)
+        for (int filt = 0; filt < 2; filt++) {
+            uint32_t dim = dims_all[di];
+            struct unit u;
+            char what[96];
+            uint32_t k = ks[(di / 3 + filt) % 3];
+            uint32_t nq = 1 + (uint32_t)(rnd() % 200);
+            unit_make(&u, QV_WU_FLAT, (di / 3) % 2, dim, 4000, 37, nq, 5, filt);
+            snprintf(what, sizeof what, "ivf flat dim %u k %u nq %u%s", dim, k, nq,
+                     filt ? " filter" : "");
+            check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
+            unit_free(&u);
+        }
+}
+
+/* More queries than the card's MAX_NQ: one unit, several SCANs. */
+static void test_split(void)
+{
+    struct unit u;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 8, 1200, 6, QV_FPGA_SIM_MAX_NQ * 2 + 37, 2, 1);
+    check_unit(&u, 10, 1e-4f, "flat, 2 x MAX_NQ + 37 queries");
+    unit_free(&u);
+}
+
+static void test_f16(void)
+{
+    for (size_t di = 0; di < NDIMS; di += 2)
+        for (int metric = 0; metric < 2; metric++) {
+            uint32_t dim = dims_all[di + (size_t)metric];
+            struct unit u;
+            char what[96];
+            uint32_t k = di % 4 ? 10 : 1 + (uint32_t)(rnd() % 100);
+            uint32_t nq = 1 + (uint32_t)(rnd() % 40);
+            unit_make(&u, QV_WU_F16, metric, dim, dim > 200 ? 700 : 1500, 1, nq, 1,
+                      di % 3 == 1);
+            snprintf(what, sizeof what, "f16 %s dim %u k %u nq %u%s",
+                     metric ? "ip" : "l2", dim, k, nq, u.filter ? " filter" : "");
+            check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
+            unit_free(&u);
+        }
+    struct unit u;
+    unit_make(&u, QV_WU_F16, QV_METRIC_L2, 96, 8000, 32, 100, 8, 1);
+    check_unit(&u, 10, 1e-3f, "f16 ivf 32 lists nprobe 8 filter");
+    unit_free(&u);
+}
+
+static void test_sq8(void)
+{
+    static const uint32_t ks[] = { 1, 10, 100 };
+    for (size_t di = 0; di < NDIMS; di++) {
+        uint32_t dim = dims_all[di];
+        struct unit u;
+        char what[96];
+        uint32_t k = ks[di % 3];
+        int metric = (int)(di / 2 % 2);
+        unit_make(&u, QV_WU_SQ8, metric, dim, dim > 200 ? 800 : 2000, di % 2 ? 9 : 1,
+                  1 + (uint32_t)(rnd() % 70), di % 2 ? 3 : 1, di % 3 == 0);
+        snprintf(what, sizeof what, "sq8 %s dim %u k %u nq %u%s", metric ? "ip" : "l2", dim,
+                 k, u.wu.nq, u.filter ? " filter" : "");
+        check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
+        unit_free(&u);
+    }
+}
+
+static void test_pq(void)
+{
+    struct { uint32_t dim, m, nbits; int metric, ltab, filter; uint32_t k, nq; } c[] = {
+        { 32, 8, 4, QV_METRIC_L2, 1, 0, 10, 20 },
+        { 32, 8, 4, QV_METRIC_L2, 0, 1, 100, 7 },
+        { 32, 16, 4, QV_METRIC_IP, 0, 0, 1, 33 },
+        { 33, 11, 4, QV_METRIC_L2, 1, 1, 10, 5 },    /* odd m: a pad nibble */
+        { 16, 16, 4, QV_METRIC_L2, 1, 0, 10, 300 },
+        { 32, 8, 8, QV_METRIC_L2, 1, 0, 10, 20 },
+        { 32, 8, 8, QV_METRIC_L2, 0, 1, 100, 9 },
+        { 36, 12, 8, QV_METRIC_IP, 0, 1, 1, 17 },
+        { 128, 16, 8, QV_METRIC_L2, 1, 0, 10, 64 },
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        struct unit u;
+        char what[128];
+        unit_make_pq(&u, c[i].metric, c[i].dim, c[i].m, c[i].nbits, 3000, 16, c[i].nq, 4,
+                     c[i].filter, c[i].ltab);
+        snprintf(what, sizeof what, "pq%u %s dim %u m %u%s%s k %u nq %u", c[i].nbits,
+                 c[i].metric ? "ip" : "l2", c[i].dim, c[i].m, c[i].ltab ? " ltab" : "",
+                 c[i].filter ? " filter" : "", c[i].k, c[i].nq);
+        /* 4-bit: the host's byte tables, bit-identical sums; 8-bit: float
+         * sums in order */
+        check_unit(&u, c[i].k, c[i].nbits == 4 ? 0.0f : 1e-4f, what);
+        unit_free(&u);
+    }
+}
+
+/* ---- behaviour ---- */
+
+static void test_async(void)
+{
+    enum { N = 9 };
+    struct unit u[N];
+    struct heaps h[N], ref[N];
+    int submitted = 0;
+    for (int i = 0; i < N; i++) {
+        unit_make(&u[i], QV_WU_FLAT, QV_METRIC_L2, 16, 3000, 4, 20, 2, i % 2);
+        CU_ASSERT_EQUAL(run_into(cpu, &u[i], &ref[i], 10), 0);
+        heaps_init(&h[i], u[i].wu.nq, 10);
+        u[i].wu.heaps = h[i].h;
+    }
+    for (int i = 0; i < N; i++) {
+        int rc = fpga->ops->submit(fpga, &u[i].wu);
+        if (i < 8) {
+            CU_ASSERT_EQUAL(rc, 0);
+            submitted += rc == 0;
+        } else {
+            CU_ASSERT_EQUAL(rc, QV_EBUSY);      /* 8 in flight, none polled */
+        }
+    }
+    /* forgetting a list in use does not disturb the units in flight (the
+     * FREE runs after them) */
+    CU_ASSERT_EQUAL(qv_engine_fpga_forget(fpga, u[0].lists[u[0].plist[0]].codes), 1);
+    CU_ASSERT_EQUAL(qv_engine_fpga_wait(fpga), 0);
+    struct qv_work_unit *done[16];
+    int got = 0, order_ok = 1;
+    while (got < submitted) {
+        int n = fpga->ops->poll(fpga, done, 3);
+        for (int j = 0; j < n; j++) {
+            order_ok &= done[j] == &u[got + j].wu;
+            CU_ASSERT_EQUAL(done[j]->status, 0);
+            CU_ASSERT(done[j]->device_ns > 0);
+        }
+        got += n;
+    }
+    CU_ASSERT(order_ok);
+    CU_ASSERT_EQUAL(fpga->ops->poll(fpga, done, 16), 0);
+    for (int i = 0; i < submitted; i++) {
+        for (uint32_t q = 0; q < u[i].wu.nq; q++)
+            qv_topk_sort(&h[i].h[q]);
+        CU_ASSERT_EQUAL(compare(&ref[i], &h[i], u[i].wu.nq, 10, 1e-4f, "async"), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        heaps_fini(&h[i]);
+        heaps_fini(&ref[i]);
+        unit_free(&u[i]);
+    }
+}
+
+/* A small budget: two units whose lists do not fit together evict each
+ * other (results stay right, evictions are counted); a unit that does
+ * not fit at all completes with QV_ENOMEM; forget drops a copy once. */
+static void test_eviction(void)
+{
+    /* a card of its own: a second engine on the suite's card would reset
+     * it under the suite's engine */
+    struct qv_fpga_sim *s = sim_make(0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    struct qv_engine *saved = fpga;
+    fpga = engine_on(s, 250, 2000, 300000);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fpga);
+    struct unit a, b, big;
+    unit_make(&a, QV_WU_FLAT, QV_METRIC_L2, 32, 1500, 4, 20, 2, 0);    /* ~200 KB */
+    unit_make(&b, QV_WU_FLAT, QV_METRIC_IP, 32, 1500, 4, 20, 2, 1);
+    check_unit(&a, 10, 1e-4f, "evict: a");
+    struct qv_fpga_stats s0 = stats_of(fpga);
+    check_unit(&b, 10, 1e-4f, "evict: b");
+    check_unit(&a, 10, 1e-4f, "evict: a again");
+    struct qv_fpga_stats s1 = stats_of(fpga);
+    CU_ASSERT(s1.evictions > s0.evictions);
+    CU_ASSERT(s1.uploads > s0.uploads);
+    check_unit(&a, 10, 1e-4f, "evict: a hot");
+    struct qv_fpga_stats s2 = stats_of(fpga);
+    CU_ASSERT_EQUAL(s2.uploads, s1.uploads);          /* all resident: no upload */
+    /* forget: once held, then not */
+    const void *c0 = a.lists[a.plist[0]].codes;
+    CU_ASSERT_EQUAL(qv_engine_fpga_forget(fpga, c0), 1);
+    CU_ASSERT_EQUAL(qv_engine_fpga_forget(fpga, c0), 0);
+    CU_ASSERT_EQUAL(qv_engine_fpga_forget(fpga, NULL), 0);
+    check_unit(&a, 10, 1e-4f, "evict: a after forget");
+    CU_ASSERT_EQUAL(stats_of(fpga).uploads, s2.uploads + 1);
+    /* too big for the budget together */
+    unit_make(&big, QV_WU_FLAT, QV_METRIC_L2, 64, 6000, 3, 5, 3, 0);  /* ~1.5 MB */
+    struct heaps h;
+    int rc = run_into(fpga, &big, &h, 10);
+    CU_ASSERT_EQUAL(rc, QV_ENOMEM);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "hbm_budget"));
+    CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
+    heaps_fini(&h);
+    struct qv_fpga_stats s3 = stats_of(fpga);
+    CU_ASSERT_EQUAL(s3.evictions, stats_of(fpga).evictions);
+    check_unit(&a, 10, 1e-4f, "evict: a after a refusal");  /* nothing evicted for big */
+    CU_ASSERT_EQUAL(stats_of(fpga).uploads, s3.uploads);
+    check_unit(&b, 10, 1e-4f, "evict: b after a refusal");
+    unit_free(&a);
+    unit_free(&b);
+    unit_free(&big);
+    qv_engine_free(fpga);
+    qv_fpga_sim_free(s);
+    fpga = saved;
+}
+
+static void test_refusals(void)
+{
+    struct unit u;
+    struct heaps h;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 8, 100, 1, 3, 1, 0);
+    heaps_init(&h, 3, 300);
+    u.wu.heaps = h.h;
+    CU_ASSERT_EQUAL(fpga->ops->submit(fpga, &u.wu), QV_ENOTSUP);     /* k 300 > 256 */
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "k = 300"));
+    heaps_fini(&h);
+    heaps_init(&h, 3, 10);
+    u.wu.heaps = h.h;
+    u.wu.metric = QV_METRIC_COSINE;
+    CU_ASSERT_EQUAL(fpga->ops->submit(fpga, &u.wu), QV_ENOTSUP);
+    u.wu.metric = QV_METRIC_L2;
+    u.wu.dim = QV_FPGA_SIM_MAX_DIM + 1;
+    CU_ASSERT_EQUAL(fpga->ops->submit(fpga, &u.wu), QV_ENOTSUP);
+    u.wu.dim = 8;
+    u.wu.kind = (enum qv_wu_kind)7;
+    CU_ASSERT_EQUAL(fpga->ops->submit(fpga, &u.wu), QV_ENOTSUP);
+    u.wu.kind = QV_WU_FLAT;
+    u.wu.qnorms = NULL;
+    CU_ASSERT_EQUAL(fpga->ops->submit(fpga, &u.wu), QV_EINVAL);
+    u.wu.qnorms = u.qnorms;
+    /* empty unit: completes at once */
+    u.wu.nq = 0;
+    CU_ASSERT_EQUAL(qv_engine_run(fpga, &u.wu), 0);
+    u.wu.nq = 3;
+    CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
+    heaps_fini(&h);
+    unit_free(&u);
+    /* caps */
+    struct qv_engine_caps caps;
+    fpga->ops->caps(fpga, &caps);
+    CU_ASSERT_EQUAL(caps.kinds, 0xFu);
+    CU_ASSERT_EQUAL(caps.max_dim, QV_FPGA_SIM_MAX_DIM);
+    CU_ASSERT(caps.device_memory > 0);
+    struct qv_fpga_stats st;
+    CU_ASSERT_EQUAL(qv_engine_fpga_stats(cpu, &st), QV_EINVAL);
+}
+
+/* A unit the card refuses (BAD_*: here PQ 8-bit L2 without list tables,
+ * which needs the coarse centroids, with lists whose list_no is not below
+ * ncoarse: the driver passes that through unchecked) fails alone with
+ * QV_EIO and a message naming the status; the engine stays healthy and
+ * the next unit is right. */
+static void test_error_completion(void)
+{
+    struct unit u;
+    unit_make_pq(&u, QV_METRIC_L2, 32, 8, 8, 1000, 6, 10, 3, 0, 0);
+    check_unit(&u, 10, 1e-4f, "before an error completion");
+    struct qv_fpga_stats s0 = stats_of(fpga);
+    u.pqp.nlist = 2;                    /* lists 2..5 name coarse rows >= ncoarse */
+    struct heaps h;
+    int rc = run_into(fpga, &u, &h, 10);
+    CU_ASSERT_EQUAL(rc, QV_EIO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "BAD_PARAM"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "error log"));
+    for (uint32_t q = 0; q < u.wu.nq; q++)
+        CU_ASSERT_EQUAL(h.h[q].n, 0);
+    heaps_fini(&h);
+    CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
+    struct qv_fpga_stats s1 = stats_of(fpga);
+    CU_ASSERT_EQUAL(s1.error_completions, s0.error_completions + 1);
+    CU_ASSERT_EQUAL(s1.faults, s0.faults);
+    if (rc != QV_EIO)
+        fprintf(stderr, "\n  error completion: rc %d: %s", rc, qv_errmsg());
+    u.pqp.nlist = 6;
+    check_unit(&u, 10, 1e-4f, "after an error completion");
+    unit_free(&u);
+}
+
+/* An allocation that fails while a unit is built fails that unit with
+ * QV_ENOMEM, heaps untouched; the engine stays healthy.  (The card is
+ * idle, so the injected failure is the driver's.) */
+static void test_oom(void)
+{
+    struct unit u;
+    struct heaps h;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 8, 5000, 900, 5, 2, 0);  /* new sizes */
+    heaps_init(&h, u.wu.nq, 10);
+    u.wu.heaps = h.h;
+    CU_ASSERT_EQUAL(qv_engine_fpga_wait(fpga), 0);
+    qv_alloc_fail_after(0);
+    int rc = qv_engine_run(fpga, &u.wu);
+    qv_alloc_fail_after(-1);
+    CU_ASSERT_EQUAL(rc, QV_ENOMEM);
+    for (uint32_t q = 0; q < u.wu.nq; q++)
+        CU_ASSERT_EQUAL(h.h[q].n, 0);
+    CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
+    heaps_fini(&h);
+    check_unit(&u, 10, 1e-4f, "after an allocation failure");
+    unit_free(&u);
+}
+
+static void test_create_errors(void)
+{
+    struct qv_fpga_opts o;
+    qv_fpga_opts_default(&o);
+    o.name = "qv-no-such-card";
+    CU_ASSERT_PTR_NULL(qv_engine_fpga_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EUNAVAIL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "no card named qv-no-such-card"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "qv-fpga-sim --name qv-no-such-card"));
+    qv_fpga_opts_default(&o);
+    o.bar0 = qv_fpga_sim_bar0(sim);
+    o.ring_entries = 100;
+    CU_ASSERT_PTR_NULL(qv_engine_fpga_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EINVAL);
+    o.ring_entries = 16;
+    o.name = "a/b";
+    CU_ASSERT_PTR_NULL(qv_engine_fpga_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EINVAL);
+    /* a card of another major version is refused with a message */
+    uint8_t *fake = qv_calloc(1, QV_FPGA_BAR0_SIZE, QV_MEM_TEST);
+    *(uint32_t *)(fake + QV_FPGA_REG_MAGIC) = QV_FPGA_MAGIC;
+    *(uint32_t *)(fake + QV_FPGA_REG_VERSION) = 2u << 16;
+    qv_fpga_opts_default(&o);
+    o.bar0 = fake;
+    o.reset_timeout_ms = 50;
+    CU_ASSERT_PTR_NULL(qv_engine_fpga_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EUNAVAIL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "version 2.0"));
+    /* no MAGIC: not up */
+    *(uint32_t *)(fake + QV_FPGA_REG_MAGIC) = 0;
+    CU_ASSERT_PTR_NULL(qv_engine_fpga_create(&o));
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "MAGIC"));
+    qv_free(fake);
+}
+
+static void test_config(void)
+{
+    struct qv_config *cfg = qv_config_parse(
+        "[fpga]\nmode = process\nname = card7\nring_entries = 64\ntimeout_ms = 1500\n"
+        "watchdog_ms = 120\nreset_timeout_ms = 800\nhbm_budget = 1G\nhbm_bytes = 2G\n"
+        "lanes = 1024\nsim_opencl = false\nsim_pace = true\n", "t.conf");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    struct qv_fpga_opts o;
+    CU_ASSERT_EQUAL(qv_fpga_opts_from_config(cfg, &o), 0);
+    CU_ASSERT_STRING_EQUAL(o.name, "card7");
+    CU_ASSERT_EQUAL(o.ring_entries, 64);
+    CU_ASSERT_EQUAL(o.timeout_ms, 1500);
+    CU_ASSERT_EQUAL(o.watchdog_ms, 120);
+    CU_ASSERT_EQUAL(o.reset_timeout_ms, 800);
+    CU_ASSERT_EQUAL(o.hbm_budget, 1ull << 30);
+    CU_ASSERT_PTR_NULL(o.bar0);
+    CU_ASSERT_EQUAL(qv_config_enum(cfg, "fpga", "mode"), 2);
+    struct qv_fpga_sim_opts so;
+    qv_fpga_sim_opts_default(&so);
+    CU_ASSERT_EQUAL(qv_fpga_sim_opts_from_config(cfg, &so), 0);
+    CU_ASSERT_EQUAL(so.hbm_bytes, 2ull << 30);
+    CU_ASSERT_EQUAL(so.lanes, 1024);
+    CU_ASSERT_EQUAL(so.use_opencl, 0);
+    CU_ASSERT_EQUAL(so.pace, 1);
+    qv_config_free(cfg);
+    /* defaults agree with docs/REGISTERS.md and the simulator's */
+    cfg = qv_config_defaults();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    qv_fpga_opts_from_config(cfg, &o);
+    struct qv_fpga_opts d;
+    qv_fpga_opts_default(&d);
+    CU_ASSERT_STRING_EQUAL(o.name, d.name);
+    CU_ASSERT_EQUAL(o.ring_entries, d.ring_entries);
+    CU_ASSERT_EQUAL(o.timeout_ms, d.timeout_ms);
+    CU_ASSERT_EQUAL(o.watchdog_ms, d.watchdog_ms);
+    CU_ASSERT_EQUAL(o.reset_timeout_ms, d.reset_timeout_ms);
+    struct qv_fpga_sim_opts sd, sc;
+    qv_fpga_sim_opts_default(&sd);
+    qv_fpga_sim_opts_default(&sc);
+    qv_fpga_sim_opts_from_config(cfg, &sc);
+    CU_ASSERT_EQUAL(sc.hbm_bytes, sd.hbm_bytes);
+    CU_ASSERT_EQUAL(sc.clock_mhz, 300);
+    CU_ASSERT_EQUAL(sc.lanes, 2048);
+    CU_ASSERT_EQUAL(sc.hbm_mbps, 460000);
+    CU_ASSERT_EQUAL(sc.pcie_mbps, 12000);
+    CU_ASSERT_EQUAL(sc.launch_ns, 5000);
+    CU_ASSERT_EQUAL(sc.use_opencl, sd.use_opencl);
+    CU_ASSERT_EQUAL(sc.pace, sd.pace);
+    CU_ASSERT_EQUAL(qv_config_enum(cfg, "fpga", "mode"), 0);
+    qv_config_free(cfg);
+    cfg = qv_config_parse("[fpga]\nring_entries = 100\n", "t.conf");
+    CU_ASSERT_PTR_NULL(cfg);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "power of two"));
+}
+
+static void test_nop(void)
+{
+    enum { N = 2000 };
+    static uint64_t ns[N];
+    for (int i = 0; i < N; i++)
+        CU_ASSERT_EQUAL_FATAL(qv_engine_fpga_nop(fpga, &ns[i]), 0);
+    for (int i = 1; i < N; i++)                 /* insertion sort: small */
+        for (int j = i; j > 0 && ns[j - 1] > ns[j]; j--) {
+            uint64_t t = ns[j];
+            ns[j] = ns[j - 1];
+            ns[j - 1] = t;
+        }
+    CU_ASSERT(ns[0] > 0);
+    printf("\n    NOP round trip (thread mode): median %llu ns, p99 %llu ns ",
+           (unsigned long long)ns[N / 2], (unsigned long long)ns[N * 99 / 100]);
+}
+
+/* ---- faults ---- */
+
+/* The units of a fault test: small IVF shapes, their CPU reference. */
+struct fault_set {
+    struct unit u[3];
+    struct heaps ref[3], h[3];
+    struct qv_work_unit *want[3];
+    int n;                              /* accepted by submit */
+};
+
+static void fset_make(struct fault_set *F)
+{
+    for (int i = 0; i < 3; i++) {
+        unit_make(&F->u[i], QV_WU_FLAT, i == 1 ? QV_METRIC_IP : QV_METRIC_L2, 24, 2000, 5,
+                  30, 2, i == 2);
+        CU_ASSERT_EQUAL(run_into(cpu, &F->u[i], &F->ref[i], 10), 0);
+        heaps_init(&F->h[i], F->u[i].wu.nq, 10);
+    }
+}
+
+/* Submit the three (fresh heaps); the accepted ones go into want[]. */
+static void fset_submit(struct qv_engine *e, struct fault_set *F)
+{
+    F->n = 0;
+    for (int i = 0; i < 3; i++) {
+        for (uint32_t q = 0; q < F->u[i].wu.nq; q++)
+            qv_topk_init(&F->h[i].h[q], 10, F->h[i].d + (size_t)q * 10,
+                         F->h[i].id + (size_t)q * 10);
+        F->u[i].wu.heaps = F->h[i].h;
+        int rc = e->ops->submit(e, &F->u[i].wu);
+        if (rc == 0)
+            F->want[F->n++] = &F->u[i].wu;
+        else
+            CU_ASSERT_EQUAL(rc, QV_EUNAVAIL);  /* the fault struck: refused */
+    }
+}
+
+/* Every accepted unit came back failed, heaps untouched. */
+static void fset_expect_failed(struct fault_set *F)
+{
+    for (int i = 0; i < F->n; i++) {
+        CU_ASSERT_EQUAL(F->want[i]->status, QV_EIO);
+        for (uint32_t q = 0; q < F->want[i]->nq; q++)
+            CU_ASSERT_EQUAL(F->want[i]->heaps[q].n, 0);
+    }
+}
+
+/* Resubmitted, they equal the CPU. */
+static void fset_expect_good(struct qv_engine *e, struct fault_set *F, const char *what)
+{
+    for (int i = 0; i < 3; i++) {
+        struct heaps h;
+        int rc = run_into(e, &F->u[i], &h, 10);
+        if (rc)
+            fprintf(stderr, "\n  %s: %s", what, qv_errmsg());
+        CU_ASSERT_EQUAL(rc, 0);
+        if (rc == 0)
+            CU_ASSERT_EQUAL(compare(&F->ref[i], &h, F->u[i].wu.nq, 10, 1e-4f, what), 0);
+        heaps_fini(&h);
+    }
+}
+
+static void fset_free(struct fault_set *F)
+{
+    for (int i = 0; i < 3; i++) {
+        heaps_fini(&F->ref[i]);
+        heaps_fini(&F->h[i]);
+        unit_free(&F->u[i]);
+    }
+}
+
+/* One fault on a card of its own: inject, submit, see every accepted
+ * unit come back with QV_EIO (detection within limit_ms), the engine
+ * unhealthy, then healthy again, the fault counted, resubmission right. */
+static void fault_case(const char *what, enum qv_fpga_fault f, uint32_t watchdog_ms,
+                       uint32_t timeout_ms, size_t counter_off, int64_t limit_ms)
+{
+    struct qv_fpga_sim *s = sim_make(0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    struct qv_engine *e = engine_on(s, watchdog_ms, timeout_ms, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    struct qv_engine *saved = fpga;
+    fpga = e;
+    struct fault_set F;
+    fset_make(&F);
+    fset_expect_good(e, &F, what);              /* warm: lists resident */
+    inject(s, f);
+    int64_t t0 = qv_now_ns();
+    fset_submit(e, &F);
+    CU_ASSERT(F.n >= 1);
+    int got = collect(e, F.want, F.n, 5000 * MS);
+    int64_t el = qv_now_ns() - t0;
+    CU_ASSERT_EQUAL(got, F.n);
+    fset_expect_failed(&F);
+    CU_ASSERT_EQUAL(e->ops->health(e), QV_EUNAVAIL);
+    if (el >= limit_ms * MS)
+        fprintf(stderr, "\n  %s: detected after %lld ms (limit %lld)", what,
+                (long long)(el / MS), (long long)limit_ms);
+    CU_ASSERT(el < limit_ms * MS);
+    CU_ASSERT_EQUAL(wait_healthy(e, 3000 * MS), 0);
+    struct qv_fpga_stats st = stats_of(e);
+    CU_ASSERT_EQUAL(st.faults, 1);
+    CU_ASSERT_EQUAL(st.resets, 1);
+    CU_ASSERT_EQUAL(st.units_handed_back, (uint64_t)F.n);
+    if (counter_off != SIZE_MAX)
+        CU_ASSERT_EQUAL(*(uint64_t *)((char *)&st + counter_off), 1);
+    fset_expect_good(e, &F, what);              /* blocks uploaded again */
+    CU_ASSERT(stats_of(e).uploads > st.uploads);
+    fset_free(&F);
+    qv_engine_free(e);
+    qv_fpga_sim_free(s);
+    fpga = saved;
+}
+
+static void test_fault_hang_watchdog(void)
+{
+    fault_case("hang (watchdog)", QV_FPGA_FAULT_HANG, 100, 5000,
+               offsetof(struct qv_fpga_stats, watchdog_trips), 300);
+}
+
+static void test_fault_hang_timeout(void)
+{
+    fault_case("hang (timeout)", QV_FPGA_FAULT_HANG, 10000, 150,
+               offsetof(struct qv_fpga_stats, timeouts), 1000);
+}
+
+static void test_fault_ecc(void)
+{
+    fault_case("ecc", QV_FPGA_FAULT_ECC, 100, 5000,
+               offsetof(struct qv_fpga_stats, ecc_errors), 300);
+}
+
+static void test_fault_link_down(void)
+{
+    fault_case("link down", QV_FPGA_FAULT_LINK_DOWN, 100, 5000, SIZE_MAX, 300);
+}
+
+/* THROTTLE: no failure, device time x THROTTLE_FACTOR (4). */
+static void test_fault_throttle(void)
+{
+    struct unit u;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 64, 5000, 1, 16, 1, 0);
+    check_unit(&u, 10, 1e-4f, "before throttle (uploads)");
+    check_unit(&u, 10, 1e-4f, "before throttle");
+    uint64_t d1 = u.wu.device_ns;
+    struct qv_fpga_stats s0 = stats_of(fpga);
+    inject(sim, QV_FPGA_FAULT_THROTTLE);
+    check_unit(&u, 10, 1e-4f, "throttled");
+    uint64_t d2 = u.wu.device_ns;
+    inject(sim, QV_FPGA_FAULT_CLEAR);
+    check_unit(&u, 10, 1e-4f, "after throttle");
+    uint64_t d3 = u.wu.device_ns;
+    CU_ASSERT(d2 >= 4 * d1 - 4 && d2 <= 4 * d1 + 4);
+    CU_ASSERT_EQUAL(d3, d1);
+    struct qv_fpga_stats s1 = stats_of(fpga);
+    CU_ASSERT_EQUAL(s1.faults, s0.faults);
+    CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
+    unit_free(&u);
+}
+
+/* A card that dies with work in flight: detected within the watchdog
+ * period, every unit back with QV_EIO, the engine stays unhealthy (it
+ * probes again, the card never answers). */
+static void test_fault_kill(void)
+{
+    const uint32_t wd = 100;
+    struct qv_fpga_sim *s = sim_make(0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    struct qv_engine *e = engine_on(s, wd, 5000, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(e);
+    struct qv_engine *saved = fpga;
+    fpga = e;
+    struct fault_set F;
+    fset_make(&F);
+    fset_expect_good(e, &F, "kill: warm");
+    qv_fpga_sim_kill(s);
+    int64_t t0 = qv_now_ns();
+    fset_submit(e, &F);
+    CU_ASSERT_EQUAL(F.n, 3);
+    int got = collect(e, F.want, F.n, 5000 * MS);
+    int64_t el = qv_now_ns() - t0;
+    CU_ASSERT_EQUAL(got, F.n);
+    fset_expect_failed(&F);
+    if (el >= 3 * wd * MS)
+        fprintf(stderr, "\n  kill: detected after %lld ms", (long long)(el / MS));
+    CU_ASSERT(el < 3 * wd * MS);
+    /* through reset timeouts and probes, it stays down */
+    CU_ASSERT_EQUAL(wait_healthy(e, 1000 * MS), QV_EUNAVAIL);
+    CU_ASSERT_EQUAL(e->ops->submit(e, &F.u[0].wu), QV_EUNAVAIL);
+    struct qv_fpga_stats st = stats_of(e);
+    CU_ASSERT_EQUAL(st.faults, 1);
+    CU_ASSERT_EQUAL(st.watchdog_trips, 1);
+    CU_ASSERT_EQUAL(st.resets, 0);
+    CU_ASSERT_EQUAL(st.units_handed_back, 3);
+    CU_ASSERT_EQUAL(qv_engine_fpga_wait(e), QV_EUNAVAIL);
+    fset_free(&F);
+    qv_engine_free(e);
+    qv_fpga_sim_free(s);
+    fpga = saved;
+}
+
+/* ---- process mode ---- */
+
+static volatile uint64_t probe_word;
+
+/* May a child process read this one's memory (process_vm_readv), as the
+ * card process must?  1 yes, 0 no (EPERM and the like). */
+static int can_be_read(void)
+{
+    int pfd[2];
+    if (pipe(pfd))
+        return 0;
+    pid_t c = fork();
+    if (c < 0)
+        return 0;
+    if (c == 0) {
+        char x;
+        close(pfd[1]);
+        if (read(pfd[0], &x, 1) != 1)
+            _exit(3);
+        uint64_t v = 0;
+        struct iovec l = { &v, sizeof v }, r = { (void *)&probe_word, sizeof v };
+        ssize_t n = process_vm_readv(getppid(), &l, 1, &r, 1, 0);
+        _exit(n == (ssize_t)sizeof v && v == 0x5eed5eedull ? 0 : 1);
+    }
+    close(pfd[0]);
+    probe_word = 0x5eed5eedull;
+    (void)prctl(PR_SET_PTRACER, (unsigned long)c, 0, 0, 0);
+    if (write(pfd[1], "x", 1) != 1) {
+        close(pfd[1]);
+        return 0;
+    }
+    close(pfd[1]);
+    int st = 0;
+    waitpid(c, &st, 0);
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static void test_process(void)
+{
+    const char *exe = getenv("QV_FPGA_SIM");
+    if (!exe || access(exe, X_OK)) {
+        printf("\n    SKIP: QV_FPGA_SIM (the qv-fpga-sim executable) not set ");
+        return;
+    }
+    if (!can_be_read()) {
+        printf("\n    SKIP: process_vm_readv of this process is refused (ptrace "
+               "restrictions) ");
+        return;
+    }
+    char name[64], path[96];
+    snprintf(name, sizeof name, "qvtest-%d", (int)getpid());
+    snprintf(path, sizeof path, "/dev/shm%s%s", QV_FPGA_SHM_PREFIX, name);
+    unlink(path);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        execl(exe, exe, "--name", name, "--no-opencl", "--hbm", "256M", (char *)NULL);
+        _exit(127);
+    }
+    int64_t t0 = qv_now_ns();
+    struct stat sb;
+    while (stat(path, &sb) && qv_now_ns() - t0 < 10000 * MS)
+        usleep(1000);
+    struct qv_fpga_opts o;
+    qv_fpga_opts_default(&o);
+    o.name = name;
+    o.watchdog_ms = 150;
+    o.reset_timeout_ms = 300;
+    struct qv_engine *e = qv_engine_fpga_create(&o);
+    if (!e)
+        fprintf(stderr, "\n  process mode: %s", qv_errmsg());
+    CU_ASSERT_PTR_NOT_NULL(e);
+    if (e) {
+        struct qv_engine *saved = fpga;
+        fpga = e;
+        struct unit u;
+        unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 48, 4000, 8, 50, 3, 1);
+        check_unit(&u, 10, 1e-4f, "process: ivf flat");
+        unit_free(&u);
+        unit_make_pq(&u, QV_METRIC_L2, 32, 8, 4, 2000, 8, 20, 3, 0, 1);
+        check_unit(&u, 10, 0.0f, "process: pq4");
+        unit_free(&u);
+        uint64_t ns;
+        CU_ASSERT_EQUAL(qv_engine_fpga_nop(e, &ns), 0);
+        /* the card process dies with work in flight (stopped first, so
+         * the work is certainly in flight) */
+        struct fault_set F;
+        fset_make(&F);
+        fset_expect_good(e, &F, "process: warm");
+        kill(pid, SIGSTOP);
+        fset_submit(e, &F);
+        CU_ASSERT_EQUAL(F.n, 3);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        pid = 0;
+        t0 = qv_now_ns();
+        int got = collect(e, F.want, F.n, 5000 * MS);
+        int64_t el = qv_now_ns() - t0;
+        CU_ASSERT_EQUAL(got, F.n);
+        fset_expect_failed(&F);
+        if (el >= 3 * (int64_t)o.watchdog_ms * MS)
+            fprintf(stderr, "\n  process kill: detected after %lld ms", (long long)(el / MS));
+        CU_ASSERT(el < 3 * (int64_t)o.watchdog_ms * MS);
+        CU_ASSERT_EQUAL(wait_healthy(e, 800 * MS), QV_EUNAVAIL);
+        struct qv_fpga_stats st = stats_of(e);
+        CU_ASSERT_EQUAL(st.units_handed_back, 3);
+        CU_ASSERT_EQUAL(st.watchdog_trips, 1);
+        /* a new card process of the same name: found by the next probe,
+         * reset, back in service */
+        pid = fork();
+        CU_ASSERT_FATAL(pid >= 0);
+        if (pid == 0) {
+            execl(exe, exe, "--name", name, "--no-opencl", "--hbm", "256M", (char *)NULL);
+            _exit(127);
+        }
+        CU_ASSERT_EQUAL(wait_healthy(e, 10000 * MS), 0);
+        CU_ASSERT_EQUAL(stats_of(e).resets, 1);
+        fset_expect_good(e, &F, "process: restarted card");
+        fset_free(&F);
+        qv_engine_free(e);
+        fpga = saved;
+    }
+    if (pid > 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+    }
+    unlink(path);                       /* SIGKILL leaves the shm behind */
+}
+
+int main(void)
+{
+    struct qv_mem_stats before, after;
+    qv_mem_stats(QV_MEM_TEST, &before);
+    cpu = qv_engine_cpu_create(NULL);
+    sim = sim_make(0);
+    fpga = sim ? engine_on(sim, 250, 2000, 0) : NULL;
+    if (!cpu || !fpga)
+        return 1;
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 1;
+    CU_pSuite s = CU_add_suite("fpga", NULL, NULL);
+    CU_add_test(s, "config: [fpga] keys", test_config);
+    CU_add_test(s, "create: errors with messages", test_create_errors);
+    CU_add_test(s, "refusals: k, metric, dim, kind; empty unit; caps", test_refusals);
+    CU_add_test(s, "flat: every dim, l2/ip, == cpu", test_flat_dims);
+    CU_add_test(s, "flat: k 1..256, filter, == cpu", test_flat_k);
+    CU_add_test(s, "ivf flat: many lists and probes, == cpu", test_ivf_flat);
+    CU_add_test(s, "split: more than MAX_NQ queries, == cpu", test_split);
+    CU_add_test(s, "f16: dims, ivf shapes, == cpu", test_f16);
+    CU_add_test(s, "sq8: every dim, == cpu", test_sq8);
+    CU_add_test(s, "pq: 4/8 bits, ltab, ip, filter, == cpu", test_pq);
+    CU_add_test(s, "async: 8 in flight, EBUSY, completion order", test_async);
+    CU_add_test(s, "error completion: BAD_PARAM fails the unit only", test_error_completion);
+    CU_add_test(s, "allocation failure fails the unit only", test_oom);
+    CU_add_test(s, "eviction: small budget, LRU, forget, ENOMEM", test_eviction);
+    CU_add_test(s, "nop: round trip (printed)", test_nop);
+    CU_add_test(s, "fault: hang, found by the watchdog", test_fault_hang_watchdog);
+    CU_add_test(s, "fault: hang, found by the timeout", test_fault_hang_timeout);
+    CU_add_test(s, "fault: ecc", test_fault_ecc);
+    CU_add_test(s, "fault: link down", test_fault_link_down);
+    CU_add_test(s, "fault: throttle (slower, no failure)", test_fault_throttle);
+    CU_add_test(s, "fault: card killed, stays down", test_fault_kill);
+    CU_add_test(s, "process mode: qv-fpga-sim, units, SIGKILL", test_process);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failed = CU_get_number_of_failures();
+    int err = CU_get_error();
+    CU_cleanup_registry();
+    qv_engine_free(fpga);
+    qv_fpga_sim_free(sim);
+    qv_engine_free(cpu);
+    qv_mem_stats(QV_MEM_TEST, &after);
+    if (after.live_blocks != before.live_blocks) {
+        fprintf(stderr, "test_fpga: %lld test blocks leaked\n",
+                (long long)(after.live_blocks - before.live_blocks));
+        failed++;
+    }
+    return failed || err ? 1 : 0;
+}
