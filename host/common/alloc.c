@@ -67,6 +67,9 @@ static const char *const tag_names[QV_MEM__COUNT] = {
     [QV_MEM_ARENA]  = "arena",
     [QV_MEM_BENCH]  = "bench",
     [QV_MEM_TEST]   = "test",
+    [QV_MEM_CACHE]  = "cache",
+    [QV_MEM_METRICS] = "metrics",
+    [QV_MEM_ROUTER] = "router",
 };
 
 /* An out-of-range tag is a caller bug; count it as misc rather than index

@@ -29,6 +29,9 @@ enum qv_mem_tag {
     QV_MEM_ARENA,
     QV_MEM_BENCH,
     QV_MEM_TEST,
+    QV_MEM_CACHE,
+    QV_MEM_METRICS,
+    QV_MEM_ROUTER,
     QV_MEM__COUNT
 };
 
