@@ -114,6 +114,22 @@ struct qv_engine *qv__bench_meter_wrap(struct qv_engine *inner);
 void qv__bench_meter_take(struct qv_engine *meter, struct qv__bench_meter *out);
 
 /*
+ * --engine auto (bench_engine.c): a router (quiver/router.h) over the CPU
+ * engine on pool (borrowed), the OpenCL engine where this build and
+ * machine have one, and the FPGA engine (as qv__bench_fpga_engine), as
+ * [router] engines selects; calibrated (or loaded from the calibration
+ * cache) per [router] keys.  Engines that cannot be opened are left out
+ * with a line on stderr when verbose.  Returns one engine that owns the
+ * router and everything under it; *router is the router inside it (for
+ * qv_router_stats), valid while the engine lives.  NULL + qv_errmsg() on
+ * failure.
+ */
+struct qv_pool;
+struct qv_router;
+struct qv_engine *qv__bench_auto_engine(const struct qv_config *cfg, struct qv_pool *pool,
+                                        int verbose, struct qv_router **router);
+
+/*
  * Peak loops, one set per ISA (bench_peak_avx512.c, bench_peak_avx2.c,
  * and the portable fallback in bench_peak.c).  Call a level's functions
  * only when qv_simd_detect() says the CPU runs it.

@@ -230,3 +230,167 @@ struct qv_engine *qv__bench_fpga_engine(const struct qv_config *cfg)
     O->sim = sim;
     return &O->base;
 }
+
+/* -- --engine auto: the router over every engine there is (bench.h) -- */
+
+#include "quiver/dist.h"
+#include "quiver/pool.h"
+#include "quiver/router.h"
+#ifdef QV_HAVE_OPENCL
+#include "quiver/engine_opencl.h"
+#endif
+
+struct auto_owner {
+    struct qv_engine base;
+    struct qv_router *router;
+    struct qv_engine *eng[3];
+    unsigned n;
+};
+
+static struct qv_engine *auto_inner(const struct qv_engine *e)
+{
+    return qv_router_engine(((const struct auto_owner *)e->priv)->router);
+}
+
+static void auto_caps(const struct qv_engine *e, struct qv_engine_caps *out)
+{
+    auto_inner(e)->ops->caps(auto_inner(e), out);
+}
+
+static int auto_submit(struct qv_engine *e, struct qv_work_unit *wu)
+{
+    return auto_inner(e)->ops->submit(auto_inner(e), wu);
+}
+
+static int auto_poll(struct qv_engine *e, struct qv_work_unit **done, int max)
+{
+    return auto_inner(e)->ops->poll(auto_inner(e), done, max);
+}
+
+static int auto_health(const struct qv_engine *e)
+{
+    return auto_inner(e)->ops->health(auto_inner(e));
+}
+
+static void auto_forget(struct qv_engine *e, const void *host)
+{
+    qv_engine_forget(auto_inner(e), host);
+}
+
+static void auto_free(struct qv_engine *e)
+{
+    struct auto_owner *O = e->priv;
+    qv_router_free(O->router);              /* first: it borrows them */
+    for (unsigned i = O->n; i-- > 0;)
+        qv_engine_free(O->eng[i]);
+    qv_free(O);
+}
+
+static const struct qv_engine_ops auto_ops = {
+    .name = "auto",
+    .caps = auto_caps,
+    .submit = auto_submit,
+    .poll = auto_poll,
+    .health = auto_health,
+    .free = auto_free,
+    .forget = auto_forget,
+};
+
+/* Register e as name with desc; on failure e is freed.  0 or an error. */
+static int auto_add(struct auto_owner *O, const char *name, struct qv_engine *e,
+                    unsigned flags, const char *desc)
+{
+    int rc = qv_router_add(O->router, name, e, flags);
+    if (rc) {
+        qv_engine_free(e);
+        return rc;
+    }
+    O->eng[O->n++] = e;
+    return qv_router_set_desc(O->router, name, desc);
+}
+
+struct qv_engine *qv__bench_auto_engine(const struct qv_config *cfg, struct qv_pool *pool,
+                                        int verbose, struct qv_router **router)
+{
+    struct qv_router_opts ro;
+    unsigned mask;
+    char desc[512];         /* the router keeps QV_ROUTER_DESC_MAX - 1 */
+    struct qv_engine *e;
+    /* cpu, opencl and fpga all merge into heaps only on success */
+    const unsigned clean = QV_ROUTER_CLEAN_FAIL;
+
+    if (qv_router_parse_engines(qv_config_string(cfg, "router", "engines"), &mask))
+        return NULL;
+    qv_router_opts_from_config(cfg, &ro);
+    struct auto_owner *O = qv_calloc(1, sizeof *O, QV_MEM_BENCH);
+    if (!O) {
+        qv_seterr(QV_ENOMEM, "no memory for the router");
+        return NULL;
+    }
+    O->base.ops = &auto_ops;
+    O->base.priv = O;
+    O->router = qv_router_create(&ro);
+    if (!O->router)
+        goto fail;
+    /* the CPU is always there: the fallback of last resort */
+    e = qv_engine_cpu_create(pool);
+    if (!e)
+        goto fail;
+    snprintf(desc, sizeof desc, "cpu threads=%u simd=%s", qv_pool_threads(pool),
+             qv_simd_name(qv_kernels()->level));
+    if (auto_add(O, "cpu", e, clean | QV_ROUTER_SYNC | QV_ROUTER_HOST_CORES, desc))
+        goto fail;
+    if (mask & QV_ROUTER_USE_OPENCL) {
+        e = qv__bench_opencl_engine(cfg);
+        if (!e) {
+            if (verbose)
+                fprintf(stderr, "offline: --engine auto: no opencl engine: %s\n", qv_errmsg());
+        } else {
+#ifdef QV_HAVE_OPENCL
+            struct qv_opencl_info info;
+            qv_engine_opencl_info(e, &info);
+            snprintf(desc, sizeof desc, "%s|%s|%s|ls=%u", info.platform, info.device,
+                     info.driver, info.local_size);
+            unsigned oflags = clean | (info.cpu_device ? QV_ROUTER_HOST_CORES : 0);
+#else
+            snprintf(desc, sizeof desc, "opencl");
+            unsigned oflags = clean;
+#endif
+            if (auto_add(O, "opencl", e, oflags, desc))
+                goto fail;
+        }
+    }
+    if (mask & QV_ROUTER_USE_FPGA) {
+        e = qv__bench_fpga_engine(cfg);
+        if (!e) {
+            if (verbose)
+                fprintf(stderr, "offline: --engine auto: no fpga engine: %s\n", qv_errmsg());
+        } else {
+            snprintf(desc, sizeof desc, "%s card=%s clock=%lld lanes=%lld hbm=%lld pcie=%lld "
+                     "launch=%lld sim_opencl=%d",
+                     qv_config_string(cfg, "fpga", "mode"), qv_config_string(cfg, "fpga", "name"),
+                     (long long)qv_config_int(cfg, "fpga", "clock_mhz"),
+                     (long long)qv_config_int(cfg, "fpga", "lanes"),
+                     (long long)qv_config_int(cfg, "fpga", "hbm_mbps"),
+                     (long long)qv_config_int(cfg, "fpga", "pcie_mbps"),
+                     (long long)qv_config_int(cfg, "fpga", "launch_ns"),
+                     (int)qv_config_bool(cfg, "fpga", "sim_opencl"));
+            /* the card this build reaches is the simulator, on this
+             * host's cores (thread mode, or a qv-fpga-sim process) */
+            if (auto_add(O, "fpga", e, clean | QV_ROUTER_HOST_CORES, desc))
+                goto fail;
+        }
+    }
+    if (qv_router_calibrate(O->router))
+        goto fail;
+    *router = O->router;
+    return &O->base;
+
+fail:;
+    int rc = qv_errno ? qv_errno : QV_ENOMEM;
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s", qv_errmsg());
+    auto_free(&O->base);
+    qv_seterr(rc, "%s", msg);
+    return NULL;
+}

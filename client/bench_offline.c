@@ -55,6 +55,7 @@
 #include "quiver/filter.h"
 #include "quiver/flat.h"
 #include "quiver/pool.h"
+#include "quiver/router.h"
 #include "quiver/timeutil.h"
 #include "quiver/topk.h"
 #include "quiver/vecio.h"
@@ -75,7 +76,7 @@ const char qv__bench_offline_usage[] =
     "                           [--refine R] [--M M] [--ef-construction E] [--ef E]\n"
     "                           [--filter S] [--sweep V1,V2,...] [--save F | --load F]\n"
     "                           [--simd ref|avx2|avx512] [--nq N] [--repeat R]\n"
-    "                           [--seed S] [--engine cpu|opencl|fpga] [--conf FILE]\n"
+    "                           [--seed S] [--engine cpu|opencl|fpga|auto] [--conf FILE]\n"
     "                           [--json]\n"
     "\n"
     "Build an index from DIR/base.fvecs, search DIR/query.fvecs and report\n"
@@ -116,7 +117,10 @@ const char qv__bench_offline_usage[] =
     "                  (default), opencl (device from the [opencl] keys) or\n"
     "                  fpga (the card of the [fpga] keys: mode process = a\n"
     "                  running qv-fpga-sim, otherwise a simulated card started\n"
-    "                  here as a thread; kernel% is then its modelled time)\n"
+    "                  here as a thread; kernel% is then its modelled time), or\n"
+    "                  auto (a router over cpu, opencl where there is one and\n"
+    "                  fpga, per [router] keys, calibrated at start; each row\n"
+    "                  then ends with the engine mix: parts completed there)\n"
     "  --conf FILE     read [simd] level, [workers] threads/pin, [memory]\n"
     "                  hugepages/numa_node, [flat], [opencl] and [fpga] keys\n"
     "                  from FILE (flags\n"
@@ -143,7 +147,7 @@ struct offline_args {
     unsigned nsweep;
     const char *save;
     const char *load;
-    const char *engine;         /* "cpu" (default), "opencl" or "fpga" */
+    const char *engine;         /* "cpu" (default), "opencl", "fpga" or "auto" */
 };
 
 /* Everything acquired by a run, released by offline_release(). */
@@ -151,6 +155,7 @@ struct offline_run {
     struct qv_vecfile base, query, gt;
     struct qv_pool *pool;
     struct qv_engine *engine;   /* --engine other than cpu */
+    struct qv_router *router;   /* --engine auto: the router inside engine */
     const struct qv_bench_index *ops;
     void *ix;
     float *basev;               /* n x dim */
@@ -339,8 +344,8 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
         case O_SAVE: a->save = optarg; break;
         case O_ENGINE:
             if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "opencl") != 0 &&
-                strcmp(optarg, "fpga") != 0) {
-                qv__bench_usage(cmd, usage, "--engine %s: expected cpu, opencl or fpga",
+                strcmp(optarg, "fpga") != 0 && strcmp(optarg, "auto") != 0) {
+                qv__bench_usage(cmd, usage, "--engine %s: expected cpu, opencl, fpga or auto",
                                 optarg);
                 return -1;
             }
@@ -548,6 +553,10 @@ struct result {
      * kernels and of transfers the engine reported */
     uint64_t units;
     double device_s, transfer_s;
+    /* --engine auto, over all passes: parts completed per engine */
+    unsigned nmix;
+    char mix_name[QV_ROUTER_MAX_ENGINES][QV_ROUTER_NAME_MAX];
+    uint64_t mix[QV_ROUTER_MAX_ENGINES];
 };
 
 /* All passes over the queries with the current parameters. */
@@ -557,6 +566,10 @@ static int measure(struct offline_run *r, const struct offline_args *a,
 {
     double best_qps = 0.0, best_pass_s = 0.0, recall = 0.0, mean_us = 0.0;
     struct qv__bench_meter m = { 0 }, best_m = { 0 };
+    struct qv_router_stats rs0, rs1;
+
+    if (r->router)
+        qv_router_stats(r->router, &rs0);
 
     for (uint64_t pass = 0; pass < a->repeat; pass++) {
         if (r->engine)
@@ -606,6 +619,15 @@ static int measure(struct offline_run *r, const struct offline_args *a,
     res->units = best_m.units;
     res->device_s = (double)best_m.device_ns * 1e-9;
     res->transfer_s = (double)best_m.transfer_ns * 1e-9;
+    res->nmix = 0;
+    if (r->router) {
+        qv_router_stats(r->router, &rs1);
+        res->nmix = rs1.nengines;
+        for (unsigned i = 0; i < rs1.nengines; i++) {
+            memcpy(res->mix_name[i], rs1.engine[i].name, QV_ROUTER_NAME_MAX);
+            res->mix[i] = rs1.engine[i].units - (i < rs0.nengines ? rs0.engine[i].units : 0);
+        }
+    }
     return 0;
 }
 
@@ -749,14 +771,26 @@ int qv__bench_offline_main(int argc, char **argv)
         goto fail;
     }
     if (strcmp(a.engine, "cpu") != 0) {
-        r.engine = strcmp(a.engine, "opencl") == 0 ? qv__bench_opencl_engine(cfg)
-                                                   : qv__bench_fpga_engine(cfg);
+        if (strcmp(a.engine, "auto") == 0)
+            r.engine = qv__bench_auto_engine(cfg, r.pool, !a.json, &r.router);
+        else
+            r.engine = strcmp(a.engine, "opencl") == 0 ? qv__bench_opencl_engine(cfg)
+                                                       : qv__bench_fpga_engine(cfg);
         if (r.engine)
             r.engine = qv__bench_meter_wrap(r.engine);
         if (!r.engine) {
             fprintf(stderr, "quiverbench offline: --engine %s: %s\n", a.engine, qv_errmsg());
             goto fail;
         }
+    }
+    if (r.router && !a.json) {
+        char text[4096];
+        struct qv_router_stats rs;
+        qv_router_stats(r.router, &rs);
+        qv_router_describe(r.router, text, sizeof text);
+        fprintf(stderr, "offline: --engine auto: calibration %.0f ms (%d of %u engines from "
+                "the cache)\n%s", (double)rs.calibrate_ns * 1e-6, rs.calib_cache_hits,
+                rs.nengines, text);
     }
     qv_config_free(cfg);
     cfg = NULL;
@@ -879,6 +913,13 @@ int qv__bench_offline_main(int argc, char **argv)
             if (a.filter)
                 json_object_object_add(o, "filter", json_object_new_double(a.filter));
             json_object_object_add(o, "engine", json_object_new_string(a.engine));
+            if (res.nmix) {
+                struct json_object *mix = json_object_new_object();
+                for (unsigned i = 0; i < res.nmix; i++)
+                    json_object_object_add(mix, res.mix_name[i],
+                                           json_object_new_int64((int64_t)res.mix[i]));
+                json_object_object_add(o, "mix", mix);
+            }
             if (r.engine) {
                 /* of the best pass: engine-reported kernel and transfer
                  * time, and their shares of the pass's wall time (kernels
@@ -906,6 +947,15 @@ int qv__bench_offline_main(int argc, char **argv)
                 printf(" %8llu %7.1f%% %5.1f%%", (unsigned long long)res.units,
                        100.0 * res.device_s / res.pass_s,
                        100.0 * res.transfer_s / res.pass_s);
+            if (res.nmix) {
+                uint64_t tot = 0;
+                for (unsigned i = 0; i < res.nmix; i++)
+                    tot += res.mix[i];
+                printf("  mix");
+                for (unsigned i = 0; i < res.nmix; i++)
+                    printf(" %s %.0f%%", res.mix_name[i],
+                           tot ? 100.0 * (double)res.mix[i] / (double)tot : 0.0);
+            }
             printf("\n");
         }
         fflush(stdout);

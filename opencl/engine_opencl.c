@@ -1667,6 +1667,7 @@ struct qv_engine *qv_engine_opencl_create(const struct qv_opencl_opts *opts)
         ls = (dt & CL_DEVICE_TYPE_CPU) ? 16 : 64;
     E->info.local_size = ls;
     E->cpu_device = (dt & CL_DEVICE_TYPE_CPU) != 0;
+    E->info.cpu_device = E->cpu_device;
     /* FLAT register sub-tile: 16 float16 accumulators fill half of
      * AVX-512's 32 registers (POCL: measured faster than 8); GPUs keep 8
      * (16 x 16 floats per work-item would spill their registers) */

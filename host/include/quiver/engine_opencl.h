@@ -124,6 +124,8 @@ struct qv_opencl_info {
     int from_binary;                /* 1: loaded from opts.binary */
     uint64_t build_ns;              /* time to get the program */
     int shared_memory;              /* 1: lists used in place (zero-copy) */
+    int cpu_device;                 /* 1: CL_DEVICE_TYPE_CPU (POCL): runs
+                                       on this host's cores */
     int inplace;                    /* 1: the device was proven to use
                                        USE_HOST_PTR memory itself: no
                                        staging writes or candidate read;
