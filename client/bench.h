@@ -29,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quiver/batcher.h"
+
 #define QV_BENCH_EXIT_OK    0
 #define QV_BENCH_EXIT_FAIL  1
 #define QV_BENCH_EXIT_USAGE 2
@@ -128,6 +130,34 @@ struct qv_pool;
 struct qv_router;
 struct qv_engine *qv__bench_auto_engine(const struct qv_config *cfg, struct qv_pool *pool,
                                         int verbose, struct qv_router **router);
+
+/*
+ * `offline --rate R` (bench_openloop.c): open-loop Poisson load of rate R
+ * through the dynamic batcher onto the built index ix (ops), the queries
+ * cycling through queries[0..nq) (nq x dim).  bopts come from [batcher];
+ * batching (-1: bopts') and budget_us (0: bopts') override them.  Prints
+ * one result (text, or one JSON object with json) and returns an exit
+ * code.
+ */
+struct qv_bench_index;
+struct qv_bench_params;
+struct qv__bench_openloop {
+    double rate;                    /* arrivals per second */
+    double duration_s;
+    int batching;                   /* -1, 0, 1 */
+    int64_t budget_us;              /* 0: bopts' */
+    struct qv_batcher_opts bopts;
+    const struct qv_bench_index *ops;
+    void *ix;
+    const struct qv_bench_params *p;
+    const float *queries;
+    size_t nq;
+    uint32_t dim, k;
+    uint64_t seed;
+    int json;
+    const char *index, *engine, *data;  /* for the JSON record */
+};
+int qv__bench_openloop(const struct qv__bench_openloop *ol);
 
 /*
  * Peak loops, one set per ISA (bench_peak_avx512.c, bench_peak_avx2.c,

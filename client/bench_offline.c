@@ -77,7 +77,8 @@ const char qv__bench_offline_usage[] =
     "                           [--filter S] [--sweep V1,V2,...] [--save F | --load F]\n"
     "                           [--simd ref|avx2|avx512] [--nq N] [--repeat R]\n"
     "                           [--seed S] [--engine cpu|opencl|fpga|auto] [--conf FILE]\n"
-    "                           [--json]\n"
+    "                           [--rate R [--duration S] [--batching on|off]\n"
+    "                           [--budget-us B]] [--json]\n"
     "\n"
     "Build an index from DIR/base.fvecs, search DIR/query.fvecs and report\n"
     "recall@k against DIR/groundtruth.ivecs, QPS, per-query latency and build\n"
@@ -125,6 +126,15 @@ const char qv__bench_offline_usage[] =
     "                  hugepages/numa_node, [flat], [opencl] and [fpga] keys\n"
     "                  from FILE (flags\n"
     "                  given here win; default: the built-in defaults)\n"
+    "  --rate R        open loop instead: Poisson arrivals of R queries/s (the\n"
+    "                  query file cycled) through the dynamic batcher ([batcher]\n"
+    "                  keys), each batch one search; latency = completion -\n"
+    "                  intended arrival; prints offered and achieved QPS,\n"
+    "                  p50/p99/p999, refused (busy) and mean batch size\n"
+    "  --duration S    open loop: seconds of arrivals (0.01..3600; default 2)\n"
+    "  --batching B    open loop: on or off (default: [batcher] batching)\n"
+    "  --budget-us B   open loop: latency budget per query in us (default:\n"
+    "                  [batcher] interactive_budget_us)\n"
     "  --json          print one JSON object per result instead of text\n"
     "  -h, --help      this text\n";
 
@@ -148,6 +158,10 @@ struct offline_args {
     const char *save;
     const char *load;
     const char *engine;         /* "cpu" (default), "opencl", "fpga" or "auto" */
+    double rate;                /* --rate: open loop; 0: closed loop */
+    double duration;
+    int batching;               /* -1: [batcher] batching */
+    uint64_t budget_us;         /* 0: [batcher] interactive_budget_us */
 };
 
 /* Everything acquired by a run, released by offline_release(). */
@@ -199,7 +213,8 @@ static int parse_sweep(const char *cmd, const char *usage, const char *text,
 static int offline_parse(int argc, char **argv, struct offline_args *a)
 {
     enum { O_NLIST = 256, O_NPROBE, O_M, O_NBITS, O_REFINE, O_BIGM, O_EFC, O_EF, O_FILTER,
-           O_SWEEP, O_SAVE, O_LOAD, O_SEED, O_ENGINE };
+           O_SWEEP, O_SAVE, O_LOAD, O_SEED, O_ENGINE, O_RATE, O_DURATION, O_BATCHING,
+           O_BUDGET };
     static const struct option opts[] = {
         { "data",    required_argument, NULL, 'd' },
         { "index",   required_argument, NULL, 'x' },
@@ -226,6 +241,10 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
         { "load",    required_argument, NULL, O_LOAD },
         { "seed",    required_argument, NULL, O_SEED },
         { "engine",  required_argument, NULL, O_ENGINE },
+        { "rate",    required_argument, NULL, O_RATE },
+        { "duration", required_argument, NULL, O_DURATION },
+        { "batching", required_argument, NULL, O_BATCHING },
+        { "budget-us", required_argument, NULL, O_BUDGET },
         { "help",    no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -247,6 +266,8 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
     a->repeat = 1;
     a->seed = 1;
     a->engine = "cpu";
+    a->duration = 2.0;
+    a->batching = -1;
 
     optind = 1;
     opterr = 0;
@@ -352,6 +373,27 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
             a->engine = optarg;
             break;
         case O_LOAD: a->load = optarg; break;
+        case O_RATE:
+            if (qv__bench_parse_double(cmd, usage, "--rate", optarg, 1e-3, 1e7, &a->rate))
+                return -1;
+            break;
+        case O_DURATION:
+            if (qv__bench_parse_double(cmd, usage, "--duration", optarg, 0.01, 3600,
+                                       &a->duration))
+                return -1;
+            break;
+        case O_BATCHING:
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+                qv__bench_usage(cmd, usage, "--batching %s: expected on or off", optarg);
+                return -1;
+            }
+            a->batching = strcmp(optarg, "on") == 0;
+            break;
+        case O_BUDGET:
+            if (qv__bench_parse_u64(cmd, usage, "--budget-us", optarg, 1, 100000000,
+                                    &a->budget_us))
+                return -1;
+            break;
         case O_SEED:
             if (qv__bench_parse_u64(cmd, usage, "--seed", optarg, 0, UINT64_MAX, &a->seed))
                 return -1;
@@ -390,6 +432,14 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
     if ((a->save || a->load) && (!ops->save || !ops->load)) {
         qv__bench_usage(cmd, usage, "--save/--load: the %s index has no file format",
                         a->index);
+        return -1;
+    }
+    if (a->rate == 0 && (a->batching >= 0 || a->budget_us)) {
+        qv__bench_usage(cmd, usage, "--batching and --budget-us need --rate");
+        return -1;
+    }
+    if (a->rate > 0 && (a->nsweep || a->filter)) {
+        qv__bench_usage(cmd, usage, "--rate excludes --sweep and --filter");
         return -1;
     }
     if (a->save && a->load) {
@@ -792,6 +842,8 @@ int qv__bench_offline_main(int argc, char **argv)
                 "the cache)\n%s", (double)rs.calibrate_ns * 1e-6, rs.calib_cache_hits,
                 rs.nengines, text);
     }
+    struct qv_batcher_opts bopts;
+    qv_batcher_opts_from_config(cfg, &bopts);
     qv_config_free(cfg);
     cfg = NULL;
 
@@ -830,6 +882,20 @@ int qv__bench_offline_main(int argc, char **argv)
     if (a.save && r.ops->save(r.ix, a.save) != 0) {
         fprintf(stderr, "quiverbench offline: cannot save the index: %s\n", qv_errmsg());
         goto fail;
+    }
+    if (a.rate > 0) {
+        struct qv__bench_openloop ol = {
+            .rate = a.rate, .duration_s = a.duration, .batching = a.batching,
+            .budget_us = (int64_t)a.budget_us, .bopts = bopts, .ops = r.ops, .ix = r.ix,
+            .p = &p, .queries = r.queries, .nq = nq, .dim = dim, .k = k, .seed = a.seed,
+            .json = a.json, .index = a.index, .engine = a.engine, .data = a.data,
+        };
+        if (!a.json)
+            fprintf(stderr, "offline: %s in %.3f s; open loop at %.0f queries/s\n",
+                    a.load ? "loaded" : "built", build_s, a.rate);
+        rc = qv__bench_openloop(&ol);
+        offline_release(&r);
+        return rc;
     }
     if (!a.json)
         fprintf(stderr, "offline: %s in %.3f s, searching %llu queries in batches of "

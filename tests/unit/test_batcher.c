@@ -1,0 +1,732 @@
+/*
+ * test_batcher.c - the dynamic batcher (batcher.h), on an injected clock
+ * (the `now` arguments): a full queue refuses at once and accepts again
+ * after a poll; the batch size follows the arrival rate (fast stream ->
+ * max_batch, slow -> 1 or 2) while no batch leaves later than its
+ * earliest deadline minus its predicted cost and the margin; an early
+ * deadline flushes its queue early; interactive before bulk; round-robin
+ * over collections (a cold collection next to a hot one is served within
+ * two polls); bulkhead budgets; batching off; two producer threads x
+ * 100k offers with one poller losing and duplicating nothing; bad
+ * arguments; allocation failures.
+ *
+ * The cost model is a TEST DOUBLE: cost(n) = 50 us + 2 us x n.
+ */
+#include <CUnit/Basic.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quiver/alloc.h"
+#include "quiver/batcher.h"
+#include "quiver/config.h"
+#include "quiver/errors.h"
+#include "quiver/timeutil.h"
+
+#define US 1000LL
+#define MS 1000000LL
+
+static double cost_calls;
+
+static double test_cost(void *arg, uint64_t coll, uint32_t n)
+{
+    (void)arg;
+    (void)coll;
+    cost_calls++;
+    return 50.0 * US + 2.0 * US * n;
+}
+
+static void opts_for_test(struct qv_batcher_opts *o)
+{
+    qv_batcher_opts_default(o);
+    o->budget_ns[QV_BATCH_INTERACTIVE] = 10 * MS;
+    o->budget_ns[QV_BATCH_BULK] = 100 * MS;
+    o->margin_ns = 200 * US;
+    o->cost_ns = test_cost;
+}
+
+static void *tag(uintptr_t i)
+{
+    return (void *)(i + 1);
+}
+
+static uintptr_t untag(void *p)
+{
+    return (uintptr_t)p - 1;
+}
+
+static int64_t live_router_blocks(void)
+{
+    struct qv_mem_stats st;
+    qv_mem_stats(QV_MEM_ROUTER, &st);
+    return st.live_blocks;
+}
+
+/* ---- backpressure ---------------------------------------------------- */
+
+static void test_full_queue_ebusy(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batcher_stats st;
+    struct qv_batch *out[4];
+    struct qv_batcher *b;
+    int64_t now = 1000 * MS;
+
+    opts_for_test(&o);
+    o.queue_capacity = 4;
+    o.max_batch = 4;
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    for (uintptr_t i = 0; i < 4; i++)
+        CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, now, 0, tag(i)), 0);
+    int64_t t0 = qv_now_ns();
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, now, 0, tag(4)), QV_EBUSY);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, now, 0, tag(4)), QV_EBUSY);
+    CU_ASSERT(qv_now_ns() - t0 < 50 * MS);          /* at once, no waiting */
+    /* the other class's queue is separate */
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_BULK, now, 0, tag(9)), 0);
+
+    unsigned got = qv_batcher_poll(b, now, out, 1);
+    CU_ASSERT_EQUAL_FATAL(got, 1);
+    CU_ASSERT_EQUAL(out[0]->cls, QV_BATCH_INTERACTIVE);
+    CU_ASSERT_EQUAL(out[0]->coll, 1);
+    CU_ASSERT_EQUAL_FATAL(out[0]->n, 4);
+    for (uintptr_t i = 0; i < 4; i++)
+        CU_ASSERT_EQUAL(untag(out[0]->items[i]), i);
+    /* space again, before done(): poll took the queries out of the ring */
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, now, 0, tag(5)), 0);
+    qv_batcher_done(b, out[0]);
+
+    qv_batcher_stats(b, &st);
+    CU_ASSERT_EQUAL(st.cls[QV_BATCH_INTERACTIVE].offered, 7);
+    CU_ASSERT_EQUAL(st.cls[QV_BATCH_INTERACTIVE].refused_busy, 2);
+    CU_ASSERT_EQUAL(st.cls[QV_BATCH_INTERACTIVE].batches, 1);
+    CU_ASSERT_EQUAL(st.cls[QV_BATCH_INTERACTIVE].hist[2], 1);
+    CU_ASSERT_EQUAL(st.cls[QV_BATCH_BULK].offered, 1);
+    CU_ASSERT_EQUAL(st.inflight[QV_BATCH_INTERACTIVE], 0);
+    qv_batcher_free(b);
+}
+
+/* ---- rate adaptation -------------------------------------------------- */
+
+struct stream_result {
+    uint64_t batches, queries;
+    uint32_t max_n, min_n;
+    double mean_late;               /* sum of n over batches after the first 10 */
+    uint64_t late_batches;
+    int violations;                 /* now + cost(n) + margin > deadline */
+};
+
+/* nq arrivals every gap_ns on one queue, polled at each arrival and done
+ * at once, then drained at the last arrival + budget. */
+static void run_stream(struct qv_batcher *b, const struct qv_batcher_opts *o,
+                       int64_t gap_ns, unsigned nq, struct stream_result *r)
+{
+    struct qv_batch *out[8];
+    int64_t t = 5000 * MS;
+
+    memset(r, 0, sizeof *r);
+    r->min_n = UINT32_MAX;
+    for (unsigned i = 0; i <= nq; i++) {
+        int last = i == nq;
+        if (last)
+            t += o->budget_ns[QV_BATCH_INTERACTIVE];
+        else
+            CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, t, 0,
+                                             tag(i)), 0);
+        unsigned got;
+        while ((got = qv_batcher_poll(b, t, out, 8)) != 0) {
+            for (unsigned j = 0; j < got; j++) {
+                uint32_t n = out[j]->n;
+                if (!last && (double)t + test_cost(NULL, 1, n) + (double)o->margin_ns >
+                    (double)out[j]->deadline)
+                    r->violations++;
+                r->batches++;
+                r->queries += n;
+                if (!last) {
+                    if (n > r->max_n) r->max_n = n;
+                    if (n < r->min_n) r->min_n = n;
+                    if (r->batches > 10) {
+                        r->mean_late += n;
+                        r->late_batches++;
+                    }
+                }
+                qv_batcher_done(b, out[j]);
+            }
+        }
+        t += gap_ns;
+    }
+    if (r->late_batches)
+        r->mean_late /= (double)r->late_batches;
+}
+
+static void test_batch_size_follows_rate(void)
+{
+    struct qv_batcher_opts o;
+    struct stream_result fast, slow, slower;
+    struct qv_batcher *b;
+
+    opts_for_test(&o);
+    o.max_batch = 64;
+    o.queue_capacity = 4096;
+
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    run_stream(b, &o, 20 * US, 5000, &fast);        /* 50k qps */
+    CU_ASSERT_EQUAL(fast.queries, 5000);
+    CU_ASSERT_EQUAL(fast.violations, 0);
+    CU_ASSERT(fast.mean_late >= 0.9 * 64);
+    CU_ASSERT_EQUAL(fast.max_n, 64);
+    CU_ASSERT_EQUAL(qv_batcher_target(b, 1, QV_BATCH_INTERACTIVE), 64);
+    qv_batcher_free(b);
+
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    run_stream(b, &o, 6 * MS, 200, &slow);          /* 167 qps */
+    CU_ASSERT_EQUAL(slow.queries, 200);
+    CU_ASSERT_EQUAL(slow.violations, 0);
+    CU_ASSERT(slow.max_n <= 2);
+    CU_ASSERT(slow.mean_late >= 1.0 && slow.mean_late <= 2.0);
+    CU_ASSERT_EQUAL(qv_batcher_target(b, 1, QV_BATCH_INTERACTIVE), 2);
+    qv_batcher_free(b);
+
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    run_stream(b, &o, 15 * MS, 100, &slower);       /* 67 qps: gap > budget */
+    CU_ASSERT_EQUAL(slower.queries, 100);
+    CU_ASSERT_EQUAL(slower.violations, 0);
+    CU_ASSERT_EQUAL(slower.max_n, 1);
+    qv_batcher_free(b);
+}
+
+/* A middle rate: batches are cut by the budget (rule c), not the size. */
+static void test_budget_cuts_batches(void)
+{
+    struct qv_batcher_opts o;
+    struct stream_result r;
+    struct qv_batcher *b;
+
+    opts_for_test(&o);
+    o.max_batch = 4096;
+    o.queue_capacity = 4096;
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    /* 1 query / 100 us, budget 10 ms: target = largest n with
+     * (n - 1) 100 + 50 + 2 n <= 9800 -> n = 96 */
+    run_stream(b, &o, 100 * US, 3000, &r);
+    CU_ASSERT_EQUAL(r.queries, 3000);
+    CU_ASSERT_EQUAL(r.violations, 0);
+    CU_ASSERT_EQUAL(qv_batcher_target(b, 1, QV_BATCH_INTERACTIVE), 96);
+    CU_ASSERT(r.max_n <= 96 && r.mean_late >= 90.0);
+    qv_batcher_free(b);
+}
+
+static void test_early_deadline_flushes(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batch *out[4];
+    struct qv_batcher *b;
+    int64_t t = 100 * MS, early_dl = 0;
+    int found = 0;
+
+    opts_for_test(&o);
+    o.max_batch = 64;
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    /* a 100 us stream (target 64 with a 10 ms budget); query 5 is due in
+     * 1 ms */
+    for (uintptr_t i = 0; i < 64 && !found; i++, t += 100 * US) {
+        int64_t dl = 0;
+        if (i == 5)
+            early_dl = dl = t + 1 * MS;
+        CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, t, dl, tag(i)), 0);
+        unsigned got = qv_batcher_poll(b, t, out, 4);
+        CU_ASSERT(got <= 1);
+        if (got == 1) {
+            if (i < 5) {                /* the first ones, before a rate is known */
+                qv_batcher_done(b, out[0]);
+                continue;
+            }
+            found = 1;
+            CU_ASSERT(out[0]->n < 20);
+            CU_ASSERT_EQUAL(out[0]->deadline, early_dl);
+            CU_ASSERT(t + test_cost(NULL, 1, out[0]->n) + o.margin_ns <= early_dl);
+            int has = 0;
+            for (uint32_t j = 0; j < out[0]->n; j++)
+                has |= untag(out[0]->items[j]) == 5;
+            CU_ASSERT(has);
+            qv_batcher_done(b, out[0]);
+        }
+    }
+    CU_ASSERT(found);
+    CU_ASSERT(t < early_dl);
+    qv_batcher_free(b);
+}
+
+/* ---- order, fairness, bulkheads --------------------------------------- */
+
+static void test_interactive_before_bulk(void)
+{
+    struct qv_batch *out[4];
+    struct qv_batcher *b;
+    struct qv_batcher_opts o;
+    int64_t t = 10 * MS;
+
+    opts_for_test(&o);
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 2, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_BULK, t, 0, tag(1)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 2, QV_BATCH_BULK, t, 0, tag(2)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 2, QV_BATCH_INTERACTIVE, t + 1, 0, tag(3)), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t + 1, out, 1), 1);
+    CU_ASSERT_EQUAL(out[0]->cls, QV_BATCH_INTERACTIVE);
+    CU_ASSERT_EQUAL(untag(out[0]->items[0]), 3);
+    qv_batcher_done(b, out[0]);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t + 1, out, 4), 2);
+    CU_ASSERT_EQUAL(out[0]->cls, QV_BATCH_BULK);
+    CU_ASSERT_EQUAL(out[1]->cls, QV_BATCH_BULK);
+    qv_batcher_done(b, out[0]);
+    qv_batcher_done(b, out[1]);
+    /* both at once: interactive first in out[] */
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_BULK, t + 2, 0, tag(4)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, t + 3, 0, tag(5)), 0);
+    /* coll 1's bulk queue now has a rate (2 ns gaps) and would wait for
+     * more: poll once its deadline is near */
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t + 100 * MS, out, 4), 2);
+    CU_ASSERT_EQUAL(out[0]->cls, QV_BATCH_INTERACTIVE);
+    CU_ASSERT_EQUAL(out[1]->cls, QV_BATCH_BULK);
+    qv_batcher_done(b, out[0]);
+    qv_batcher_done(b, out[1]);
+    qv_batcher_free(b);
+}
+
+/* hot = 1000 queued, cold = 1 queued: cold within the first two polls,
+ * whichever collection the cursor starts at. */
+static void fairness_case(int cold_first_registered, int warm_up)
+{
+    struct qv_batcher_opts o;
+    struct qv_batch *out[1];
+    struct qv_batcher *b;
+    const uint64_t hot = 70, cold = 90;
+    int64_t t = 10 * MS;
+    int cold_at = -1;
+
+    opts_for_test(&o);
+    o.max_batch = 8;
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    if (cold_first_registered)
+        CU_ASSERT_EQUAL(qv_batcher_add_collection(b, cold, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, hot, NULL), 0);
+    if (!cold_first_registered)
+        CU_ASSERT_EQUAL(qv_batcher_add_collection(b, cold, NULL), 0);
+    for (uintptr_t i = 0; i < 1000; i++)
+        CU_ASSERT_EQUAL(qv_batcher_offer(b, hot, QV_BATCH_INTERACTIVE, t, 0, tag(i)), 0);
+    for (int w = 0; w < warm_up; w++) {         /* hot alone for a while */
+        CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t, out, 1), 1);
+        CU_ASSERT_EQUAL(out[0]->coll, hot);
+        qv_batcher_done(b, out[0]);
+    }
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, cold, QV_BATCH_INTERACTIVE, t, 0, tag(5000)), 0);
+    for (int p = 0; p < 4 && cold_at < 0; p++) {
+        CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t, out, 1), 1);
+        if (out[0]->coll == cold)
+            cold_at = p;
+        qv_batcher_done(b, out[0]);
+    }
+    CU_ASSERT(cold_at >= 0 && cold_at <= 1);
+    qv_batcher_free(b);
+}
+
+static void test_round_robin_fairness(void)
+{
+    fairness_case(0, 0);
+    fairness_case(1, 0);
+    fairness_case(0, 3);
+    fairness_case(1, 3);
+}
+
+static void test_bulkheads(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batcher_stats st;
+    struct qv_batch *out[32];
+    struct qv_batcher *b;
+    int64_t t = 10 * MS;
+    unsigned got, per[3] = { 0, 0, 0 };
+
+    opts_for_test(&o);
+    o.max_batch = 4;
+    o.inflight[QV_BATCH_INTERACTIVE] = 2;
+    o.workers[QV_BATCH_INTERACTIVE] = 3;
+    o.inflight[QV_BATCH_BULK] = 1;
+    o.workers[QV_BATCH_BULK] = 1;
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    for (uint64_t c = 1; c <= 2; c++) {
+        CU_ASSERT_EQUAL(qv_batcher_add_collection(b, c, NULL), 0);
+        for (uintptr_t i = 0; i < 40; i++) {
+            CU_ASSERT_EQUAL(qv_batcher_offer(b, c, QV_BATCH_INTERACTIVE, t, 0, tag(i)), 0);
+            CU_ASSERT_EQUAL(qv_batcher_offer(b, c, QV_BATCH_BULK, t, 0, tag(i)), 0);
+        }
+    }
+    got = qv_batcher_poll(b, t, out, 32);
+    CU_ASSERT_EQUAL_FATAL(got, 4);                  /* 3 interactive + 1 bulk */
+    for (unsigned j = 0; j < 3; j++) {
+        CU_ASSERT_EQUAL(out[j]->cls, QV_BATCH_INTERACTIVE);
+        per[out[j]->coll]++;
+    }
+    CU_ASSERT(per[1] <= 2 && per[2] <= 2);
+    CU_ASSERT_EQUAL(out[3]->cls, QV_BATCH_BULK);
+    CU_ASSERT_EQUAL(qv_batcher_poll(b, t, out + 4, 28), 0);      /* all budgets full */
+    qv_batcher_stats(b, &st);
+    CU_ASSERT_EQUAL(st.inflight[QV_BATCH_INTERACTIVE], 3);
+    CU_ASSERT_EQUAL(st.inflight[QV_BATCH_BULK], 1);
+
+    qv_batcher_done(b, out[0]);                     /* frees one interactive */
+    got = qv_batcher_poll(b, t, out + 4, 28);
+    CU_ASSERT_EQUAL_FATAL(got, 1);
+    CU_ASSERT_EQUAL(out[4]->cls, QV_BATCH_INTERACTIVE);
+    qv_batcher_done(b, out[3]);                     /* frees the bulk one */
+    got = qv_batcher_poll(b, t, out + 5, 27);
+    CU_ASSERT_EQUAL_FATAL(got, 1);
+    CU_ASSERT_EQUAL(out[5]->cls, QV_BATCH_BULK);
+    for (unsigned j = 1; j < 6; j++)
+        if (j != 3)
+            qv_batcher_done(b, out[j]);
+    qv_batcher_stats(b, &st);
+    CU_ASSERT_EQUAL(st.inflight[QV_BATCH_INTERACTIVE], 0);
+    CU_ASSERT_EQUAL(st.inflight[QV_BATCH_BULK], 0);
+
+    /* one collection alone gets at most its own budget (2), not 3 */
+    qv_batcher_free(b);
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    for (uintptr_t i = 0; i < 40; i++)
+        CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, t, 0, tag(i)), 0);
+    got = qv_batcher_poll(b, t, out, 32);
+    CU_ASSERT_EQUAL(got, 2);
+    for (unsigned j = 0; j < got; j++)
+        qv_batcher_done(b, out[j]);
+    qv_batcher_free(b);
+}
+
+static void test_batching_off(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batcher_stats st;
+    struct qv_batch *out[16];
+    int64_t t = 10 * MS;
+
+    for (int mode = 0; mode < 2; mode++) {
+        opts_for_test(&o);
+        if (mode == 0)
+            o.batching = 0;
+        else
+            o.max_batch = 1;
+        o.inflight[QV_BATCH_INTERACTIVE] = 16;
+        o.workers[QV_BATCH_INTERACTIVE] = 16;
+        struct qv_batcher *b = qv_batcher_create(&o);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+        CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 3, NULL), 0);
+        for (uintptr_t i = 0; i < 10; i++)
+            CU_ASSERT_EQUAL(qv_batcher_offer(b, 3, QV_BATCH_INTERACTIVE, t, 0, tag(i)), 0);
+        unsigned got = qv_batcher_poll(b, t, out, 16);
+        CU_ASSERT_EQUAL(got, 10);
+        for (unsigned j = 0; j < got; j++) {
+            CU_ASSERT_EQUAL(out[j]->n, 1);
+            CU_ASSERT_EQUAL(untag(out[j]->items[0]), j);
+            qv_batcher_done(b, out[j]);
+        }
+        CU_ASSERT_EQUAL(qv_batcher_target(b, 3, QV_BATCH_INTERACTIVE), 1);
+        qv_batcher_stats(b, &st);
+        CU_ASSERT_EQUAL(st.cls[0].hist[0], 10);
+        CU_ASSERT_EQUAL(st.cls[0].batches, 10);
+        qv_batcher_free(b);
+    }
+}
+
+static void test_deadline_miss_counted(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batcher_stats st;
+    struct qv_batch *out[2];
+
+    opts_for_test(&o);
+    o.workers[QV_BATCH_INTERACTIVE] = 1;
+    o.inflight[QV_BATCH_INTERACTIVE] = 1;
+    struct qv_batcher *b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, 0 + 1, 0, tag(0)), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, 1, out, 2), 1);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, 2, 5 * MS, tag(1)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_poll(b, 3, out + 1, 1), 0);     /* bulkhead full */
+    qv_batcher_done(b, out[0]);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, 6 * MS, out + 1, 1), 1);  /* too late */
+    qv_batcher_done(b, out[1]);
+    qv_batcher_stats(b, &st);
+    CU_ASSERT_EQUAL(st.cls[0].deadline_misses, 1);
+    CU_ASSERT_EQUAL(st.cls[0].queries, 2);
+    qv_batcher_free(b);
+}
+
+/* ---- threads ---------------------------------------------------------- */
+
+#define MT_PER_THREAD 100000u
+
+struct producer {
+    struct qv_batcher *b;
+    unsigned id;
+    uint64_t busy;
+};
+
+static void *producer_main(void *arg)
+{
+    struct producer *p = arg;
+
+    for (uintptr_t i = 0; i < MT_PER_THREAD; i++) {
+        uintptr_t v = p->id * MT_PER_THREAD + i;
+        int rc;
+        while ((rc = qv_batcher_offer(p->b, 1, QV_BATCH_INTERACTIVE, qv_now_ns(), 0,
+                                      tag(v))) == QV_EBUSY) {
+            p->busy++;
+            sched_yield();
+        }
+        if (rc != 0)
+            return (void *)1;
+    }
+    return NULL;
+}
+
+static void test_multithreaded_offers(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batcher_stats st;
+    struct producer prod[2];
+    pthread_t th[2];
+    struct qv_batch *out[8];
+    uint8_t *seen;
+    uint64_t total = 0, dup = 0;
+    void *ret;
+
+    opts_for_test(&o);
+    o.queue_capacity = 32;          /* small: producers meet EBUSY too */
+    o.max_batch = 16;
+    o.cost_ns = NULL;
+    struct qv_batcher *b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    seen = calloc(2 * MT_PER_THREAD, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(seen);
+    for (unsigned i = 0; i < 2; i++) {
+        prod[i] = (struct producer){ .b = b, .id = i };
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, producer_main, &prod[i]), 0);
+    }
+    int64_t give_up = qv_now_ns() + 60000 * MS;
+    while (total < 2 * MT_PER_THREAD && qv_now_ns() < give_up) {
+        unsigned got = qv_batcher_poll(b, qv_now_ns(), out, 8);
+        for (unsigned j = 0; j < got; j++) {
+            for (uint32_t k = 0; k < out[j]->n; k++) {
+                uintptr_t v = untag(out[j]->items[k]);
+                if (v >= 2 * MT_PER_THREAD || seen[v]++)
+                    dup++;
+            }
+            total += out[j]->n;
+            qv_batcher_done(b, out[j]);
+        }
+    }
+    for (unsigned i = 0; i < 2; i++) {
+        pthread_join(th[i], &ret);
+        CU_ASSERT_PTR_NULL(ret);
+    }
+    CU_ASSERT_EQUAL(total, 2 * MT_PER_THREAD);
+    CU_ASSERT_EQUAL(dup, 0);
+    uint64_t missing = 0;
+    for (uint64_t v = 0; v < 2 * MT_PER_THREAD; v++)
+        missing += seen[v] != 1;
+    CU_ASSERT_EQUAL(missing, 0);
+    qv_batcher_stats(b, &st);
+    CU_ASSERT_EQUAL(st.cls[0].offered - st.cls[0].refused_busy, 2 * MT_PER_THREAD);
+    CU_ASSERT_EQUAL(st.cls[0].refused_busy, prod[0].busy + prod[1].busy);
+    CU_ASSERT_EQUAL(st.cls[0].queries, 2 * MT_PER_THREAD);
+    fprintf(stderr, "\n  mt: %llu batches, mean %.1f, %llu busy refusals\n",
+            (unsigned long long)st.cls[0].batches,
+            (double)st.cls[0].queries / (double)st.cls[0].batches,
+            (unsigned long long)st.cls[0].refused_busy);
+    free(seen);
+    qv_batcher_free(b);
+}
+
+/* ---- errors, configuration, allocation failures ----------------------- */
+
+static void test_bad_arguments(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batcher_coll_opts co;
+    struct qv_batcher *b;
+
+    opts_for_test(&o);
+    o.queue_capacity = 1000;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "queue_capacity"));
+    opts_for_test(&o);
+    o.max_batch = 0;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+    CU_ASSERT_EQUAL(qv_errno, QV_EINVAL);
+    opts_for_test(&o);
+    o.max_batch = QV_BATCHER_MAX_BATCH + 1;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+    opts_for_test(&o);
+    o.ewma_alpha = 0;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "ewma_alpha"));
+    opts_for_test(&o);
+    o.budget_ns[QV_BATCH_BULK] = 0;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+    opts_for_test(&o);
+    o.inflight[QV_BATCH_INTERACTIVE] = 0;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+    opts_for_test(&o);
+    o.workers[QV_BATCH_BULK] = 0;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+    opts_for_test(&o);
+    o.max_collections = 0;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+    opts_for_test(&o);
+    o.margin_ns = -1;
+    CU_ASSERT_PTR_NULL(qv_batcher_create(&o));
+
+    opts_for_test(&o);
+    o.max_collections = 2;
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, 1, 0, tag(0)), QV_ENOENT);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), QV_EEXIST);
+    memset(&co, 0, sizeof co);
+    co.queue_capacity = 3;
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 2, &co), QV_EINVAL);
+    co.queue_capacity = 8;
+    co.inflight[QV_BATCH_BULK] = 5000;
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 2, &co), QV_EINVAL);
+    co.inflight[QV_BATCH_BULK] = 0;
+    co.budget_ns[0] = -5;
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 2, &co), QV_EINVAL);
+    co.budget_ns[0] = 0;
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 2, &co), 0);     /* capacity 8 */
+    for (uintptr_t i = 0; i < 8; i++)
+        CU_ASSERT_EQUAL(qv_batcher_offer(b, 2, QV_BATCH_BULK, 1, 0, tag(i)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 2, QV_BATCH_BULK, 1, 0, tag(8)), QV_EBUSY);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 3, NULL), QV_ENOSPC);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "max_collections"));
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, (enum qv_batch_class)7, 1, 0, tag(0)),
+                    QV_EINVAL);
+    CU_ASSERT_EQUAL(qv_batcher_target(b, 99, QV_BATCH_INTERACTIVE), 0);
+    qv_batcher_free(b);
+    qv_batcher_free(NULL);
+}
+
+static void test_config(void)
+{
+    struct qv_batcher_opts a, d;
+    struct qv_config *cfg = qv_config_defaults();
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(qv_batcher_opts_from_config(cfg, &a), 0);
+    qv_batcher_opts_default(&d);
+    CU_ASSERT_EQUAL(memcmp(&a, &d, sizeof a), 0);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "batcher", "queue_capacity", "1000"), QV_ECONFIG);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "batcher", "max_batch", "0"), QV_ECONFIG);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "batcher", "batching", "off"), 0);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "batcher", "interactive_budget_us", "2500"), 0);
+    CU_ASSERT_EQUAL(qv_batcher_opts_from_config(cfg, &a), 0);
+    CU_ASSERT_EQUAL(a.batching, 0);
+    CU_ASSERT_EQUAL(a.budget_ns[QV_BATCH_INTERACTIVE], 2500 * US);
+    qv_config_free(cfg);
+}
+
+static void test_enomem(void)
+{
+    int64_t base = live_router_blocks();
+    struct qv_batcher *b = NULL;
+    long n, fails = 0;
+
+    for (n = 0; n < 100; n++) {
+        qv_alloc_fail_after(n);
+        b = qv_batcher_create(NULL);
+        qv_alloc_fail_after(-1);
+        if (b != NULL)
+            break;
+        fails++;
+        CU_ASSERT_EQUAL(qv_errno, QV_ENOMEM);
+        CU_ASSERT_EQUAL(live_router_blocks(), base);
+    }
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(fails, 3);
+    int64_t with_b = live_router_blocks();
+    int rc = -1;
+    for (n = 0, fails = 0; n < 100; n++) {
+        qv_alloc_fail_after(n);
+        rc = qv_batcher_add_collection(b, 42, NULL);
+        qv_alloc_fail_after(-1);
+        if (rc == 0)
+            break;
+        fails++;
+        CU_ASSERT_EQUAL(rc, QV_ENOMEM);
+        CU_ASSERT_EQUAL(live_router_blocks(), with_b);
+    }
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_EQUAL(fails, 7);      /* the collection + 3 blocks per queue */
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 42, QV_BATCH_BULK, 1, 0, tag(0)), 0);
+    qv_batcher_free(b);
+    CU_ASSERT_EQUAL(live_router_blocks(), base);
+}
+
+int main(void)
+{
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        { "full queue refuses with EBUSY at once, accepts after poll", test_full_queue_ebusy },
+        { "batch size follows the arrival rate, deadlines kept", test_batch_size_follows_rate },
+        { "the budget cuts batches at a middle rate", test_budget_cuts_batches },
+        { "an early deadline flushes its queue early", test_early_deadline_flushes },
+        { "interactive before bulk", test_interactive_before_bulk },
+        { "round-robin: a cold collection within two polls", test_round_robin_fairness },
+        { "bulkheads cap batches in flight; done releases", test_bulkheads },
+        { "batching off: batches of 1", test_batching_off },
+        { "a batch dispatched late counts as a deadline miss", test_deadline_miss_counted },
+        { "2 producers x 100k offers, one poller: each query once", test_multithreaded_offers },
+        { "bad arguments", test_bad_arguments },
+        { "[batcher] configuration", test_config },
+        { "allocation failures at create and add_collection", test_enomem },
+    };
+    CU_pSuite s;
+    unsigned fails;
+
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    s = CU_add_suite("batcher", NULL, NULL);
+    for (size_t i = 0; s && i < sizeof tests / sizeof tests[0]; i++)
+        CU_add_test(s, tests[i].name, tests[i].fn);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    CU_cleanup_registry();
+    return fails ? 1 : 0;
+}
