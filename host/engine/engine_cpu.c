@@ -27,6 +27,20 @@
  * parallelism); query-major otherwise.  With one worker the second clause
  * is moot and the rule only asks whether batching pays.
  *
+ * Pieces.  When list-major has fewer lists than 2 T (a flat index of one
+ * or two segments, a single query probing a few IVF lists), whole lists
+ * cannot keep T workers busy: a list of at least QV_CPU_SPLIT_MIN entries
+ * is then scanned as up to 2 T pieces of a multiple of QV_CPU_SPLIT_ALIGN
+ * entries (whole FLAT groups of 16, fast-scan blocks of 32, filter words
+ * of 64).  A piece is a list of its own (codes, norms, ids and rows
+ * offset; the same list_no) appended to an engine-owned copy of the
+ * unit's list array, scanned for its parent's group of queries, into the
+ * worker's private heaps like any list.  (siftsmall's one 10k segment, one
+ * query: the unit ran on one of two cores.)  Not for PQ units yet: their
+ * scanner keeps per-query state across a query's lists (tables, the
+ * refine reservoir) that pieces have not been proven against.  O(pieces)
+ * to set up; the engine-owned arrays grow like the others.
+ *
  * PQ units skip the first clause: the PQ scanner has no batched kernel
  * (it builds one table and runs one scan per (query, list) either way),
  * so list-major buys nothing and costs the inversion, the private heaps
@@ -56,12 +70,15 @@
 #include "quiver/alloc.h"
 #include "quiver/errors.h"
 #include "quiver/pool.h"
+#include "quiver/pq.h"
 #include "quiver/timeutil.h"
 #include "quiver/topk.h"
 
 #define QV_CPU_DONE_RING 256u
 #define QV_CPU_MAX_DIM 65536u
 #define QV_CPU_TASKS_PER_WORKER 4u
+#define QV_CPU_SPLIT_MIN 4096u      /* entries: a list this long may be cut */
+#define QV_CPU_SPLIT_ALIGN 64u      /* entries per piece: a multiple of this */
 
 struct cpu_engine {
     struct qv_engine base;
@@ -82,6 +99,12 @@ struct cpu_engine {
     uint32_t *lq;                   /* P query indices grouped by list */
     size_t lists_cap;
     size_t probes_cap;
+    /* pieces: the unit's lists followed by pieces of long ones, the list
+     * each entry's queries come from, and the task order over them */
+    struct qv_wu_list *vlists;
+    uint32_t *vparent;
+    uint32_t *vorder;
+    size_t vcap;
     /* completed units waiting for poll */
     struct qv_work_unit *done[QV_CPU_DONE_RING];
     unsigned done_head, done_count;
@@ -185,7 +208,9 @@ struct cpu_run {
     /* query-major */
     uint32_t q_per_task;
     /* list-major */
-    const uint32_t *order;          /* task -> list */
+    const uint32_t *order;          /* task -> list (of wu->lists) */
+    const uint32_t *parent;         /* list -> list whose queries it takes
+                                       (NULL: itself) */
     uint32_t nq;
 };
 
@@ -206,8 +231,9 @@ static void run_lists(void *arg, unsigned task, unsigned worker)
     const struct cpu_run *R = arg;
     const struct cpu_engine *E = R->E;
     uint32_t li = R->order[task];
+    uint32_t pl = R->parent ? R->parent[li] : li;
     struct qv_topk *heaps = worker ? E->wheaps + (size_t)(worker - 1) * R->nq : R->wu->heaps;
-    R->scan(R->wu, li, E->lq + E->loff[li], E->loff[li + 1] - E->loff[li], heaps,
+    R->scan(R->wu, li, E->lq + E->loff[pl], E->loff[pl + 1] - E->loff[pl], heaps,
             E->scratch[worker]);
 }
 
@@ -236,6 +262,92 @@ static void order_lists(uint32_t *order, uint32_t n, const struct qv_work_unit *
             order[j] = t;
         }
     }
+}
+
+/* Byte offset of entry off (a multiple of QV_CPU_SPLIT_ALIGN) in a list's
+ * codes, by the layout of the unit's kind (engine.h). */
+static size_t codes_offset(const struct qv_work_unit *wu, uint32_t off)
+{
+    switch (wu->kind) {
+    case QV_WU_FLAT:
+        return (size_t)off * wu->dim * sizeof(float);
+    case QV_WU_F16:
+        return (size_t)off * wu->dim * sizeof(uint16_t);
+    case QV_WU_PQ: {
+        const struct qv_pq_params *pp = wu->params;
+        if (pp->pq->nbits == 4)
+            return qv_pq_fs_size(off, pp->pq->m);
+        return (size_t)off * wu->code_size;
+    }
+    default:
+        return (size_t)off * wu->code_size;
+    }
+}
+
+/*
+ * Cut the long lists among the ntasks of order[] into pieces (see
+ * "Pieces").  Fills E->vlists (the unit's lists, then the pieces),
+ * E->vparent and E->vorder; returns the number of tasks in E->vorder, or
+ * 0 when nothing is cut (or no memory: then the lists run whole).
+ */
+static uint32_t cut_pieces(struct cpu_engine *E, const struct qv_work_unit *wu,
+                           const uint32_t *order, uint32_t ntasks)
+{
+    const unsigned T = E->nworkers;
+    uint32_t extra = 0;
+    for (uint32_t t = 0; t < ntasks; t++)
+        if (wu->lists[order[t]].n >= QV_CPU_SPLIT_MIN)
+            extra += 2 * T;
+    if (!extra)
+        return 0;
+    size_t need = (size_t)wu->nlists + extra;
+    if (need > E->vcap) {
+        struct qv_wu_list *v = qv_malloc(need * sizeof *v, QV_MEM_KERNEL);
+        uint32_t *par = qv_malloc(need * sizeof *par, QV_MEM_KERNEL);
+        uint32_t *ord = qv_malloc(need * sizeof *ord, QV_MEM_KERNEL);
+        if (!v || !par || !ord) {
+            qv_free(v);
+            qv_free(par);
+            qv_free(ord);
+            return 0;
+        }
+        qv_free(E->vlists);
+        qv_free(E->vparent);
+        qv_free(E->vorder);
+        E->vlists = v;
+        E->vparent = par;
+        E->vorder = ord;
+        E->vcap = need;
+    }
+    memcpy(E->vlists, wu->lists, wu->nlists * sizeof *E->vlists);
+    for (uint32_t l = 0; l < wu->nlists; l++)
+        E->vparent[l] = l;
+    uint32_t nv = wu->nlists, nt = 0;
+    for (uint32_t t = 0; t < ntasks; t++) {
+        uint32_t l = order[t];
+        const struct qv_wu_list *L = &wu->lists[l];
+        uint32_t pieces = L->n / QV_CPU_SPLIT_MIN;
+        if (pieces > 2 * T)
+            pieces = 2 * T;
+        if (pieces < 2) {
+            E->vorder[nt++] = l;
+            continue;
+        }
+        uint32_t len = (L->n + pieces - 1) / pieces;
+        len = (len + QV_CPU_SPLIT_ALIGN - 1) / QV_CPU_SPLIT_ALIGN * QV_CPU_SPLIT_ALIGN;
+        for (uint32_t off = 0; off < L->n; off += len) {
+            struct qv_wu_list *P = &E->vlists[nv];
+            *P = *L;
+            P->codes = (const char *)L->codes + codes_offset(wu, off);
+            P->norms = L->norms ? L->norms + off : NULL;
+            P->ids = L->ids + off;
+            P->rows = L->rows ? L->rows + off : NULL;
+            P->n = L->n - off < len ? L->n - off : len;
+            E->vparent[nv] = l;
+            E->vorder[nt++] = nv++;
+        }
+    }
+    return nt;
 }
 
 static int execute(struct cpu_engine *E, struct qv_work_unit *wu)
@@ -289,6 +401,18 @@ static int execute(struct cpu_engine *E, struct qv_work_unit *wu)
     if (T > 1)
         order_lists(E->lcur, ntasks, wu, E->loff);
     R.order = E->lcur;
+    struct qv_work_unit vwu;
+    if (T > 1 && ntasks < 2 * T && wu->kind != QV_WU_PQ) {
+        uint32_t nt = cut_pieces(E, wu, E->lcur, ntasks);
+        if (nt) {
+            vwu = *wu;
+            vwu.lists = E->vlists;
+            R.wu = &vwu;
+            R.order = E->vorder;
+            R.parent = E->vparent;
+            ntasks = nt;
+        }
+    }
     for (unsigned w = 1; w < T; w++)
         for (uint32_t q = 0; q < nq; q++) {
             size_t slot = ((size_t)(w - 1) * nq + q) * k;
@@ -373,6 +497,9 @@ static void cpu_free(struct qv_engine *e)
     qv_free(E->loff);
     qv_free(E->lcur);
     qv_free(E->lq);
+    qv_free(E->vlists);
+    qv_free(E->vparent);
+    qv_free(E->vorder);
     qv_free(E);
 }
 

@@ -535,6 +535,66 @@ static void test_engine_unit(void)
     free(q);
 }
 
+/* Few long lists and few queries: the 2-worker CPU engine scans each
+ * long list in pieces on both workers ("Pieces" in engine_cpu.c).  The
+ * results must equal a 1-worker engine's, which scans lists whole: IVF
+ * flat and SQ8 (nlist 2, ~10k entries a list, with a filter), and a flat
+ * index of one 20k segment through qv_flat_search_engine against
+ * qv_flat_search. */
+static void test_engine_pieces(void)
+{
+    const size_t n = 20000, dim = 24;
+    const uint32_t k = 10;
+    float *x = malloc(n * dim * sizeof(float));
+    float q[5 * 24], d1[5 * 10], d2[5 * 10];
+    uint64_t i1[5 * 10], i2[5 * 10];
+    uint64_t *filter = calloc((n + 63) / 64, sizeof(uint64_t));
+    for (size_t i = 0; i < n * dim; i++)
+        x[i] = frand();
+    for (size_t i = 0; i < 5 * dim; i++)
+        q[i] = frand();
+    for (size_t r = 0; r < n; r++)
+        if (r % 5 != 2)
+            filter[r / 64] |= 1ull << (r % 64);
+    struct qv_engine *one = qv_engine_cpu_create(NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(one);
+    for (int enc = 0; enc < 2; enc++) {
+        struct qv_ivf *ix = build(x, n, dim, QV_METRIC_L2, (enum qv_ivf_encoding)enc, 2,
+                                  pool2, NULL);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
+        for (uint32_t nq = 1; nq <= 5; nq += 4)
+            for (int f = 0; f < 2; f++) {
+                const uint64_t *flt = f ? filter : NULL;
+                qv_ivf_set_engine(ix, NULL);        /* its own: 2 workers */
+                CU_ASSERT_EQUAL(qv_ivf_search(ix, q, nq, k, 2, flt, d1, i1), 0);
+                qv_ivf_set_engine(ix, one);
+                CU_ASSERT_EQUAL(qv_ivf_search(ix, q, nq, k, 2, flt, d2, i2), 0);
+                CU_ASSERT_EQUAL(mismatches(d1, i1, d2, i2, nq, k, 1e-5), 0);
+            }
+        qv_ivf_set_engine(ix, NULL);
+        qv_ivf_free(ix);
+    }
+    struct qv_flat_opts fo = { .dim = (uint32_t)dim, .metric = QV_METRIC_L2, .numa_node = -1,
+                               .pool = pool2, .segment_capacity = 32768 };
+    struct qv_flat *fl = qv_flat_create(&fo);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fl);
+    CU_ASSERT_EQUAL(qv_flat_add(fl, n, x, NULL), 0);
+    struct qv_engine *two = qv_engine_cpu_create(pool2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(two);
+    for (uint32_t nq = 1; nq <= 5; nq += 4)
+        for (int f = 0; f < 2; f++) {
+            const uint64_t *flt = f ? filter : NULL;
+            CU_ASSERT_EQUAL(qv_flat_search(fl, q, nq, k, flt, d1, i1), 0);
+            CU_ASSERT_EQUAL(qv_flat_search_engine(fl, two, q, nq, k, flt, d2, i2), 0);
+            CU_ASSERT_EQUAL(mismatches(d1, i1, d2, i2, nq, k, 1e-4), 0);
+        }
+    qv_flat_free(fl);
+    qv_engine_free(two);
+    qv_engine_free(one);
+    free(filter);
+    free(x);
+}
+
 static void test_sq8_kernels(void)
 {
     size_t dims[] = { 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 127, 128, 129, 784 };
@@ -693,6 +753,7 @@ int main(void)
     CU_add_test(s, "save -> load -> identical results; adds after load", test_save_load);
     CU_add_test(s, "corrupted and truncated files rejected", test_corrupt_files);
     CU_add_test(s, "engine: a work unit equals per-query units", test_engine_unit);
+    CU_add_test(s, "engine: long lists in pieces equal whole lists", test_engine_pieces);
     CU_add_test(s, "sq8 kernels: every level equals the reference", test_sq8_kernels);
     CU_add_test(s, "bad parameters refused with a message", test_bad_params);
     CU_add_test(s, "injected allocation failures: ENOMEM, no leak", test_alloc_failures);
