@@ -27,9 +27,9 @@
  * parallelism); query-major otherwise.  With one worker the second clause
  * is moot and the rule only asks whether batching pays.
  *
- * Pieces.  When list-major has fewer lists than 2 T (a flat index of one
- * or two segments, a single query probing a few IVF lists), whole lists
- * cannot keep T workers busy: a list of at least QV_CPU_SPLIT_MIN entries
+ * Pieces.  When list-major has fewer lists than 4 T (a flat index of a
+ * few segments, a single query probing a few IVF lists), whole lists
+ * cannot keep T workers busy (nor balance lists of unequal sizes): a list of at least QV_CPU_SPLIT_MIN entries
  * is then scanned as up to 2 T pieces of a multiple of QV_CPU_SPLIT_ALIGN
  * entries (whole FLAT groups of 16, fast-scan blocks of 32, filter words
  * of 64).  A piece is a list of its own (codes, norms, ids and rows
@@ -402,7 +402,7 @@ static int execute(struct cpu_engine *E, struct qv_work_unit *wu)
         order_lists(E->lcur, ntasks, wu, E->loff);
     R.order = E->lcur;
     struct qv_work_unit vwu;
-    if (T > 1 && ntasks < 2 * T && wu->kind != QV_WU_PQ) {
+    if (T > 1 && ntasks < 4 * T && wu->kind != QV_WU_PQ) {
         uint32_t nt = cut_pieces(E, wu, E->lcur, ntasks);
         if (nt) {
             vwu = *wu;
