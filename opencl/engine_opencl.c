@@ -965,31 +965,13 @@ static int prepare_pq(struct ocl_engine *E, struct ocl_slot *S, const struct qv_
     for (uint32_t l = 0; l < S->nlaunch; l++) {
         const struct ocl_launch *L = &S->launch[l];
         const struct qv_wu_list *lst = &wu->lists[L->li];
-        const float *c = pp->coarse + (size_t)lst->list_no * dim;
-        const float *lt = pp->ltab ? pp->ltab + (size_t)lst->list_no * tsz : NULL;
         for (uint32_t g = 0; g < L->ng; g++) {
             uint32_t pos = L->gfirst + g, qi = qidx[pos];
-            const float *q = wu->queries + (size_t)qi * dim;
-            const float *qt = pp->qtab + (size_t)qi * tsz;
-            const float *t2 = NULL, *t3 = qt;
+            const float *t2, *t3;
             float bias;
-            if (wu->metric == QV_METRIC_L2) {
-                if (lt) {
-                    bias = ops->dist[QV_METRIC_L2][QV_ELEM_F32](q, c, dim);
-                    t2 = lt;
-                } else {
-                    bias = 0.0f;
-                    if (pq->nbits == 4) {
-                        for (uint32_t d = 0; d < dim; d++)
-                            E->pq_resid[d] = q[d] - c[d];
-                        K->lut_f32(E->pq_resid, pq->cents, m, ksub, pq->dsub, QV_METRIC_L2,
-                                   E->pq_lut);
-                        t3 = E->pq_lut;
-                    }
-                }
-            } else {
-                bias = ops->dist[QV_METRIC_IP][QV_ELEM_F32](q, c, dim);
-            }
+            /* 8-bit: the device builds a missing table from the codebooks */
+            qv_pq_probe(pp, wu->metric, wu->queries + (size_t)qi * dim, qi, lst->list_no,
+                        pq->nbits == 4, E->pq_lut, E->pq_resid, &t2, &t3, &bias);
             if (pq->nbits == 4) {
                 float qbias;
                 K->lut_quantize4(t2, t3, m, E->pq_lut8, &pscale[pos], &qbias);

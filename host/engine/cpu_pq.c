@@ -35,12 +35,6 @@ size_t qv__cpu_scratch_pq(const struct qv_work_unit *wu)
     return qv_pq_scratch_bytes(p->pq);
 }
 
-static void residual(const float *q, const float *c, float *resid, uint32_t dim)
-{
-    for (uint32_t d = 0; d < dim; d++)
-        resid[d] = q[d] - c[d];
-}
-
 void qv__cpu_scan_pq(const struct qv_work_unit *wu, uint32_t li, const uint32_t *qidx,
                      uint32_t nq, struct qv_topk *heaps, void *scratch)
 {
@@ -57,8 +51,6 @@ void qv__cpu_scan_pq(const struct qv_work_unit *wu, uint32_t li, const uint32_t 
     float *lut = scratch;
     float *resid = (float *)((uint8_t *)scratch + ((tsz * sizeof(float) + 63) & ~(size_t)63));
     uint8_t *lut8 = (uint8_t *)resid + (((size_t)dim * sizeof(float) + 63) & ~(size_t)63);
-    const float *c = p->coarse + (size_t)L->list_no * dim;
-    const float *lt = p->ltab ? p->ltab + (size_t)L->list_no * tsz : NULL;
 
     struct qv_pq_scan_args a = {
         .codes = L->codes,
@@ -72,26 +64,10 @@ void qv__cpu_scan_pq(const struct qv_work_unit *wu, uint32_t li, const uint32_t 
     };
     for (uint32_t i = 0; i < nq; i++) {
         uint32_t qi = qidx[i];
-        const float *q = wu->queries + (size_t)qi * dim;
-        const float *qt = p->qtab + (size_t)qi * tsz;
-        const float *t2 = NULL, *t3;
+        const float *t2, *t3;
         float bias;
-
-        if (wu->metric == QV_METRIC_L2) {
-            if (lt) {
-                bias = ops->dist[QV_METRIC_L2][QV_ELEM_F32](q, c, dim);
-                t2 = lt;
-                t3 = qt;
-            } else {
-                residual(q, c, resid, dim);
-                K->lut_f32(resid, pq->cents, m, ksub, pq->dsub, QV_METRIC_L2, lut);
-                bias = 0.0f;
-                t3 = lut;
-            }
-        } else {
-            bias = ops->dist[QV_METRIC_IP][QV_ELEM_F32](q, c, dim);
-            t3 = qt;
-        }
+        qv_pq_probe(p, wu->metric, wu->queries + (size_t)qi * dim, qi, L->list_no, 1, lut,
+                    resid, &t2, &t3, &bias);
         a.heap = &heaps[qi];
         a.res = p->res && heaps == wu->heaps ? &p->res[qi] : NULL;
         if (pq->nbits == 4) {

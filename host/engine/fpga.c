@@ -1099,30 +1099,13 @@ static int prepare_pq(struct fpga_engine *E, struct fpga_slot *S, const struct q
     const uint32_t p0 = wu->probe_offsets[0];
     for (uint32_t qi = 0; qi < wu->nq; qi++) {
         const float *q = wu->queries + (size_t)qi * dim;
-        const float *qt = pp->qtab + (size_t)qi * tsz;
         for (uint32_t p = wu->probe_offsets[qi]; p < wu->probe_offsets[qi + 1]; p++) {
             const struct qv_wu_list *lst = &wu->lists[wu->probe_lists[p]];
-            const float *c = pp->coarse + (size_t)lst->list_no * dim;
-            const float *lt = pp->ltab ? pp->ltab + (size_t)lst->list_no * tsz : NULL;
-            const float *t2 = NULL, *t3 = qt;
+            const float *t2, *t3;
             float bias, scale = 0.0f;
-            if (wu->metric == QV_METRIC_L2) {
-                if (lt) {
-                    bias = ops->dist[QV_METRIC_L2][QV_ELEM_F32](q, c, dim);
-                    t2 = lt;
-                } else {
-                    bias = 0.0f;
-                    if (pq->nbits == 4) {
-                        for (uint32_t d = 0; d < dim; d++)
-                            E->pq_resid[d] = q[d] - c[d];
-                        K->lut_f32(E->pq_resid, pq->cents, m, ksub, pq->dsub, QV_METRIC_L2,
-                                   E->pq_lut);
-                        t3 = E->pq_lut;
-                    }
-                }
-            } else {
-                bias = ops->dist[QV_METRIC_IP][QV_ELEM_F32](q, c, dim);
-            }
+            /* 8-bit: the card builds a missing table from the codebooks */
+            qv_pq_probe(pp, wu->metric, q, qi, lst->list_no, pq->nbits == 4, E->pq_lut,
+                        E->pq_resid, &t2, &t3, &bias);
             if (pq->nbits == 4) {
                 float qbias;
                 K->lut_quantize4(t2, t3, m, E->pq_lut8, &scale, &qbias);

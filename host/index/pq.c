@@ -184,6 +184,33 @@ void qv_pq_fs_pack(uint8_t *dst, const uint8_t *codes, size_t n, uint32_t m)
         qv_pq_fs_put(dst, i, m, codes + i * ((m + 1) / 2));
 }
 
+void qv_pq_probe(const struct qv_pq_params *p, enum qv_metric metric, const float *q,
+                 uint32_t qi, uint32_t list_no, int tables, float *lut, float *resid,
+                 const float **t2, const float **t3, float *bias)
+{
+    const struct qv_pq *pq = p->pq;
+    const uint32_t dim = pq->dim;
+    const size_t tsz = (size_t)pq->m * pq->ksub;
+    const struct qv_dist_ops *ops = qv_kernels();
+    const float *c = p->coarse + (size_t)list_no * dim;
+    *t2 = NULL;
+    *t3 = p->qtab + (size_t)qi * tsz;
+    if (metric != QV_METRIC_L2) {
+        *bias = ops->dist[QV_METRIC_IP][QV_ELEM_F32](q, c, dim);
+    } else if (p->ltab) {
+        *bias = ops->dist[QV_METRIC_L2][QV_ELEM_F32](q, c, dim);
+        *t2 = p->ltab + (size_t)list_no * tsz;
+    } else {
+        *bias = 0.0f;
+        if (tables) {
+            for (uint32_t d = 0; d < dim; d++)
+                resid[d] = q[d] - c[d];
+            ops->pq->lut_f32(resid, pq->cents, pq->m, pq->ksub, pq->dsub, QV_METRIC_L2, lut);
+            *t3 = lut;
+        }
+    }
+}
+
 size_t qv_pq_scratch_bytes(const struct qv_pq *pq)
 {
     size_t mp = (pq->m + 1u) & ~1u;

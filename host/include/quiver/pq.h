@@ -271,6 +271,21 @@ struct qv_pq_params {
     struct qv_pq_res *res;      /* nq reservoirs, or NULL (see above) */
 };
 
+/*
+ * qv_pq_probe - the bias and tables of one probe by the rules above: query
+ * qi of the unit (q = its vector) scanning the list with coarse centroid
+ * list_no.  The table is t2 + t3 (*t2 may be NULL: the table is *t3):
+ * qtab's row and ltab's, or, for L2 without ltab, the table of q - c built
+ * into lut (m x ksub floats; resid: dim floats of scratch) -- only when
+ * `tables` is set (callers that build that table elsewhere pass 0 and get
+ * *t3 = the qtab row, unused).  The one definition every engine (cpu,
+ * opencl, fpga) uses, so their 4-bit tables stay bit-identical.
+ * O(dim) for the bias, O(dim x ksub) when the table is built.  Cannot fail.
+ */
+void qv_pq_probe(const struct qv_pq_params *p, enum qv_metric metric, const float *q,
+                 uint32_t qi, uint32_t list_no, int tables, float *lut, float *resid,
+                 const float **t2, const float **t3, float *bias);
+
 /* Scratch bytes the CPU scanner needs for a unit of this dim / pq. */
 size_t qv_pq_scratch_bytes(const struct qv_pq *pq);
 
