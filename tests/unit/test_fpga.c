@@ -53,348 +53,18 @@
 #include "quiver/sq8.h"
 #include "quiver/timeutil.h"
 #include "quiver/topk.h"
+#include "wu_fixture.h"
 
 static struct qv_engine *fpga;      /* the shared engine of the suite */
 static struct qv_fpga_sim *sim;     /* its card */
 static struct qv_engine *cpu;
 
-/* ---- deterministic random numbers ---- */
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rnd(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float rndf(void) { return (float)(rnd() >> 40) / (float)(1u << 24); }
-
-/* ---- a work unit built by hand ---- */
-
-struct unit {
-    struct qv_work_unit wu;
-    struct qv_wu_list *lists;
-    float *queries, *qnorms;
-    uint32_t *poff, *plist;
-    uint64_t *filter;
-    float *x;                   /* all vectors, row-major (n x dim) */
-    uint32_t n;
-    /* SQ8 */
-    float *vmin, *vdiff;
-    struct qv_sq8_params sq8;
-    /* PQ */
-    struct qv_pq pq;
-    float *coarse, *qtab, *ltab;
-    struct qv_pq_params pqp;
-};
-
-/* Split n random vectors over nlists lists (sizes vary, some may be
- * empty), queries random, each query probing nprobe distinct lists. */
-static void unit_make(struct unit *u, enum qv_wu_kind kind, enum qv_metric metric,
-                      uint32_t dim, uint32_t n, uint32_t nlists, uint32_t nq,
-                      uint32_t nprobe, int with_filter)
-{
-    memset(u, 0, sizeof *u);
-    u->n = n;
-    u->x = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
-    for (size_t i = 0; i < (size_t)n * dim; i++)
-        u->x[i] = rndf();
-    u->queries = qv_malloc((size_t)nq * dim * sizeof(float), QV_MEM_TEST);
-    u->qnorms = qv_malloc(nq * sizeof(float), QV_MEM_TEST);
-    for (size_t i = 0; i < (size_t)nq * dim; i++)
-        u->queries[i] = rndf();
-    for (uint32_t q = 0; q < nq; q++) {
-        float s = 0;
-        for (uint32_t d = 0; d < dim; d++)
-            s += u->queries[(size_t)q * dim + d] * u->queries[(size_t)q * dim + d];
-        u->qnorms[q] = s;
-    }
-    u->lists = qv_calloc(nlists, sizeof *u->lists, QV_MEM_TEST);
-    /* list boundaries: random cut points */
-    uint32_t *cut = qv_malloc((nlists + 1) * sizeof(uint32_t), QV_MEM_TEST);
-    cut[0] = 0;
-    cut[nlists] = n;
-    for (uint32_t l = 1; l < nlists; l++)
-        cut[l] = (uint32_t)(rnd() % (n + 1));
-    for (uint32_t a = 1; a < nlists; a++)          /* sort */
-        for (uint32_t b = a; b > 1 && cut[b - 1] > cut[b]; b--) {
-            uint32_t t = cut[b];
-            cut[b] = cut[b - 1];
-            cut[b - 1] = t;
-        }
-    if (kind == QV_WU_SQ8) {
-        u->vmin = qv_malloc(dim * sizeof(float), QV_MEM_TEST);
-        u->vdiff = qv_malloc(dim * sizeof(float), QV_MEM_TEST);
-        CU_ASSERT_EQUAL(qv_sq8_train(u->x, n, dim, u->vmin, u->vdiff), 0);
-        u->sq8.vmin = u->vmin;
-        u->sq8.vdiff = u->vdiff;
-        u->wu.params = &u->sq8;
-        u->wu.code_size = dim;
-    }
-    for (uint32_t l = 0; l < nlists; l++) {
-        struct qv_wu_list *L = &u->lists[l];
-        uint32_t ln = cut[l + 1] - cut[l];
-        const float *lx = u->x + (size_t)cut[l] * dim;
-        L->n = ln;
-        L->list_no = l;
-        uint64_t *ids = qv_malloc((ln + 1) * sizeof(uint64_t), QV_MEM_TEST);
-        uint32_t *rows = qv_malloc((ln + 1) * sizeof(uint32_t), QV_MEM_TEST);
-        for (uint32_t i = 0; i < ln; i++) {
-            ids[i] = 1000000 + (uint64_t)(cut[l] + i) * 7919 % 1000003;
-            rows[i] = cut[l] + i;
-        }
-        L->ids = ids;
-        L->rows = rows;
-        if (kind == QV_WU_FLAT || kind == QV_WU_F16) {
-            size_t groups = (ln + QV_BLOCK - 1) / QV_BLOCK;
-            float *blk = qv_calloc(groups * QV_BLOCK * dim + 1, sizeof(float), QV_MEM_TEST);
-            float *nrm = qv_malloc((ln + 1) * sizeof(float), QV_MEM_TEST);
-            if (kind == QV_WU_F16)      /* the values float16 holds */
-                for (size_t i = 0; i < (size_t)ln * dim; i++)
-                    u->x[(size_t)cut[l] * dim + i] =
-                        qv_f16_to_f32(qv_f32_to_f16(u->x[(size_t)cut[l] * dim + i]));
-            qv_block_pack(blk, 0, lx, ln, dim);
-            for (uint32_t i = 0; i < ln; i++) {
-                float s = 0;
-                for (uint32_t d = 0; d < dim; d++)
-                    s += lx[(size_t)i * dim + d] * lx[(size_t)i * dim + d];
-                nrm[i] = s;
-            }
-            if (kind == QV_WU_F16) {
-                uint16_t *h = qv_calloc(groups * QV_BLOCK * dim + 1, sizeof(uint16_t),
-                                        QV_MEM_TEST);
-                for (size_t i = 0; i < groups * QV_BLOCK * dim; i++)
-                    h[i] = qv_f32_to_f16(blk[i]);
-                qv_free(blk);
-                L->codes = h;
-            } else {
-                L->codes = blk;
-            }
-            L->norms = nrm;
-        } else if (kind == QV_WU_SQ8) {
-            uint8_t *c = qv_malloc((size_t)ln * dim + 1, QV_MEM_TEST);
-            qv_sq8_encode(lx, ln, dim, u->vmin, u->vdiff, c, dim);
-            L->codes = c;
-        }
-    }
-    qv_free(cut);
-    u->poff = qv_malloc((nq + 1) * sizeof(uint32_t), QV_MEM_TEST);
-    u->plist = qv_malloc(((size_t)nq * nprobe + 1) * sizeof(uint32_t), QV_MEM_TEST);
-    uint32_t p = 0;
-    for (uint32_t q = 0; q < nq; q++) {
-        u->poff[q] = p;
-        uint32_t start = (uint32_t)(rnd() % nlists);
-        for (uint32_t j = 0; j < nprobe && j < nlists; j++)
-            u->plist[p++] = (start + j) % nlists;
-    }
-    u->poff[nq] = p;
-    if (with_filter) {
-        u->filter = qv_calloc((n + 63) / 64 + 1, sizeof(uint64_t), QV_MEM_TEST);
-        for (uint32_t r = 0; r < n; r++)
-            if (rnd() % 3)
-                u->filter[r / 64] |= 1ull << (r % 64);
-    }
-    u->wu.kind = kind;
-    u->wu.metric = metric;
-    u->wu.dim = dim;
-    u->wu.nq = nq;
-    u->wu.queries = u->queries;
-    u->wu.qnorms = u->qnorms;
-    u->wu.nlists = nlists;
-    u->wu.lists = u->lists;
-    u->wu.probe_offsets = u->poff;
-    u->wu.probe_lists = u->plist;
-    u->wu.filter = u->filter;
-}
-
-/* PQ lists: residual codes of the unit's vectors against random coarse
- * centroids, codebooks trained on the residuals; qtab (and ltab when
- * with_ltab) as the IVF-PQ index computes them. */
-static void unit_make_pq(struct unit *u, enum qv_metric metric, uint32_t dim, uint32_t m,
-                         uint32_t nbits, uint32_t n, uint32_t nlists, uint32_t nq,
-                         uint32_t nprobe, int with_filter, int with_ltab)
-{
-    unit_make(u, QV_WU_PQ, metric, dim, n, nlists, nq, nprobe, with_filter);
-    CU_ASSERT_EQUAL_FATAL(qv_pq_init(&u->pq, dim, m, nbits), 0);
-    u->coarse = qv_malloc((size_t)nlists * dim * sizeof(float), QV_MEM_TEST);
-    for (size_t i = 0; i < (size_t)nlists * dim; i++)
-        u->coarse[i] = rndf() * 0.5f;
-    float *res = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
-    uint32_t row = 0;
-    for (uint32_t l = 0; l < nlists; l++)
-        for (uint32_t i = 0; i < u->lists[l].n; i++, row++)
-            for (uint32_t d = 0; d < dim; d++)
-                res[(size_t)row * dim + d] = u->x[(size_t)row * dim + d] -
-                                             u->coarse[(size_t)l * dim + d];
-    CU_ASSERT_EQUAL_FATAL(qv_pq_train(&u->pq, res, n, 7, 0, NULL), 0);
-    const uint32_t ksub = u->pq.ksub, dsub = u->pq.dsub, cs = u->pq.code_size;
-    row = 0;
-    for (uint32_t l = 0; l < nlists; l++) {
-        struct qv_wu_list *L = &u->lists[l];
-        uint8_t *codes = qv_calloc((size_t)L->n * cs + 1, 1, QV_MEM_TEST);
-        qv_pq_encode(&u->pq, res + (size_t)row * dim, L->n, codes);
-        if (nbits == 4) {
-            uint8_t *fs = qv_calloc(qv_pq_fs_size(L->n, m) + 1, 1, QV_MEM_TEST);
-            qv_pq_fs_pack(fs, codes, L->n, m);
-            qv_free(codes);
-            codes = fs;
-        }
-        L->codes = codes;
-        row += L->n;
-    }
-    qv_free(res);
-    size_t tsz = (size_t)m * ksub;
-    u->qtab = qv_malloc((size_t)nq * tsz * sizeof(float), QV_MEM_TEST);
-    for (uint32_t q = 0; q < nq; q++)
-        for (uint32_t j = 0; j < m; j++)
-            for (uint32_t c = 0; c < ksub; c++) {
-                const float *y = u->pq.cents + ((size_t)j * ksub + c) * dsub;
-                const float *qq = u->queries + (size_t)q * dim + (size_t)j * dsub;
-                float dot = 0;
-                for (uint32_t s = 0; s < dsub; s++)
-                    dot += qq[s] * y[s];
-                u->qtab[(size_t)q * tsz + (size_t)j * ksub + c] =
-                    metric == QV_METRIC_L2 ? -2.0f * dot : -dot;
-            }
-    if (with_ltab && metric == QV_METRIC_L2) {
-        u->ltab = qv_malloc((size_t)nlists * tsz * sizeof(float), QV_MEM_TEST);
-        for (uint32_t l = 0; l < nlists; l++)
-            for (uint32_t j = 0; j < m; j++)
-                for (uint32_t c = 0; c < ksub; c++) {
-                    const float *y = u->pq.cents + ((size_t)j * ksub + c) * dsub;
-                    const float *cc = u->coarse + (size_t)l * dim + (size_t)j * dsub;
-                    float yy = 0, cy = 0;
-                    for (uint32_t s = 0; s < dsub; s++) {
-                        yy += y[s] * y[s];
-                        cy += cc[s] * y[s];
-                    }
-                    u->ltab[(size_t)l * tsz + (size_t)j * ksub + c] = yy + 2.0f * cy;
-                }
-    }
-    u->pqp.pq = &u->pq;
-    u->pqp.coarse = u->coarse;
-    u->pqp.nlist = nlists;
-    u->pqp.qtab = u->qtab;
-    u->pqp.ltab = u->ltab;
-    u->pqp.res = NULL;
-    u->wu.params = &u->pqp;
-    u->wu.code_size = u->pq.code_size;
-}
-
-/* The documented duty of an owner freeing memory an engine may hold a
- * copy of (a later allocation at the same address and size would
- * otherwise be served the stale copy). */
-static void unit_forget(struct qv_engine *e, struct unit *u)
-{
-    for (uint32_t l = 0; l < u->wu.nlists; l++) {
-        qv_engine_forget(e, u->lists[l].codes);
-        qv_engine_forget(e, u->lists[l].norms);
-    }
-    if (u->wu.kind == QV_WU_PQ) {
-        qv_engine_forget(e, u->pq.cents);
-        qv_engine_forget(e, u->coarse);
-        qv_engine_forget(e, u->ltab);
-    }
-}
-
-static void unit_free(struct unit *u)
+/* Free u after telling the suite's card engine, which keeps copies of
+ * lists (unit_forget). */
+static void unit_release(struct unit *u)
 {
     unit_forget(fpga, u);
-    for (uint32_t l = 0; l < u->wu.nlists; l++) {
-        qv_free((void *)u->lists[l].codes);
-        qv_free((void *)u->lists[l].norms);
-        qv_free((void *)u->lists[l].ids);
-        qv_free((void *)u->lists[l].rows);
-    }
-    qv_free(u->lists);
-    qv_free(u->queries);
-    qv_free(u->qnorms);
-    qv_free(u->poff);
-    qv_free(u->plist);
-    qv_free(u->filter);
-    qv_free(u->x);
-    qv_free(u->vmin);
-    qv_free(u->vdiff);
-    if (u->wu.kind == QV_WU_PQ)
-        qv_pq_fini(&u->pq);
-    qv_free(u->coarse);
-    qv_free(u->qtab);
-    qv_free(u->ltab);
-}
-
-struct heaps {
-    struct qv_topk *h;
-    float *d;
-    uint64_t *id;
-};
-
-static void heaps_init(struct heaps *H, uint32_t nq, uint32_t k)
-{
-    H->h = qv_malloc(nq * sizeof *H->h, QV_MEM_TEST);
-    H->d = qv_malloc((size_t)nq * k * sizeof(float), QV_MEM_TEST);
-    H->id = qv_malloc((size_t)nq * k * sizeof(uint64_t), QV_MEM_TEST);
-    for (uint32_t q = 0; q < nq; q++)
-        qv_topk_init(&H->h[q], k, H->d + (size_t)q * k, H->id + (size_t)q * k);
-}
-
-static void heaps_fini(struct heaps *H)
-{
-    qv_free(H->h);
-    qv_free(H->d);
-    qv_free(H->id);
-}
-
-/* Run u on engine e into fresh heaps (sorted afterwards).  Returns the
- * unit's status or submit's error. */
-static int run_into(struct qv_engine *e, struct unit *u, struct heaps *H, uint32_t k)
-{
-    heaps_init(H, u->wu.nq, k);
-    u->wu.heaps = H->h;
-    u->wu.status = 1;
-    int rc = qv_engine_run(e, &u->wu);
-    for (uint32_t q = 0; q < u->wu.nq; q++)
-        qv_topk_sort(&H->h[q]);
-    return rc;
-}
-
-/* Compare rank by rank.  Returns the number of mismatches (printed). */
-static int compare(const struct heaps *a, const struct heaps *b, uint32_t nq, uint32_t k,
-                   float tol, const char *what)
-{
-    int bad = 0;
-    for (uint32_t q = 0; q < nq; q++) {
-        const float *da = a->d + (size_t)q * k, *db = b->d + (size_t)q * k;
-        const uint64_t *ia = a->id + (size_t)q * k, *ib = b->id + (size_t)q * k;
-        for (uint32_t i = 0; i < k; i++) {
-            int both_inf = isinf(da[i]) && isinf(db[i]);
-            float t = tol * (1.0f + fabsf(da[i]));
-            if (!both_inf && !(fabsf(da[i] - db[i]) <= t)) {
-                if (bad++ < 5)
-                    fprintf(stderr, "\n  %s: q %u rank %u: dist %.7g vs %.7g (ids %llu %llu)",
-                            what, q, i, da[i], db[i], (unsigned long long)ia[i],
-                            (unsigned long long)ib[i]);
-                continue;
-            }
-            if (ia[i] == ib[i])
-                continue;
-            /* ids differ: only allowed for a near-tie at this rank */
-            int tie = 0;
-            for (uint32_t j = 0; j < k && !tie; j++)
-                tie = j != i && fabsf(da[j] - da[i]) <= t;
-            /* or at the boundary: the other id may be just past rank k */
-            tie |= i == k - 1 || fabsf(da[i] - db[i]) <= t;
-            if (!tie) {
-                if (bad++ < 5)
-                    fprintf(stderr, "\n  %s: q %u rank %u: id %llu vs %llu (dist %.7g)",
-                            what, q, i, (unsigned long long)ia[i],
-                            (unsigned long long)ib[i], da[i]);
-            }
-        }
-    }
-    return bad;
+    unit_free(u);
 }
 
 
@@ -532,7 +202,7 @@ static void test_flat_dims(void)
             snprintf(what, sizeof what, "flat %s dim %u k %u nq %u%s",
                      metric ? "ip" : "l2", dim, k, nq, u.filter ? " filter" : "");
             check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
-            unit_free(&u);
+            unit_release(&u);
         }
 }
 
@@ -546,7 +216,7 @@ static void test_flat_k(void)
             unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 32, 3000, 1, 33, 1, filt);
             snprintf(what, sizeof what, "flat k %u%s", ks[ki], filt ? " filter" : "");
             check_unit(&u, ks[ki], 1e-4f, what);
-            unit_free(&u);
+            unit_release(&u);
         }
 }
 
@@ -564,7 +234,7 @@ static void test_ivf_flat(void)
             snprintf(what, sizeof what, "ivf flat dim %u k %u nq %u%s", dim, k, nq,
                      filt ? " filter" : "");
             check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
-            unit_free(&u);
+            unit_release(&u);
         }
 }
 
@@ -574,7 +244,7 @@ static void test_split(void)
     struct unit u;
     unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 8, 1200, 6, QV_FPGA_SIM_MAX_NQ * 2 + 37, 2, 1);
     check_unit(&u, 10, 1e-4f, "flat, 2 x MAX_NQ + 37 queries");
-    unit_free(&u);
+    unit_release(&u);
 }
 
 static void test_f16(void)
@@ -591,12 +261,12 @@ static void test_f16(void)
             snprintf(what, sizeof what, "f16 %s dim %u k %u nq %u%s",
                      metric ? "ip" : "l2", dim, k, nq, u.filter ? " filter" : "");
             check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
-            unit_free(&u);
+            unit_release(&u);
         }
     struct unit u;
     unit_make(&u, QV_WU_F16, QV_METRIC_L2, 96, 8000, 32, 100, 8, 1);
     check_unit(&u, 10, 1e-3f, "f16 ivf 32 lists nprobe 8 filter");
-    unit_free(&u);
+    unit_release(&u);
 }
 
 static void test_sq8(void)
@@ -613,7 +283,7 @@ static void test_sq8(void)
         snprintf(what, sizeof what, "sq8 %s dim %u k %u nq %u%s", metric ? "ip" : "l2", dim,
                  k, u.wu.nq, u.filter ? " filter" : "");
         check_unit(&u, k, 1e-4f * (1 + dim / 64.0f), what);
-        unit_free(&u);
+        unit_release(&u);
     }
 }
 
@@ -641,7 +311,7 @@ static void test_pq(void)
         /* 4-bit: the host's byte tables, bit-identical sums; 8-bit: float
          * sums in order */
         check_unit(&u, c[i].k, c[i].nbits == 4 ? 0.0f : 1e-4f, what);
-        unit_free(&u);
+        unit_release(&u);
     }
 }
 
@@ -693,7 +363,7 @@ static void test_async(void)
     for (int i = 0; i < N; i++) {
         heaps_fini(&h[i]);
         heaps_fini(&ref[i]);
-        unit_free(&u[i]);
+        unit_release(&u[i]);
     }
 }
 
@@ -742,9 +412,9 @@ static void test_eviction(void)
     check_unit(&a, 10, 1e-4f, "evict: a after a refusal");  /* nothing evicted for big */
     CU_ASSERT_EQUAL(stats_of(fpga).uploads, s3.uploads);
     check_unit(&b, 10, 1e-4f, "evict: b after a refusal");
-    unit_free(&a);
-    unit_free(&b);
-    unit_free(&big);
+    unit_release(&a);
+    unit_release(&b);
+    unit_release(&big);
     qv_engine_free(fpga);
     qv_fpga_sim_free(s);
     fpga = saved;
@@ -780,7 +450,7 @@ static void test_refusals(void)
     u.wu.nq = 3;
     CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
     heaps_fini(&h);
-    unit_free(&u);
+    unit_release(&u);
     /* caps */
     struct qv_engine_caps caps;
     fpga->ops->caps(fpga, &caps);
@@ -819,7 +489,7 @@ static void test_error_completion(void)
         fprintf(stderr, "\n  error completion: rc %d: %s", rc, qv_errmsg());
     u.pqp.nlist = 6;
     check_unit(&u, 10, 1e-4f, "after an error completion");
-    unit_free(&u);
+    unit_release(&u);
 }
 
 /* An allocation that fails while a unit is built fails that unit with
@@ -842,7 +512,7 @@ static void test_oom(void)
     CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
     heaps_fini(&h);
     check_unit(&u, 10, 1e-4f, "after an allocation failure");
-    unit_free(&u);
+    unit_release(&u);
 }
 
 static void test_create_errors(void)
@@ -1019,7 +689,7 @@ static void fset_free(struct fault_set *F)
     for (int i = 0; i < 3; i++) {
         heaps_fini(&F->ref[i]);
         heaps_fini(&F->h[i]);
-        unit_free(&F->u[i]);
+        unit_release(&F->u[i]);
     }
 }
 
@@ -1109,7 +779,7 @@ static void test_fault_throttle(void)
     struct qv_fpga_stats s1 = stats_of(fpga);
     CU_ASSERT_EQUAL(s1.faults, s0.faults);
     CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
-    unit_free(&u);
+    unit_release(&u);
 }
 
 /* A card that dies with work in flight: detected within the watchdog
@@ -1233,10 +903,10 @@ static void test_process(void)
         struct unit u;
         unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, 48, 4000, 8, 50, 3, 1);
         check_unit(&u, 10, 1e-4f, "process: ivf flat");
-        unit_free(&u);
+        unit_release(&u);
         unit_make_pq(&u, QV_METRIC_L2, 32, 8, 4, 2000, 8, 20, 3, 0, 1);
         check_unit(&u, 10, 0.0f, "process: pq4");
-        unit_free(&u);
+        unit_release(&u);
         uint64_t ns;
         CU_ASSERT_EQUAL(qv_engine_fpga_nop(e, &ns), 0);
         /* the card process dies with work in flight (stopped first, so
