@@ -41,7 +41,7 @@ void qv_fpga_sim_opts_default(struct qv_fpga_sim_opts *o)
     o->pcie_mbps = 12000;
     o->launch_ns = 5000;
     o->qtile = 256;
-    o->tick_us = 200;
+    o->tick_us = 1000;
     o->throttle_factor = 4;
     o->use_opencl = 1;
     o->pace = 0;

@@ -43,7 +43,9 @@
  *      CQ_TAIL and SQ_HEAD (release).
  *   6. Idle: busy-poll for QV_CARD_SPIN_NS after the last descriptor (so a
  *      round trip costs microseconds, not a tick), then sleep tick_us per
- *      iteration (an idle card costs no CPU).
+ *      iteration (an idle card costs almost no CPU: at the default 1 ms,
+ *      1000 wakeups/s; at 200 us the 5000 wakeups/s of a thread-mode card
+ *      took ~4% from the CPU engine's scans beside it on 2 vCPUs).
  *
  * DMA AND THE ATU (card_dma.c)
  *

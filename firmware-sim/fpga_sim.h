@@ -48,8 +48,10 @@ struct qv_fpga_sim_opts {
                                    model; defaults = Alveo U55C (docs/REGISTERS.md):
                                    300, 2048, 460000, 12000, 5000, 256 */
     uint32_t tick_us;           /* loop tick / heartbeat period when idle, 1..1000
-                                   (default 200 us; heartbeat += 1 per tick and per
-                                   descriptor) */
+                                   (default 1000 us; heartbeat += 1 per tick and per
+                                   descriptor; each idle tick is a wakeup
+                                   taken from the host's cores, so 200 us
+                                   cost the CPU engine ~4% beside it) */
     uint32_t throttle_factor;   /* >= 1, default 4 (THROTTLE_FACTOR at start) */
     int use_opencl;             /* 1 (default): the "bitstream" is the OpenCL engine
                                    (POCL); falls back to the CPU engine with a

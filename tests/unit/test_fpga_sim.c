@@ -934,7 +934,7 @@ static void test_config(void)
     CU_ASSERT_EQUAL(o.use_opencl, 0);
     CU_ASSERT_EQUAL(o.pace, 1);
     CU_ASSERT_EQUAL(o.qtile, 256);          /* not a key: the default stays */
-    CU_ASSERT_EQUAL(o.tick_us, 200);
+    CU_ASSERT_EQUAL(o.tick_us, 1000);
     /* the card takes them: registers mirror the options */
     struct host h;
     host_open(&h, &o);
