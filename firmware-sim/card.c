@@ -649,7 +649,8 @@ static uint64_t device_ns(const struct qv_fpga_sim *s, uint8_t opcode, const str
     return (uint64_t)floor(f * ns);
 }
 
-/* Stop QP n with CONFIG_ERROR code. */
+/* Stop QP n with CONFIG_ERROR code.  Log the event first: whoever sees
+ * the status must find its error-log entry. */
 static void qp_stop(struct qv_fpga_sim *s, unsigned n, uint16_t code)
 {
     s->qp[n].running = 0;
@@ -782,8 +783,8 @@ static void qp_config(struct qv_fpga_sim *s)
                                     QV_FPGA_ATU_WRITE, 64))
             code = QV_FPGA_ST_BAD_ADDRESS;
         if (code) {
-            qp_stop(s, n, code);
             qv__card_log(s, QV_FPGA_EV_QP_CONFIG, (uint8_t)n, 0, 0, code, 0);
+            qp_stop(s, n, code);
             continue;
         }
         bar_wr32(s, QV_FPGA_QP_REG(n, QV_FPGA_QP_SQ_TAIL), 0);
@@ -810,8 +811,8 @@ static int serve(struct qv_fpga_sim *s, unsigned n)
         return 0;
     uint32_t sqe = s->qp[n].sq_entries;
     if (tail - head > sqe) {
-        qp_stop(s, n, QV_FPGA_ST_BAD_PARAM);
         qv__card_log(s, QV_FPGA_EV_DOORBELL, (uint8_t)n, 0, 0, tail, head);
+        qp_stop(s, n, QV_FPGA_ST_BAD_PARAM);
         return 0;
     }
     uint32_t cq_tail = bar_rd32(s, QV_FPGA_QP_REG(n, QV_FPGA_QP_CQ_TAIL));
