@@ -23,6 +23,11 @@
  *             averaged over queries (set overlap; order does not matter).
  *   --repeat  runs the whole query set R times; the pass with the best
  *             QPS is reported (latencies come from that same pass).
+ *   --min-time  keeps adding passes (after the R) until the timed passes
+ *             add up to S seconds (at most 100000 passes): a 100-query set
+ *             searched in one batch takes under a millisecond, and the
+ *             best of two such passes moved 2x between runs; the best of
+ *             passes filling 0.3 s is steady.
  *
  * Index types plug in through bench_index.h (one file each).  --sweep
  * V1,V2,... runs the whole measurement once per value of the index's sweep
@@ -67,6 +72,7 @@
 #define OFFLINE_MAX_K     1000
 #define OFFLINE_MAX_BATCH 1000000
 #define OFFLINE_MAX_REPEAT 1000
+#define OFFLINE_MAX_PASSES 100000u  /* --min-time's bound */
 #define OFFLINE_MAX_THREADS 1024
 
 const char qv__bench_offline_usage[] =
@@ -113,6 +119,8 @@ const char qv__bench_offline_usage[] =
     "  --nq N          use only the first N queries (1..queries in the file)\n"
     "  --repeat R      search the query set R times, report the best-QPS pass\n"
     "                  (1..1000; default 1)\n"
+    "  --min-time S    then add passes until the timed passes add up to S\n"
+    "                  seconds (0..600; default 0; at most 100000 passes)\n"
     "  --seed S        seed of training and of --filter (default 1)\n"
     "  --engine E      where the list scans of flat and IVF indexes run: cpu\n"
     "                  (default), opencl (device from the [opencl] keys) or\n"
@@ -148,6 +156,7 @@ struct offline_args {
     int simd;                   /* -1: no cap */
     uint64_t nq;                /* 0: all */
     uint64_t repeat;
+    double min_time;            /* seconds of timed passes, at least */
     bool json;
     const char *conf;           /* NULL: schema defaults */
     bool threads_set;           /* --threads given: overrides [workers] */
@@ -213,7 +222,7 @@ static int parse_sweep(const char *cmd, const char *usage, const char *text,
 static int offline_parse(int argc, char **argv, struct offline_args *a)
 {
     enum { O_NLIST = 256, O_NPROBE, O_M, O_NBITS, O_REFINE, O_BIGM, O_EFC, O_EF, O_FILTER,
-           O_SWEEP, O_SAVE, O_LOAD, O_SEED, O_ENGINE, O_RATE, O_DURATION, O_BATCHING,
+           O_SWEEP, O_SAVE, O_LOAD, O_SEED, O_ENGINE, O_MIN_TIME, O_RATE, O_DURATION, O_BATCHING,
            O_BUDGET };
     static const struct option opts[] = {
         { "data",    required_argument, NULL, 'd' },
@@ -241,6 +250,7 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
         { "load",    required_argument, NULL, O_LOAD },
         { "seed",    required_argument, NULL, O_SEED },
         { "engine",  required_argument, NULL, O_ENGINE },
+        { "min-time", required_argument, NULL, O_MIN_TIME },
         { "rate",    required_argument, NULL, O_RATE },
         { "duration", required_argument, NULL, O_DURATION },
         { "batching", required_argument, NULL, O_BATCHING },
@@ -373,6 +383,11 @@ static int offline_parse(int argc, char **argv, struct offline_args *a)
             a->engine = optarg;
             break;
         case O_LOAD: a->load = optarg; break;
+        case O_MIN_TIME:
+            if (qv__bench_parse_double(cmd, usage, "--min-time", optarg, 0, 600,
+                                       &a->min_time))
+                return -1;
+            break;
         case O_RATE:
             if (qv__bench_parse_double(cmd, usage, "--rate", optarg, 1e-3, 1e7, &a->rate))
                 return -1;
@@ -599,6 +614,7 @@ static int64_t make_filter(struct offline_run *r, const struct offline_args *a,
 
 struct result {
     double recall, qps, pass_s, mean_us, p50_us, p99_us;
+    uint64_t passes;            /* timed passes run */
     /* --engine other than cpu, best pass: units completed, seconds of
      * kernels and of transfers the engine reported */
     uint64_t units;
@@ -614,14 +630,16 @@ static int measure(struct offline_run *r, const struct offline_args *a,
                    const struct qv_bench_params *p, size_t nq, uint32_t dim, uint32_t k,
                    struct result *res)
 {
-    double best_qps = 0.0, best_pass_s = 0.0, recall = 0.0, mean_us = 0.0;
+    double best_qps = 0.0, best_pass_s = 0.0, recall = 0.0, mean_us = 0.0, timed_s = 0.0;
     struct qv__bench_meter m = { 0 }, best_m = { 0 };
     struct qv_router_stats rs0, rs1;
 
     if (r->router)
         qv_router_stats(r->router, &rs0);
 
-    for (uint64_t pass = 0; pass < a->repeat; pass++) {
+    uint64_t pass;
+    for (pass = 0; pass < a->repeat || (timed_s < a->min_time && pass < OFFLINE_MAX_PASSES);
+         pass++) {
         if (r->engine)
             qv__bench_meter_take(r->engine, &m);        /* reset */
         int64_t pass_t0 = qv_now_ns();
@@ -643,9 +661,10 @@ static int measure(struct offline_run *r, const struct offline_args *a,
         }
         double pass_s = (double)(qv_now_ns() - pass_t0) * 1e-9;
         double qps = (double)nq / pass_s;
+        timed_s += pass_s;
         if (r->engine)
             qv__bench_meter_take(r->engine, &m);
-        if (!a->json && a->repeat > 1)
+        if (!a->json && a->repeat > 1 && a->min_time == 0)
             fprintf(stderr, "offline: pass %llu: %.1f QPS\n", (unsigned long long)pass + 1,
                     qps);
         if (pass == 0 || qps > best_qps) {
@@ -662,6 +681,7 @@ static int measure(struct offline_run *r, const struct offline_args *a,
     qsort(r->best_lat_us, nq, sizeof(double), cmp_double);
     res->recall = recall / (double)nq;
     res->qps = best_qps;
+    res->passes = pass;
     res->pass_s = best_pass_s;
     res->mean_us = mean_us / (double)nq;
     res->p50_us = qv__bench_quantile(r->best_lat_us, nq, 0.50);
@@ -921,7 +941,10 @@ int qv__bench_offline_main(int argc, char **argv)
         if (a.filter)
             printf("filter        a < %.0f (share %.4f); recall vs exact filtered search\n",
                    a.filter * 1000000.0, a.filter);
-        if (a.repeat > 1)
+        if (a.min_time > 0)
+            printf("passes        at least %llu, until %.2f s of passes (best QPS reported)\n",
+                   (unsigned long long)a.repeat, a.min_time);
+        else if (a.repeat > 1)
             printf("passes        %llu (best QPS reported)\n", (unsigned long long)a.repeat);
         printf("%-8s %10s %12s %10s %10s %10s%s\n",
                r.ops->sweep_param ? r.ops->sweep_param : "-", "recall@k", "QPS",
@@ -958,6 +981,7 @@ int qv__bench_offline_main(int argc, char **argv)
             json_param(o, "k", k);
             json_param(o, "nq", nq);
             json_param(o, "repeat", a.repeat);
+            json_param(o, "passes", res.passes);
             json_object_object_add(o, "index", json_object_new_string(a.index));
             json_object_object_add(o, "metric",
                                    json_object_new_string(qv_metric_name(a.metric)));

@@ -48,8 +48,15 @@
  * SYNC engines, which are done when submit returns) and f the online
  * correction factor of (engine, kind, bucket), bucket = floor(log2(raw
  * ns)) clamped to QV_ROUTER_BUCKETS.  On every successful completion
- *   ratio = observed / predicted completion (clamped to 1/32..32)
+ *   ratio = observed / predicted completion (clamped to 1/4..4)
  *   f    <- (1 - alpha) f + alpha f ratio (clamped to 1/64..64)
+ * The ratio's clamp bounds what one completion can do: at alpha 0.2 one
+ * outlier (the CPU engine preempted for a few ms on a shared 2-vCPU host
+ * read 10-30x its prediction) moves f by at most 1.6x, so one hiccup no
+ * longer hands the next units to an engine the model rates 3x slower
+ * (with 1/32..32 it moved f up to 7.2x and sent siftsmall units to POCL);
+ * an engine really running 5x its prediction is still corrected within
+ * four completions.
  * Observed is the wall time from submit to completion as the router
  * sees it: for SYNC engines submit()'s own duration; for asynchronous
  * ones until the poll() that returned it.  We chose wall time over the
@@ -151,6 +158,7 @@
 #define RT_DEF_MEM_BPS 10e9
 #define RT_DEF_FLOPS 20e9
 #define RT_SPLIT_GAIN 0.9
+#define RT_RATIO_CLAMP 4.0        /* one completion moves f by at most this (above) */
 
 static int64_t default_clock(void *arg)
 {
@@ -1026,7 +1034,8 @@ static void part_completed(struct qv_router *r, struct rt_part *p, int64_t now)
         double a = r->o.ewma_alpha;
         if (a > 0) {
             double ratio = obs / p->predicted;
-            ratio = ratio < 1.0 / 32 ? 1.0 / 32 : ratio > 32 ? 32 : ratio;
+            ratio = ratio < 1.0 / RT_RATIO_CLAMP ? 1.0 / RT_RATIO_CLAMP
+                  : ratio > RT_RATIO_CLAMP ? RT_RATIO_CLAMP : ratio;
             float *f = &E->ewma[p->wu.kind][p->bucket];
             double nf = (1 - a) * *f + a * *f * ratio;
             *f = (float)(nf < 1.0 / 64 ? 1.0 / 64 : nf > 64 ? 64 : nf);
