@@ -22,6 +22,11 @@
  *
  *   by queries  each worker owns a range of queries and scans every
  *               segment into the caller's result heaps (no merge);
+ *               the kernel sweeps an L2-sized chunk of vectors with all
+ *               of a task's query tiles, so each vector comes from
+ *               memory once per task: tasks are few and wide (one tile
+ *               per task read the whole set from DRAM per tile: batch 64
+ *               on 200k x 128 ran at 2.3k QPS, 5.2k with 3 tiles a task);
  *               cost ~ ceil(ceil(nq / T) / QTILE) tiles x all groups
  *   by blocks   each worker scans a share of the groups for all queries
  *               into its own heaps, merged at the end;
@@ -51,6 +56,7 @@
 #define QTILE 12u                   /* queries per register tile (avx512) */
 #define TASKS_PER_WORKER 4u
 #define MIN_GROUPS_PER_TASK 32u
+#define MIN_TILES_PER_TASK 4u       /* by queries: wider tasks where possible */
 
 struct qv_flat_segment {
     float *blocks;
@@ -529,9 +535,14 @@ int qv_flat_search(struct qv_flat *f, const float *queries, size_t nq, uint32_t 
             }
         }
     } else {
-        /* query ranges in whole register tiles */
+        /* query ranges in whole register tiles: T x m tasks, m up to
+         * TASKS_PER_WORKER (balance) but each of at least MIN_TILES_PER_TASK
+         * tiles where there are enough (each task reads every vector
+         * from memory once, so fewer, wider tasks read less) */
         size_t tiles = ceil_div(nq, QTILE);
-        size_t nt = (size_t)T * TASKS_PER_WORKER;
+        size_t m = tiles / ((size_t)T * MIN_TILES_PER_TASK);
+        m = m < 1 ? 1 : m > TASKS_PER_WORKER ? TASKS_PER_WORKER : m;
+        size_t nt = (size_t)T * m;
         if (nt > tiles)
             nt = tiles;
         size_t per = ceil_div(tiles, nt);
