@@ -88,6 +88,28 @@
  * (inverted probes, masks, tables, candidates) live in per-slot staging
  * arrays and device buffers that grow and are reused.
  *
+ * Prefetch (devices without shared memory only; engine.h's
+ * qv_engine_prefetch).  The lists of a unit that waits in a batcher are
+ * written into resident buffers ahead of it: clEnqueueWriteBuffer non-
+ * blocking on E->xfer, a second in-order queue of the same context, so a
+ * copy overlaps the kernels of units already on E->queue and a unit that
+ * needs none of those lists is not held behind them.  Each buffer joins
+ * the resident table at once, with its write's event in ready.  A unit
+ * that finds a resident buffer with ready set asks the event: complete ->
+ * released, the buffer is plain resident; still running -> the launch
+ * that reads it carries the event in its wait list (cross-queue order),
+ * and nothing is copied again; failed -> the buffer is dropped and the
+ * unit copies as usual.  The budget is the resident one: a prefetch
+ * evicts least recently used copies (its own lists carry the newest
+ * serial, so one list of the call never evicts another) and declines
+ * with QV_ENOSPC what still does not fit; an allocation or enqueue
+ * failure declines too (a hint never fails a query, and never makes the
+ * engine unhealthy).  forget waits for a copy in flight, because the
+ * write reads the host memory its owner is about to free; an eviction
+ * does not (the memory stays valid; OpenCL keeps the buffer until the
+ * write is done).  On in-place and other shared memory devices the lists
+ * are read where they are: prefetch returns 0.
+ *
  * Polling.  On a CPU device the device's threads run on the caller's
  * cores; a caller spinning on poll() took the cores from the kernels
  * (and contended for the event's lock: a third of POCL's time).  So
@@ -575,6 +597,14 @@ static cl_event *xev_slot(struct ocl_slot *S)
     return S->nxev < 15 ? &S->xev[S->nxev++] : NULL;
 }
 
+/* Release the prefetch events the slot's next launch was to wait on. */
+static void slot_unwait(struct ocl_slot *S)
+{
+    for (unsigned i = 0; i < S->nwait; i++)
+        clReleaseEvent(S->wait[i]);
+    S->nwait = 0;
+}
+
 /* -- resident copies (devices without shared memory) -- */
 
 static size_t res_hash(const void *p, size_t cap)
@@ -602,6 +632,9 @@ static struct ocl_resident *res_find(struct ocl_engine *E, const void *host)
 static void res_remove(struct ocl_engine *E, size_t i)
 {
     clReleaseMemObject(E->res[i].mem);
+    if (E->res[i].ready)
+        clReleaseEvent(E->res[i].ready);    /* the copy finishes regardless */
+    E->res[i].ready = NULL;
     E->res_bytes -= E->res[i].bytes;
     E->res_n--;
     size_t mask = E->res_cap - 1;
@@ -643,7 +676,7 @@ static int res_insert(struct ocl_engine *E, const void *host, size_t bytes, cl_m
     size_t j = res_hash(host, E->res_cap);
     while (E->res[j].host)
         j = (j + 1) & (E->res_cap - 1);
-    E->res[j] = (struct ocl_resident){ host, bytes, mem, E->serial };
+    E->res[j] = (struct ocl_resident){ host, bytes, mem, E->serial, NULL };
     E->res_n++;
     E->res_bytes += bytes;
     return 0;
@@ -661,7 +694,51 @@ static int res_evict_one(struct ocl_engine *E)
     if (best == SIZE_MAX)
         return 0;
     res_remove(E, best);
+    if (!E->inplace)
+        E->st.evictions++;
     return 1;
+}
+
+/* A resident copy that a prefetch started (r->ready set), met by the unit
+ * being built in slot S.  0: the copy is done (the event is released);
+ * 1: still in flight, and the slot's next launch waits for it; -1: the
+ * copy failed (the buffer is void).  O(1). */
+static int res_ready(struct ocl_engine *E, struct ocl_slot *S, struct ocl_resident *r)
+{
+    cl_int st = CL_QUEUED;
+    cl_int err = clGetEventInfo(r->ready, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof st, &st,
+                                NULL);
+    if (err != CL_SUCCESS || st < 0)
+        return -1;
+    if (st == CL_COMPLETE) {
+        clReleaseEvent(r->ready);
+        r->ready = NULL;
+        return 0;
+    }
+    E->st.prefetch_waits++;
+    if (S->nwait == QV_OCL_MAX_WAIT) {
+        /* more pending copies than a wait list holds: wait here */
+        err = clWaitForEvents(1, &r->ready);
+        clReleaseEvent(r->ready);
+        r->ready = NULL;
+        return err == CL_SUCCESS ? 0 : -1;
+    }
+    clRetainEvent(r->ready);
+    S->wait[S->nwait++] = r->ready;
+    return 1;
+}
+
+/* Bytes of the codes of a list of n >= 1 entries, as a unit of wu's kind
+ * reads them (the key of its resident copy together with the pointer). */
+static size_t list_codes_bytes(const struct qv_work_unit *wu, uint32_t n)
+{
+    if (is_flat(wu->kind))
+        return (size_t)(n + QV_BLOCK - 1) / QV_BLOCK * QV_BLOCK * wu->dim *
+               (wu->kind == QV_WU_F16 ? 2 : 4);
+    if (wu->kind == QV_WU_SQ8)
+        return (size_t)(n - 1) * wu->code_size + wu->dim;
+    const struct qv_pq *pq = ((const struct qv_pq_params *)wu->params)->pq;
+    return pq->nbits == 4 ? qv_pq_fs_size(n, pq->m) : (size_t)n * pq->m;
 }
 
 /*
@@ -723,13 +800,13 @@ static int host_buffer(struct ocl_engine *E, struct ocl_slot *S, const void *hos
     }
     if (resident) {
         struct ocl_resident *r = res_find(E, host);
-        if (r && r->bytes == bytes) {
+        if (r && r->bytes == bytes && (!r->ready || res_ready(E, S, r) >= 0)) {
             r->last_use = E->serial;
             *out = r->mem;
             return 0;
         }
         if (r)
-            res_remove(E, (size_t)(r - E->res));
+            res_remove(E, (size_t)(r - E->res));        /* stale, or its copy failed */
         while (E->res_bytes + bytes > E->resident_budget && res_evict_one(E))
             ;
     }
@@ -751,6 +828,12 @@ static int host_buffer(struct ocl_engine *E, struct ocl_slot *S, const void *hos
         clReleaseMemObject(m);
         return qv_seterr(QV_ENOMEM, "opencl engine: no memory");
     }
+    if (resident) {
+        E->st.resident_copies++;
+        E->st.resident_bytes += bytes;
+    } else {
+        E->st.staging_bytes += bytes;
+    }
     *out = m;
     return 0;
 fail:
@@ -767,6 +850,8 @@ int qv_engine_opencl_forget(struct qv_engine *e, const void *host)
     struct ocl_resident *r = res_find(E, host);
     if (!r)
         return 0;
+    if (r->ready)
+        clWaitForEvents(1, &r->ready);  /* the prefetch copy reads host */
     res_remove(E, (size_t)(r - E->res));
     return 1;
 }
@@ -1105,6 +1190,7 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
                 S->nxev--;                                                                \
             goto cl_fail;                                                                 \
         }                                                                                 \
+        E->st.staging_bytes += (bytes);                                                   \
     } while (0)
     UPLOAD(S->qidx, (size_t)P * 4);
     if (wu->filter)
@@ -1168,9 +1254,7 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
         err = CL_SUCCESS;
         if (is_flat(wu->kind) || wu->kind == QV_WU_SQ8) {
             const int flat = is_flat(wu->kind);
-            size_t cbytes = flat ? (size_t)(n + QV_BLOCK - 1) / QV_BLOCK * QV_BLOCK * dim *
-                                   (wu->kind == QV_WU_F16 ? 2 : 4)
-                                 : (size_t)(n - 1) * wu->code_size + dim;
+            size_t cbytes = list_codes_bytes(wu, n);
             if ((rc = host_buffer(E, S, lst->codes, cbytes, 1, "list codes", &b_codes)))
                 return rc;
             if (flat && wu->metric == QV_METRIC_L2 &&
@@ -1215,7 +1299,7 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
             gsz[1] = (ng + tq - 1) / tq;
         } else if (pq->nbits == 4) {
             cl_uint mp = (pq->m + 1u) & ~1u;
-            if ((rc = host_buffer(E, S, lst->codes, qv_pq_fs_size(n, pq->m), 1, "list codes",
+            if ((rc = host_buffer(E, S, lst->codes, list_codes_bytes(wu, n), 1, "list codes",
                                   &b_codes)))
                 return rc;
             K = E->kernels[OCL_K_PQ4];
@@ -1240,7 +1324,7 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
             gsz[1] = ng;
         } else {
             cl_uint m = pq->m, dsub = pq->dsub, list_no = lst->list_no;
-            if ((rc = host_buffer(E, S, lst->codes, (size_t)n * m, 1, "list codes",
+            if ((rc = host_buffer(E, S, lst->codes, list_codes_bytes(wu, n), 1, "list codes",
                                   &b_codes)))
                 return rc;
             K = E->kernels[OCL_K_PQ8];
@@ -1275,7 +1359,12 @@ static int enqueue_unit(struct ocl_engine *E, struct ocl_slot *S, struct qv_work
         if (err != CL_SUCCESS)
             goto cl_fail;
         gsz[0] = (size_t)L->nchunks * ls;
-        err = clEnqueueNDRangeKernel(E->queue, K, 2, NULL, gsz, lsz, 0, NULL, &S->kev[i]);
+        /* prefetch copies of this launch's buffers still in flight on
+         * E->xfer: wait for them (the queue is in order, so later
+         * launches wait too) */
+        err = clEnqueueNDRangeKernel(E->queue, K, 2, NULL, gsz, lsz, S->nwait,
+                                     S->nwait ? S->wait : NULL, &S->kev[i]);
+        slot_unwait(S);
         if (err != CL_SUCCESS) {
             S->kev[i] = NULL;
             goto cl_fail;
@@ -1309,6 +1398,7 @@ cl_fail:
 /* Release the unit's events and temporary buffers.  Cannot fail. */
 static void slot_release(struct ocl_slot *S)
 {
+    slot_unwait(S);
     for (uint32_t i = 0; i < S->nlaunch; i++)
         if (S->kev[i]) {
             clReleaseEvent(S->kev[i]);
@@ -1516,9 +1606,121 @@ int qv_engine_opencl_wait(struct qv_engine *e)
 {
     struct ocl_engine *E = e->priv;
     cl_int err = clFinish(E->queue);
+    if (err == CL_SUCCESS && E->xfer && E->xfer != E->queue)
+        err = clFinish(E->xfer);
     if (err != CL_SUCCESS)
         return qv_seterr(QV_EIO, "opencl engine: clFinish: %s", qv_opencl_strerror(err));
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Prefetch                                                             */
+/* ------------------------------------------------------------------ */
+
+/* Start copying bytes of host memory (a list's codes or norms) into a
+ * resident buffer on the prefetch queue.  1: a copy was started; 0: the
+ * block is resident or on its way already; else a negative QV_E* with a
+ * message (declined).  Evicts least recently used copies for room, never
+ * one touched by this prefetch (serial).  Never waits. */
+static int prefetch_block(struct ocl_engine *E, const void *host, size_t bytes,
+                          const char *what)
+{
+    cl_int err = CL_SUCCESS;
+    struct ocl_resident *r = res_find(E, host);
+    if (r && r->bytes == bytes) {
+        r->last_use = E->serial;
+        return 0;
+    }
+    if (bytes > E->max_alloc || bytes > E->resident_budget)
+        return qv_seterr(QV_ENOSPC, "opencl engine: prefetch of %s (%zu bytes): larger than "
+                         "the resident budget (%llu bytes, [opencl] resident_bytes) or the "
+                         "largest buffer (%llu)", what, bytes,
+                         (unsigned long long)E->resident_budget,
+                         (unsigned long long)E->max_alloc);
+    if (r)
+        res_remove(E, (size_t)(r - E->res));   /* stale: rewritten without forget */
+    while (E->res_bytes + bytes > E->resident_budget && res_evict_one(E))
+        ;
+    if (E->res_bytes + bytes > E->resident_budget)
+        return qv_seterr(QV_ENOSPC, "opencl engine: prefetch of %s (%zu bytes): the resident "
+                         "budget (%llu bytes, [opencl] resident_bytes) is held by this "
+                         "prefetch's own lists", what, bytes,
+                         (unsigned long long)E->resident_budget);
+    cl_mem m = clCreateBuffer(E->ctx, CL_MEM_READ_ONLY, bytes, NULL, &err);
+    if (!m || err != CL_SUCCESS)
+        goto fail;
+    if (res_insert(E, host, bytes, m)) {
+        clReleaseMemObject(m);
+        return qv_seterr(QV_ENOMEM, "opencl engine: no memory for the resident table");
+    }
+    cl_event ev = NULL;
+    err = clEnqueueWriteBuffer(E->xfer, m, CL_FALSE, 0, bytes, host, 0, NULL, &ev);
+    r = res_find(E, host);
+    if (err != CL_SUCCESS) {
+        res_remove(E, (size_t)(r - E->res));
+        goto fail;
+    }
+    r->ready = ev;
+    E->st.prefetch_copies++;
+    E->st.prefetch_bytes += bytes;
+    return 1;
+fail:
+    return qv_seterr(is_alloc_error(err) ? QV_ENOMEM : QV_EIO, "opencl engine: prefetch of "
+                     "%s (%zu bytes) on %s: %s", what, bytes, E->info.device,
+                     qv_opencl_strerror(err));
+}
+
+static int ocl_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    struct ocl_engine *E = e->priv;
+    int rc = 0, started = 0;
+    if (E->info.shared_memory)
+        return 0;                       /* lists are read where they are */
+    E->st.prefetch_calls++;
+    if (E->health)
+        rc = qv_seterr(QV_EUNAVAIL, "opencl engine: prefetch: unhealthy after a device "
+                       "error");
+    else if ((unsigned)wu->kind >= QV_WU__COUNT || wu->dim == 0 || wu->dim > QV_OCL_MAX_DIM)
+        rc = qv_seterr(QV_ENOTSUP, "opencl engine: prefetch of kind %d, dim %u: not a unit "
+                       "this engine scans", (int)wu->kind, wu->dim);
+    else if (wu->nlists && !wu->lists)
+        rc = qv_seterr(QV_EINVAL, "opencl engine: prefetch of %u lists without lists[]",
+                       wu->nlists);
+    else if (wu->kind == QV_WU_SQ8 && wu->code_size < wu->dim)
+        rc = qv_seterr(QV_EINVAL, "opencl engine: prefetch of SQ8 lists with code_size %u < "
+                       "dim %u", wu->code_size, wu->dim);
+    else if (wu->kind == QV_WU_PQ) {
+        const struct qv_pq_params *pp = wu->params;
+        if (!pp || !pp->pq || (pp->pq->nbits != 4 && pp->pq->nbits != 8))
+            rc = qv_seterr(QV_ENOTSUP, "opencl engine: prefetch of PQ lists without "
+                           "parameters or with other than 4 or 8 bits");
+    }
+    if (rc) {
+        E->st.prefetch_declined++;
+        return rc;
+    }
+    E->serial++;                        /* this call's lists are the newest */
+    const int norms = is_flat(wu->kind) && wu->metric == QV_METRIC_L2;
+    for (uint32_t l = 0; l < wu->nlists; l++) {
+        const struct qv_wu_list *L = &wu->lists[l];
+        if (!L->n || !L->codes)
+            continue;
+        int a = prefetch_block(E, L->codes, list_codes_bytes(wu, L->n), "list codes");
+        int b = a < 0 || !norms || !L->norms ? 0
+              : prefetch_block(E, L->norms, (size_t)L->n * 4, "list norms");
+        if (a < 0 || b < 0) {
+            rc = a < 0 ? a : b;
+            break;
+        }
+        started += a || b;
+    }
+    if (started)
+        clFlush(E->xfer);
+    if (rc) {
+        E->st.prefetch_declined++;
+        return rc;
+    }
+    return started;
 }
 
 static int ocl_health(const struct qv_engine *e)
@@ -1532,6 +1734,8 @@ static void ocl_free(struct qv_engine *e)
     struct ocl_engine *E = e->priv;
     if (E->queue)
         clFinish(E->queue);
+    if (E->xfer && E->xfer != E->queue)
+        clFinish(E->xfer);
     for (unsigned i = 0; i < QV_OCL_SLOTS; i++) {
         struct ocl_slot *S = &E->slots[i];
         slot_release(S);
@@ -1547,8 +1751,11 @@ static void ocl_free(struct qv_engine *e)
         qv_free(S->temp);
     }
     for (size_t i = 0; i < E->res_cap; i++)
-        if (E->res[i].host)
+        if (E->res[i].host) {
             clReleaseMemObject(E->res[i].mem);
+            if (E->res[i].ready)
+                clReleaseEvent(E->res[i].ready);
+        }
     qv_free(E->res);
     qv_free(E->pq_lut);
     qv_free(E->pq_lut8);
@@ -1560,6 +1767,8 @@ static void ocl_free(struct qv_engine *e)
         clReleaseMemObject(E->dummy);
     if (E->program)
         clReleaseProgram(E->program);
+    if (E->xfer && E->xfer != E->queue)
+        clReleaseCommandQueue(E->xfer);
     if (E->queue)
         clReleaseCommandQueue(E->queue);
     if (E->ctx)
@@ -1574,6 +1783,7 @@ static void ocl_forget(struct qv_engine *e, const void *host)
 
 static const struct qv_engine_ops ocl_ops = {
     .forget = ocl_forget,
+    .prefetch = ocl_prefetch,
     .name = "opencl",
     .caps = ocl_caps,
     .submit = ocl_submit,
@@ -1587,6 +1797,14 @@ int qv_engine_opencl_info(const struct qv_engine *e, struct qv_opencl_info *out)
     if (!e || e->ops != &ocl_ops)
         return qv_seterr(QV_EINVAL, "opencl engine: not an opencl engine");
     *out = ((const struct ocl_engine *)e->priv)->info;
+    return 0;
+}
+
+int qv_engine_opencl_stats(const struct qv_engine *e, struct qv_opencl_stats *out)
+{
+    if (!e || e->ops != &ocl_ops)
+        return qv_seterr(QV_EINVAL, "opencl engine: not an opencl engine");
+    *out = ((const struct ocl_engine *)e->priv)->st;
     return 0;
 }
 
@@ -1673,6 +1891,17 @@ struct qv_engine *qv_engine_opencl_create(const struct qv_opencl_opts *opts)
         rc = qv_seterr(QV_EUNAVAIL, "opencl engine: clCreateCommandQueue on %s: %s",
                        E->info.device, qv_opencl_strerror(err));
         goto fail;
+    }
+    /* prefetch copies: a second in-order queue where lists are copied
+     * (without one, the engine's queue: still correct, less overlap) */
+    E->xfer = E->queue;
+    if (!E->info.shared_memory) {
+        cl_command_queue x = clCreateCommandQueue(E->ctx, E->device, 0, &err);
+        if (x && err == CL_SUCCESS)
+            E->xfer = x;
+        else
+            QV_LOG(QV_LOG_WARN, "opencl engine: no second queue on %s (%s): prefetch copies "
+                   "share the units' queue", E->info.device, qv_opencl_strerror(err));
     }
     E->dummy = clCreateBuffer(E->ctx, CL_MEM_READ_WRITE, 64, NULL, &err);
     if (!E->dummy || err != CL_SUCCESS) {

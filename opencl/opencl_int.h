@@ -43,6 +43,7 @@ extern const unsigned qv__cl_nsources;
                                    nothing done sleeps this long */
 #define QV_OCL_POLL_SPIN_NS 50000 /* ... once the oldest unit has run
                                    this long */
+#define QV_OCL_MAX_WAIT 8u      /* prefetch copies one launch may wait on */
 
 enum ocl_kernel {
     OCL_K_FLAT = 0,
@@ -112,6 +113,10 @@ struct ocl_slot {
     cl_event xev[16];           /* writes and the read */
     unsigned nxev;
     cl_event last;              /* the final read (completion) */
+    /* prefetch copies still in flight that the next launch waits on
+     * (retained; released once the launch is enqueued) */
+    cl_event wait[QV_OCL_MAX_WAIT];
+    unsigned nwait;
 };
 
 /* A resident device copy of host memory (devices without shared memory),
@@ -121,6 +126,9 @@ struct ocl_resident {
     size_t bytes;
     cl_mem mem;
     uint64_t last_use;          /* unit serial of the last use (LRU) */
+    cl_event ready;             /* the prefetch copy while it may be in
+                                   flight on the prefetch queue; NULL
+                                   once seen complete (or never) */
 };
 
 struct ocl_engine {
@@ -129,6 +137,8 @@ struct ocl_engine {
     cl_device_id device;
     cl_context ctx;
     cl_command_queue queue;
+    cl_command_queue xfer;      /* prefetch copies (resident mode only; a
+                                   second in-order queue, else = queue) */
     cl_program program;
     cl_kernel kernels[OCL_K__COUNT];
     cl_mem dummy;               /* 64 bytes, for unused arguments */
@@ -157,6 +167,7 @@ struct ocl_engine {
     uint8_t *pq_lut8;
     float *pq_resid;
     size_t pq_scratch_cap;      /* floats of pq_lut */
+    struct qv_opencl_stats st;
 };
 
 #endif

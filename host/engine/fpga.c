@@ -399,13 +399,47 @@ static void finish_unit(struct fpga_engine *E, struct fpga_slot *S)
     E->st.units++;
 }
 
+/* The completion of a prefetch UPLOAD (index idx, status st): the
+ * pending block gets its handle, or is dropped.  O(1). */
+static void prefetch_done(struct fpga_engine *E, uint32_t idx, const struct fpga_pend *P,
+                          uint16_t st)
+{
+    struct fpga_resident *r = res_find(E, P->host);
+    int mine = r && r->pending && r->up_idx == idx;
+    E->prefetch_pending--;
+    if (mine && st == QV_FPGA_ST_OK) {
+        r->handle = P->result;
+        r->pending = 0;
+        E->st.uploads++;
+        E->st.prefetch_uploads++;
+        return;
+    }
+    if (mine) {
+        /* NO_MEMORY: the card is fuller than budgeted; a unit that needs
+         * the block uploads it and evicts for it */
+        res_remove(E, (size_t)(r - E->res));
+        if (st != QV_FPGA_ST_NO_MEMORY)
+            QV_LOG_RL(QV_LOG_ERROR, 1, "fpga engine: card %s: prefetch UPLOAD descriptor %u "
+                      "failed with %s: a driver bug", E->name, idx, status_name(st));
+        return;
+    }
+    if (st == QV_FPGA_ST_OK && ring_free(E) > 1) {
+        /* no entry waits for it (forget and eviction wait for pending
+         * blocks, so this should not happen): do not leak the block */
+        struct qv_fpga_desc d = { .opcode = QV_FPGA_OP_FREE };
+        d.op.free.handle = P->result;
+        desc_push(E, &d, FPGA_P_FREE, 0);
+    }
+}
+
 /* Consume one completion (index idx).  Returns 0, or -1 after a fault. */
 static int complete(struct fpga_engine *E, uint32_t idx, const struct qv_fpga_cpl *c)
 {
     struct fpga_pend *P = &E->pend[idx & E->mask];
     uint16_t st = c->status;
     if (c->cookie != ((uint64_t)E->epoch << 32 | idx) || c->opcode != (P->op == FPGA_P_SCAN
-            ? QV_FPGA_OP_SCAN : P->op == FPGA_P_UPLOAD ? QV_FPGA_OP_UPLOAD
+            ? QV_FPGA_OP_SCAN
+            : P->op == FPGA_P_UPLOAD || P->op == FPGA_P_PREFETCH ? QV_FPGA_OP_UPLOAD
             : P->op == FPGA_P_FREE ? QV_FPGA_OP_FREE : QV_FPGA_OP_NOP)) {
         fault(E, NULL, "fpga engine: card %s: completion %u carries cookie 0x%llx, opcode "
               "%u: not the descriptor sent", E->name, idx, (unsigned long long)c->cookie,
@@ -421,7 +455,8 @@ static int complete(struct fpga_engine *E, uint32_t idx, const struct qv_fpga_cp
     P->status = st;
     P->result = c->result;
     P->device_ns = c->device_ns;
-    if (st != QV_FPGA_ST_OK && !(P->op == FPGA_P_UPLOAD && st == QV_FPGA_ST_NO_MEMORY))
+    if (st != QV_FPGA_ST_OK && !((P->op == FPGA_P_UPLOAD || P->op == FPGA_P_PREFETCH) &&
+                                 st == QV_FPGA_ST_NO_MEMORY))
         E->st.error_completions++;
     switch (P->op) {
     case FPGA_P_SCAN: {
@@ -446,6 +481,9 @@ static int complete(struct fpga_engine *E, uint32_t idx, const struct qv_fpga_cp
         if (st != QV_FPGA_ST_OK)
             QV_LOG_RL(QV_LOG_ERROR, 1, "fpga engine: card %s: FREE descriptor %u failed "
                       "with %s (handle %u)", E->name, idx, status_name(st), c->result);
+        break;
+    case FPGA_P_PREFETCH:
+        prefetch_done(E, idx, P, st);
         break;
     default:
         break;                                  /* UPLOAD, NOP: read by the waiter */
@@ -542,6 +580,7 @@ static void fault(struct fpga_engine *E, uint64_t *counter, const char *fmt, ...
     E->st.units_handed_back += failed;
     E->health = QV_EUNAVAIL;
     res_clear(E);
+    E->prefetch_pending = 0;            /* their completions are never read */
     for (unsigned i = 0; i < E->nregions; i++)
         E->regions[i].valid = E->regions[i].used = 0;
     qv_seterr(QV_EIO, "%s; %u units in flight failed, resetting the card", msg, failed);
@@ -872,16 +911,17 @@ static int grow_hash(struct fpga_slot *S, uint32_t nc)
     return 0;
 }
 
-/* FREE the least recently used block not used by the unit being built,
- * preferring blocks no descriptor in flight reads.  1 when one was freed,
- * 0 when none can be, -1 on a fault.  O(buckets). */
-static int evict_one(struct fpga_engine *E)
+/* FREE the least recently used block not used by the unit being built
+ * (nor pending: no handle yet), preferring blocks no descriptor in flight
+ * reads; idle_only: only those.  1 when one was freed, 0 when none can
+ * be, -1 on a fault.  O(buckets). */
+static int evict_one(struct fpga_engine *E, int idle_only)
 {
     size_t best = SIZE_MAX;
-    for (int pass = 0; pass < 2 && best == SIZE_MAX; pass++)
+    for (int pass = 0; pass < 2 - idle_only && best == SIZE_MAX; pass++)
         for (size_t i = 0; i < E->res_cap; i++) {
             const struct fpga_resident *r = &E->res[i];
-            if (!r->host || r->last_use == E->serial)
+            if (!r->host || r->pending || r->last_use == E->serial)
                 continue;
             if (pass == 0 && r->used && idx_pending(E, r->last_idx))
                 continue;
@@ -930,7 +970,7 @@ static int upload_needs(struct fpga_engine *E, struct fpga_slot *S, size_t n)
                 continue;
             uint64_t charged = (nd[i].bytes + 63) & ~(uint64_t)63;
             int ev = 1;
-            while (E->res_bytes + charged > E->budget && (ev = evict_one(E)) > 0)
+            while (E->res_bytes + charged > E->budget && (ev = evict_one(E, 0)) > 0)
                 ;
             if (ev < 0)
                 return QV_EIO;
@@ -970,7 +1010,7 @@ static int upload_needs(struct fpga_engine *E, struct fpga_slot *S, size_t n)
             E->res_bytes -= charged;
             nd[i].done = 0;
             if (P->status == QV_FPGA_ST_NO_MEMORY) {
-                int ev = evict_one(E);          /* the card is fuller than budgeted */
+                int ev = evict_one(E, 0);       /* the card is fuller than budgeted */
                 if (ev < 0)
                     return QV_EIO;
                 progress |= ev;
@@ -1036,6 +1076,15 @@ static int want_block(struct fpga_engine *E, const void *host, uint64_t bytes, u
                       size_t *nneeds, uint32_t idx)
 {
     struct fpga_resident *r = res_find(E, host);
+    if (r && r->pending) {
+        /* a prefetch UPLOAD of it is in flight: its handle comes with the
+         * completion (cold path: wait for it rather than upload again) */
+        E->st.prefetch_waits++;
+        doorbell(E);
+        if (wait_idx(E, r->up_idx))
+            return QV_EIO;
+        r = res_find(E, host);          /* completions move the table */
+    }
     if (r && r->bytes == bytes) {
         r->last_use = E->serial;
         if (!r->used || (int32_t)(idx - r->last_idx) > 0)
@@ -1484,13 +1533,159 @@ static void fpga_forget(struct qv_engine *e, const void *host)
     (void)qv_engine_fpga_forget(e, host);
 }
 
+/* Dynamic regions a new one may take: not registered, or registered and
+ * read by no descriptor in flight.  O(entries). */
+static unsigned regions_idle(const struct fpga_engine *E)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < E->nregions; i++) {
+        const struct fpga_region *R = &E->regions[i];
+        n += !R->valid || !R->used || !idx_pending(E, R->last_idx);
+    }
+    return n;
+}
+
+static int region_covers(const struct fpga_engine *E, const void *p, size_t len)
+{
+    uint64_t a = (uint64_t)(uintptr_t)p;
+    for (unsigned i = 0; i < E->nregions; i++) {
+        const struct fpga_region *R = &E->regions[i];
+        if (R->valid && R->base <= a && a + len <= R->end)
+            return 1;
+    }
+    return 0;
+}
+
+/* Start the UPLOAD of block (host, bytes) for a prefetch, unless it is
+ * resident or on its way.  1: sent (not yet doorbelled); 0: nothing to
+ * do; else a negative QV_E* with a message (declined).  Never waits. */
+static int prefetch_block(struct fpga_engine *E, const void *host, uint64_t bytes)
+{
+    const uint32_t keep = E->entries / 4;       /* ring entries left to units */
+    struct fpga_resident *r = res_find(E, host);
+    if (r && r->bytes == bytes) {
+        r->last_use = E->serial;
+        return 0;
+    }
+    if (r && r->pending)
+        return qv_seterr(QV_EBUSY, "fpga engine: prefetch: a block of %llu bytes at %p is "
+                         "being uploaded with another size (rewritten without forget)",
+                         (unsigned long long)r->bytes, host);
+    if (ring_free(E) <= keep + 1u)
+        goto ring_full;
+    if (r) {                                    /* stale: rewritten without forget */
+        struct qv_fpga_desc d = { .opcode = QV_FPGA_OP_FREE };
+        d.op.free.handle = r->handle;
+        desc_push(E, &d, FPGA_P_FREE, 0);
+        res_remove(E, (size_t)(r - E->res));
+    }
+    const uint64_t charged = (bytes + 63) & ~(uint64_t)63;
+    if (charged > E->budget)
+        return qv_seterr(QV_ENOSPC, "fpga engine: prefetch of a block of %llu bytes: larger "
+                         "than card %s's memory budget (%llu bytes, [fpga] hbm_budget)",
+                         (unsigned long long)bytes, E->name, (unsigned long long)E->budget);
+    while (E->res_bytes + charged > E->budget) {
+        if (ring_free(E) <= keep + 1u)
+            goto ring_full;
+        int ev = evict_one(E, 1);               /* blocks no descriptor reads */
+        if (ev < 0)
+            return QV_EIO;
+        if (ev == 0)
+            return qv_seterr(QV_ENOSPC, "fpga engine: prefetch of a block of %llu bytes: "
+                             "card %s's memory budget (%llu bytes, [fpga] hbm_budget) is "
+                             "held by blocks in use or on their way",
+                             (unsigned long long)bytes, E->name,
+                             (unsigned long long)E->budget);
+    }
+    if (ring_free(E) <= keep)
+        goto ring_full;
+    if (!region_covers(E, host, bytes) && regions_idle(E) <= FPGA_PREFETCH_KEEP_REGIONS)
+        return qv_seterr(QV_EBUSY, "fpga engine: prefetch: card %s's dynamic regions are in "
+                         "use (%u of %u idle, %u kept for units)", E->name, regions_idle(E),
+                         E->nregions, FPGA_PREFETCH_KEEP_REGIONS);
+    const uint32_t idx = E->sq_tail;
+    struct fpga_resident nr = {
+        .host = host, .bytes = bytes, .charged = charged, .last_use = E->serial,
+        .handle = FPGA_NONE, .pending = 1, .up_idx = idx,
+    };
+    if (res_insert(E, &nr))
+        return qv_seterr(QV_ENOMEM, "fpga engine: prefetch: no memory for the resident "
+                         "table");
+    if (region_map(E, host, bytes, idx)) {
+        res_remove(E, (size_t)(res_find(E, host) - E->res));
+        return qv_seterr(QV_EBUSY, "fpga engine: prefetch: %s", qv_errmsg());
+    }
+    struct qv_fpga_desc d = { .opcode = QV_FPGA_OP_UPLOAD };
+    d.op.upload.addr = (uint64_t)(uintptr_t)host;
+    d.op.upload.len = bytes;
+    desc_push(E, &d, FPGA_P_PREFETCH, 0);
+    E->pend[idx & E->mask].host = host;
+    E->prefetch_pending++;
+    E->st.prefetch_bytes += bytes;
+    return 1;
+ring_full:
+    return qv_seterr(QV_EBUSY, "fpga engine: prefetch: card %s's ring has %u of %u entries "
+                     "free; a quarter is kept for units", E->name, ring_free(E), E->entries);
+}
+
+static int fpga_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    static const uint32_t kind_cap[QV_WU__COUNT] = {
+        [QV_WU_FLAT] = QV_FPGA_CAP_FLAT, [QV_WU_SQ8] = QV_FPGA_CAP_SQ8,
+        [QV_WU_PQ] = QV_FPGA_CAP_PQ4 | QV_FPGA_CAP_PQ8, [QV_WU_F16] = QV_FPGA_CAP_F16,
+    };
+    struct fpga_engine *E = e->priv;
+    int rc = 0, started = 0;
+    E->st.prefetch_calls++;
+    if (E->state == FPGA_RUNNING)
+        reap(E);                                /* room from what has completed */
+    else
+        tick(E, qv_now_ns());
+    const struct qv_pq_params *pp = wu->kind == QV_WU_PQ ? wu->params : NULL;
+    if (E->state != FPGA_RUNNING)
+        rc = qv_seterr(QV_EUNAVAIL, "fpga engine: prefetch: card %s is %s", E->name,
+                       E->state == FPGA_RESETTING ? "resetting after a fault" : "down");
+    else if ((unsigned)wu->kind >= QV_WU__COUNT || !(E->caps_scan & kind_cap[wu->kind]) ||
+             wu->dim == 0 || wu->dim > E->max_dim)
+        rc = qv_seterr(QV_ENOTSUP, "fpga engine: prefetch of kind %d, dim %u: card %s does "
+                       "not scan it", (int)wu->kind, wu->dim, E->name);
+    else if (wu->nlists && !wu->lists)
+        rc = qv_seterr(QV_EINVAL, "fpga engine: prefetch of %u lists without lists[]",
+                       wu->nlists);
+    else if (wu->kind == QV_WU_PQ && (!pp || !pp->pq))
+        rc = qv_seterr(QV_EINVAL, "fpga engine: prefetch of PQ lists without parameters");
+    if (rc) {
+        E->st.prefetch_declined++;
+        return rc;
+    }
+    E->serial++;                                /* this call's blocks are the newest */
+    const int l2flat = is_flat(wu->kind) && wu->metric == QV_METRIC_L2;
+    for (uint32_t l = 0; l < wu->nlists && !rc; l++) {
+        const struct qv_wu_list *L = &wu->lists[l];
+        if (!L->n || !L->codes)
+            continue;
+        int a = prefetch_block(E, L->codes, codes_bytes(wu, L->n));
+        int b = a < 0 || !l2flat || !L->norms ? 0
+              : prefetch_block(E, L->norms, (uint64_t)L->n * 4);
+        if (a < 0 || b < 0)
+            rc = a < 0 ? a : b;
+        started += a > 0 || b > 0;
+    }
+    doorbell(E);
+    if (rc) {
+        E->st.prefetch_declined++;
+        return rc;
+    }
+    return started;
+}
+
 int qv_engine_fpga_wait(struct qv_engine *e)
 {
     struct fpga_engine *E = e->priv;
     for (unsigned spin = 0;; spin++) {
         reap(E);
         tick(E, qv_now_ns());
-        int busy = 0;
+        int busy = E->state == FPGA_RUNNING && E->prefetch_pending;
         for (unsigned j = 0; j < E->count; j++)
             busy |= E->slots[(E->head + j) % QV_FPGA_SLOTS].state == FPGA_SLOT_FLIGHT;
         if (!busy)
@@ -1544,6 +1739,12 @@ int qv_engine_fpga_forget(struct qv_engine *e, const void *host)
     struct fpga_resident *r = res_find(E, host);
     if (!r)
         return 0;
+    if (r->pending) {
+        /* the prefetch UPLOAD reads the memory its owner is about to free
+         * or rewrite: wait for it (a fault meanwhile forgets everything) */
+        if (wait_idx(E, r->up_idx) || !(r = res_find(E, host)))
+            return 1;
+    }
     uint32_t h = r->handle;
     res_remove(E, (size_t)(r - E->res));
     if (E->state == FPGA_RUNNING && ring_room(E, 1) == 0) {
@@ -1607,6 +1808,7 @@ static const struct qv_engine_ops fpga_ops = {
     .health = fpga_health,
     .free = fpga_free,
     .forget = fpga_forget,
+    .prefetch = fpga_prefetch,
 };
 
 /* ------------------------------------------------------------------ */

@@ -62,6 +62,32 @@
  *   back through a per-slot hash of (codes handle -> compact list), so an
  *   eviction never disturbs a unit in flight.
  *
+ * PREFETCH (qv_engine_prefetch, engine.h)
+ *
+ *   The lists of a unit waiting in a batcher are uploaded ahead of it:
+ *   one UPLOAD per block not resident (codes, L2 FLAT norms), pushed and
+ *   doorbelled without waiting.  The block enters the resident table at
+ *   once as PENDING (no handle yet, its bytes charged to the budget, the
+ *   UPLOAD's SQ index in up_idx); pend[] names the block (host), so the
+ *   completion, consumed by reap() on the normal poll path, gives it its
+ *   handle, or drops it (NO_MEMORY: the card is fuller than budgeted;
+ *   any other status: counted as an error completion).  A unit that
+ *   wants a pending block waits for that UPLOAD's completion in submit
+ *   (the handle goes into its list table) instead of uploading again;
+ *   forget of a pending block waits too (the UPLOAD reads host memory its
+ *   owner is about to free).  Pending blocks are never evicted.
+ *
+ *   A prefetch never waits and never crowds units out.  It declines
+ *   (QV_EBUSY) rather than take the last quarter of the ring (units'
+ *   SCANs) or leave fewer than FPGA_PREFETCH_KEEP_REGIONS dynamic regions
+ *   idle (three per slot: a unit's queries, norms and query tables); it
+ *   evicts for room only blocks no descriptor in flight reads (never one
+ *   of its own lists: they carry the newest serial), and declines
+ *   (QV_ENOSPC) what the budget still cannot take.  Each UPLOAD source is
+ *   a dynamic region, so with separately allocated lists one prefetch
+ *   starts at most about 64 - 9 - 24 = 31 uploads at a time; the rest
+ *   are uploaded by their unit as before.
+ *
  * RING PROTOCOL AND COMPLETIONS
  *
  *   One QP per engine.  Descriptor i goes to SQ slot i & (entries - 1)
@@ -138,6 +164,8 @@
 #define FPGA_NONE           QV_FPGA_NONE
 #define FPGA_SIM_SPIN_NS    50000           /* poll spins this long ... */
 #define FPGA_SIM_BACKOFF_NS 20000           /* ... then sleeps this long */
+#define FPGA_PREFETCH_KEEP_REGIONS (3u * QV_FPGA_SLOTS) /* idle regions a
+                                               prefetch leaves to units */
 
 enum fpga_state {
     FPGA_RUNNING = 0,
@@ -151,6 +179,7 @@ enum fpga_pend_op {
     FPGA_P_UPLOAD,
     FPGA_P_FREE,
     FPGA_P_SCAN,
+    FPGA_P_PREFETCH,                /* an UPLOAD sent by prefetch */
 };
 
 /* What descriptor i is, and (UPLOAD, NOP) what its completion said. */
@@ -160,6 +189,7 @@ struct fpga_pend {
     uint16_t status;                /* filled by reap (UPLOAD, NOP) */
     uint32_t result;                /* UPLOAD: the handle */
     uint64_t device_ns;
+    const void *host;               /* PREFETCH: the block (table key) */
 };
 
 /* A dynamic ATU entry. */
@@ -180,6 +210,8 @@ struct fpga_resident {
     uint32_t handle;
     uint32_t last_idx;              /* last SQ index of a SCAN using it */
     uint8_t used;                   /* last_idx is meaningful */
+    uint8_t pending;                /* prefetch UPLOAD in flight: no handle */
+    uint32_t up_idx;                /* pending: SQ index of that UPLOAD */
 };
 
 /* One block a unit needs that is not resident. */
@@ -268,6 +300,7 @@ struct fpga_engine {
     struct fpga_resident *res;
     size_t res_cap, res_n;
     uint64_t res_bytes;             /* charged bytes, FREEs queued deducted */
+    uint32_t prefetch_pending;      /* prefetch UPLOADs not yet completed */
 
     /* cold-path scratch */
     struct fpga_need *needs;

@@ -874,3 +874,45 @@ out:
     return rc;
 }
 
+
+/* ---- prefetch into an engine ----
+ *
+ * The unit qv_flat_search_engine builds scans every segment, so a
+ * prefetch names them all (no probes: the router's cost model takes one
+ * query over every list).  Like a search on e, it makes e the engine the
+ * index tells of rewritten and freed segments (f->engine), since e may
+ * now hold copies of them.
+ */
+int qv_flat_prefetch(struct qv_flat *f, struct qv_engine *e)
+{
+    if (!e || !f->rows)
+        return 0;
+    size_t nsegs = (size_t)((f->rows + f->cap - 1) / f->cap);
+    if (nsegs > UINT32_MAX || f->rows > UINT32_MAX)
+        return qv_seterr(QV_ENOTSUP, "flat prefetch: engine work units address 2^32 rows");
+    struct qv_wu_list *lists = qv_calloc(nsegs, sizeof *lists, QV_MEM_INDEX);
+    if (!lists)
+        return qv_seterr(QV_ENOMEM, "flat prefetch: no memory for %zu segments", nsegs);
+    for (size_t j = 0; j < nsegs; j++) {
+        const struct qv_flat_segment *sg = &f->segs[j];
+        lists[j] = (struct qv_wu_list){
+            .codes = sg->blocks, .norms = f->metric == QV_METRIC_L2 ? sg->norms : NULL,
+            .ids = sg->ids, .rows = sg->rows, .n = sg->count, .list_no = (uint32_t)j,
+        };
+    }
+    struct qv_work_unit wu = {
+        .kind = QV_WU_FLAT,
+        .metric = f->metric == QV_METRIC_L2 ? QV_METRIC_L2 : QV_METRIC_IP,
+        .dim = f->dim,
+        .nlists = (uint32_t)nsegs,
+        .lists = lists,
+    };
+    if (f->engine != e) {
+        for (size_t j = 0; f->engine && j < nsegs; j++)
+            forget_segment(f, j);   /* it will not hear of later changes */
+        f->engine = e;
+    }
+    int rc = qv_engine_prefetch(e, &wu);
+    qv_free(lists);
+    return rc;
+}

@@ -24,6 +24,9 @@
  * of queries.  (2) One work unit: lists[] = every list of the index
  * (cached, refreshed after add), probes in CSR form nearest-first,
  * executed by the index's CPU engine.  (3) Sort each query's heap.
+ * Prefetch (qv_ivf_prefetch) runs the same probe selection (probes_select)
+ * and hands the engine the distinct probed lists, with the probes
+ * renumbered into them, as one prefetch (engine.h).
  *
  * Index file (ixfile.h container; type QV_IX_IVF_FLAT or QV_IX_IVF_SQ8):
  *
@@ -613,42 +616,144 @@ static void probe_task(void *arg, unsigned task, unsigned worker)
     }
 }
 
+/* The probes of a batch: what search and prefetch share.  All arrays are
+ * allocated by probes_alloc and freed by probes_free. */
+struct ivf_probes {
+    const float *q;                 /* the queries (normalised for cosine) */
+    float *copy;                    /* owned normalised copy, or NULL */
+    float *qnorms;                  /* nq: -|q|^2 (L2) or 0 */
+    struct qv_topk *heaps;          /* nq: probe heaps, then search's */
+    float *pd;                      /* nq x nprobe */
+    uint64_t *pi;                   /* nq x nprobe */
+    uint32_t *plists;               /* CSR probe lists, nearest first */
+    uint32_t *pn;                   /* nq: probes kept */
+    uint32_t *poff;                 /* nq + 1: CSR offsets */
+};
+
+/* The checks search and prefetch share (op names the caller in the
+ * message); *nprobe is lowered to nlist.  0 or QV_EINVAL. */
+static int check_batch(const struct qv_ivf *ix, const float *queries, size_t nq,
+                       uint32_t *nprobe, const char *op)
+{
+    if (!queries)
+        return qv_seterr(QV_EINVAL, "ivf %s: NULL queries", op);
+    if (!ix->trained)
+        return qv_seterr(QV_EINVAL, "ivf %s: the index is not trained", op);
+    if (nq == 0 || nq > UINT32_MAX / 2)
+        return qv_seterr(QV_EINVAL, "ivf %s: nq = %zu; use 1..%u queries", op, nq,
+                         UINT32_MAX / 2);
+    if (*nprobe == 0)
+        return qv_seterr(QV_EINVAL, "ivf %s: nprobe = 0; probe at least one list "
+                         "(1..%u)", op, ix->o.nlist);
+    if (*nprobe > ix->o.nlist)
+        *nprobe = ix->o.nlist;
+    if ((uint64_t)nq * *nprobe > UINT32_MAX)
+        return qv_seterr(QV_EINVAL, "ivf %s: nq x nprobe = %zu x %u is too many probes "
+                         "for one call; split the batch", op, nq, *nprobe);
+    return 0;
+}
+
+static void probes_free(struct ivf_probes *P)
+{
+    qv_free(P->poff);
+    qv_free(P->pn);
+    qv_free(P->plists);
+    qv_free(P->pi);
+    qv_free(P->pd);
+    qv_free(P->heaps);
+    qv_free(P->qnorms);
+    qv_free(P->copy);
+}
+
+/* Allocate P for nq queries x nprobe, normalise the queries (cosine) and
+ * compute their norms.  0 or QV_ENOMEM (P freed).  O(nq * dim). */
+static int probes_alloc(const struct qv_ivf *ix, const float *queries, size_t nq,
+                        uint32_t nprobe, struct ivf_probes *P)
+{
+    const size_t dim = ix->dim;
+    const struct qv_dist_ops *ops = qv_kernels();
+    memset(P, 0, sizeof *P);
+    P->q = maybe_normalise(ix, queries, nq, &P->copy);
+    P->qnorms = qv_malloc(nq * sizeof(float), QV_MEM_INDEX);
+    P->heaps = qv_malloc(nq * sizeof *P->heaps, QV_MEM_INDEX);
+    P->pd = qv_malloc(nq * nprobe * sizeof(float), QV_MEM_INDEX);
+    P->pi = qv_malloc(nq * nprobe * sizeof(uint64_t), QV_MEM_INDEX);
+    P->plists = qv_malloc(nq * nprobe * sizeof(uint32_t), QV_MEM_INDEX);
+    P->pn = qv_malloc(nq * sizeof(uint32_t), QV_MEM_INDEX);
+    P->poff = qv_malloc((nq + 1) * sizeof(uint32_t), QV_MEM_INDEX);
+    if (!P->q || !P->qnorms || !P->heaps || !P->pd || !P->pi || !P->plists || !P->pn ||
+        !P->poff) {
+        probes_free(P);
+        return QV_ENOMEM;
+    }
+    for (size_t i = 0; i < nq; i++)
+        P->qnorms[i] = ix->o.metric == QV_METRIC_L2
+                     ? -ops->dist[QV_METRIC_IP][QV_ELEM_F32](P->q + i * dim, P->q + i * dim,
+                                                             dim)
+                     : 0.0f;
+    return 0;
+}
+
+/* Probe selection: each query's nprobe nearest lists into P's CSR
+ * (poff / plists, nearest first; fewer only for NaN queries), on the
+ * pool.  Caller holds ix->lock.  O(nq * nlist * dim). */
+static void probes_select(struct qv_ivf *ix, struct ivf_probes *P, size_t nq, uint32_t nprobe)
+{
+    struct probe_job J = {
+        .ix = ix, .ops = qv_kernels(), .queries = P->q, .qnorms = P->qnorms, .nq = nq,
+        .nprobe = nprobe, .heaps = P->heaps, .pd = P->pd, .pi = P->pi,
+        .probe_lists = P->plists, .probe_n = P->pn,
+    };
+    qv_pool_run(ix->o.pool, (unsigned)((nq + IVF_PROBE_CHUNK - 1) / IVF_PROBE_CHUNK),
+                probe_task, &J);
+    /* CSR: compact each query's probes (all nprobe unless NaN queries) */
+    uint32_t p = 0;
+    for (size_t i = 0; i < nq; i++) {
+        P->poff[i] = p;
+        memmove(P->plists + p, P->plists + i * nprobe, P->pn[i] * sizeof(uint32_t));
+        p += P->pn[i];
+    }
+    P->poff[nq] = p;
+}
+
+/* The unit of a batch whose probes are P's, over every list of the index
+ * (lists[] = ix->wl); sp holds the SQ8 ranges it points to. */
+static struct qv_work_unit batch_unit(const struct qv_ivf *ix, const struct ivf_probes *P,
+                                      size_t nq, struct qv_sq8_params *sp)
+{
+    *sp = (struct qv_sq8_params){ .vmin = ix->vmin, .vdiff = ix->vdiff };
+    return (struct qv_work_unit){
+        .kind = ix->o.encoding == QV_IVF_FLAT ? QV_WU_FLAT : QV_WU_SQ8,
+        .metric = scan_metric(ix),
+        .dim = ix->dim,
+        .code_size = ix->o.encoding == QV_IVF_SQ8 ? ix->dim : 0,
+        .nq = (uint32_t)nq,
+        .queries = P->q,
+        .qnorms = P->qnorms,
+        .nlists = ix->o.nlist,
+        .lists = ix->wl,
+        .probe_offsets = P->poff,
+        .probe_lists = P->plists,
+        .params = ix->o.encoding == QV_IVF_SQ8 ? sp : NULL,
+    };
+}
+
 int qv_ivf_search(struct qv_ivf *ix, const float *queries, size_t nq, uint32_t k,
                   uint32_t nprobe, const uint64_t *filter, float *dist, uint64_t *ids)
 {
     if (!queries || !dist || !ids)
         return qv_seterr(QV_EINVAL, "ivf search: NULL queries or result arrays");
-    if (!ix->trained)
-        return qv_seterr(QV_EINVAL, "ivf search: the index is not trained");
-    if (nq == 0 || nq > UINT32_MAX / 2)
-        return qv_seterr(QV_EINVAL, "ivf search: nq = %zu; use 1..%u queries", nq,
-                         UINT32_MAX / 2);
     if (k == 0 || k > IVF_MAX_K)
         return qv_seterr(QV_EINVAL, "ivf search: k = %u is out of range; use 1..%u", k,
                          IVF_MAX_K);
-    if (nprobe == 0)
-        return qv_seterr(QV_EINVAL, "ivf search: nprobe = 0; probe at least one list "
-                         "(1..%u)", ix->o.nlist);
-    if (nprobe > ix->o.nlist)
-        nprobe = ix->o.nlist;
-    if ((uint64_t)nq * nprobe > UINT32_MAX)
-        return qv_seterr(QV_EINVAL, "ivf search: nq x nprobe = %zu x %u is too many probes "
-                         "for one call; split the batch", nq, nprobe);
-    const size_t dim = ix->dim;
-    const struct qv_dist_ops *ops = qv_kernels();
-    int rc = QV_ENOMEM;
-    float *copy = NULL;
+    int rc = check_batch(ix, queries, nq, &nprobe, "search");
+    if (rc)
+        return rc;
+    struct ivf_probes P;
     uint64_t *fbits = NULL;
-    const float *q = maybe_normalise(ix, queries, nq, &copy);
-    float *qnorms = qv_malloc(nq * sizeof(float), QV_MEM_INDEX);
-    struct qv_topk *heaps = qv_malloc(nq * sizeof *heaps, QV_MEM_INDEX);
-    float *pd = qv_malloc(nq * nprobe * sizeof(float), QV_MEM_INDEX);
-    uint64_t *pi = qv_malloc(nq * nprobe * sizeof(uint64_t), QV_MEM_INDEX);
-    uint32_t *plists = qv_malloc(nq * nprobe * sizeof(uint32_t), QV_MEM_INDEX);
-    uint32_t *pn = qv_malloc(nq * sizeof(uint32_t), QV_MEM_INDEX);
-    uint32_t *poff = qv_malloc((nq + 1) * sizeof(uint32_t), QV_MEM_INDEX);
-    if (!q || !qnorms || !heaps || !pd || !pi || !plists || !pn || !poff)
-        goto out;
+    rc = QV_ENOMEM;
+    if (probes_alloc(ix, queries, nq, nprobe, &P))
+        goto nomem;
     /* eligibility: tombstones and the caller's filter in one bitmap */
     const uint64_t *elig = filter;
     if (ix->live != ix->rows) {
@@ -660,51 +765,21 @@ int qv_ivf_search(struct qv_ivf *ix, const float *queries, size_t nq, uint32_t k
             fbits[w] = ix->livebits[w] & (filter ? filter[w] : ~0ull);
         elig = fbits;
     }
-    for (size_t i = 0; i < nq; i++)
-        qnorms[i] = ix->o.metric == QV_METRIC_L2
-                  ? -ops->dist[QV_METRIC_IP][QV_ELEM_F32](q + i * dim, q + i * dim, dim)
-                  : 0.0f;
 
     pthread_mutex_lock(&ix->lock);
-    struct probe_job J = {
-        .ix = ix, .ops = ops, .queries = q, .qnorms = qnorms, .nq = nq, .nprobe = nprobe,
-        .heaps = heaps, .pd = pd, .pi = pi, .probe_lists = plists, .probe_n = pn,
-    };
-    qv_pool_run(ix->o.pool, (unsigned)((nq + IVF_PROBE_CHUNK - 1) / IVF_PROBE_CHUNK),
-                probe_task, &J);
-    /* CSR: compact each query's probes (all nprobe unless NaN queries) */
-    uint32_t p = 0;
-    for (size_t i = 0; i < nq; i++) {
-        poff[i] = p;
-        memmove(plists + p, plists + i * nprobe, pn[i] * sizeof(uint32_t));
-        p += pn[i];
-    }
-    poff[nq] = p;
+    probes_select(ix, &P, nq, nprobe);
     for (size_t i = 0; i < nq; i++)
-        qv_topk_init(&heaps[i], k, dist + i * k, ids + i * k);
-    struct qv_sq8_params sp = { .vmin = ix->vmin, .vdiff = ix->vdiff };
-    struct qv_work_unit wu = {
-        .kind = ix->o.encoding == QV_IVF_FLAT ? QV_WU_FLAT : QV_WU_SQ8,
-        .metric = scan_metric(ix),
-        .dim = (uint32_t)dim,
-        .code_size = ix->o.encoding == QV_IVF_SQ8 ? (uint32_t)dim : 0,
-        .nq = (uint32_t)nq,
-        .queries = q,
-        .qnorms = qnorms,
-        .nlists = ix->o.nlist,
-        .lists = ix->wl,
-        .probe_offsets = poff,
-        .probe_lists = plists,
-        .params = ix->o.encoding == QV_IVF_SQ8 ? &sp : NULL,
-        .filter = elig,
-        .heaps = heaps,
-    };
+        qv_topk_init(&P.heaps[i], k, dist + i * k, ids + i * k);
+    struct qv_sq8_params sp;
+    struct qv_work_unit wu = batch_unit(ix, &P, nq, &sp);
+    wu.filter = elig;
+    wu.heaps = P.heaps;
     rc = qv_engine_run(ix->use ? ix->use : ix->engine, &wu);
     pthread_mutex_unlock(&ix->lock);
     if (rc)
         goto out;
     for (size_t i = 0; i < nq; i++) {
-        qv_topk_sort(&heaps[i]);
+        qv_topk_sort(&P.heaps[i]);
         if (ix->o.metric == QV_METRIC_COSINE)
             for (uint32_t j = 0; j < k; j++)
                 dist[i * k + j] += 1.0f;
@@ -712,17 +787,61 @@ int qv_ivf_search(struct qv_ivf *ix, const float *queries, size_t nq, uint32_t k
 
 out:
     qv_free(fbits);
-    qv_free(poff);
-    qv_free(pn);
-    qv_free(plists);
-    qv_free(pi);
-    qv_free(pd);
-    qv_free(heaps);
-    qv_free(qnorms);
-    qv_free(copy);
+    probes_free(&P);
+nomem:
     if (rc == QV_ENOMEM)
         qv_seterr(rc, "ivf search: no memory for %zu queries x nprobe %u, k %u", nq,
                   nprobe, k);
+    return rc;
+}
+
+int qv_ivf_prefetch(struct qv_ivf *ix, const float *queries, size_t nq, uint32_t nprobe)
+{
+    if (!ix->use)
+        return 0;                   /* the CPU engine reads lists where they are */
+    int rc = check_batch(ix, queries, nq, &nprobe, "prefetch");
+    if (rc)
+        return rc;
+    struct ivf_probes P;
+    uint32_t *compact = NULL;
+    struct qv_wu_list *dl = NULL;
+    rc = QV_ENOMEM;
+    if (probes_alloc(ix, queries, nq, nprobe, &P))
+        goto nomem;
+    compact = qv_malloc(ix->o.nlist * sizeof(uint32_t), QV_MEM_INDEX);
+    dl = qv_malloc((nq * nprobe < ix->o.nlist ? nq * nprobe : ix->o.nlist) * sizeof *dl,
+                   QV_MEM_INDEX);
+    if (!compact || !dl)
+        goto out;
+    memset(compact, 0xFF, ix->o.nlist * sizeof(uint32_t));
+
+    pthread_mutex_lock(&ix->lock);
+    probes_select(ix, &P, nq, nprobe);
+    /* the distinct probed lists, in first-probe order, and the probes
+     * renumbered into them (the router's cost model reads the probes) */
+    uint32_t nd = 0;
+    for (uint32_t p = 0; p < P.poff[nq]; p++) {
+        uint32_t l = P.plists[p];
+        if (compact[l] == UINT32_MAX) {
+            compact[l] = nd;
+            dl[nd++] = ix->wl[l];
+        }
+        P.plists[p] = compact[l];
+    }
+    struct qv_sq8_params sp;
+    struct qv_work_unit wu = batch_unit(ix, &P, nq, &sp);
+    wu.nlists = nd;
+    wu.lists = dl;
+    rc = qv_engine_prefetch(ix->use, &wu);
+    pthread_mutex_unlock(&ix->lock);
+
+out:
+    qv_free(dl);
+    qv_free(compact);
+    probes_free(&P);
+nomem:
+    if (rc == QV_ENOMEM)
+        qv_seterr(rc, "ivf prefetch: no memory for %zu queries x nprobe %u", nq, nprobe);
     return rc;
 }
 

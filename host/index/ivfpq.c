@@ -790,6 +790,24 @@ static void run_chunks(struct qv_pool *pool, size_t nq, qv_pool_fn fn, void *arg
             fn(arg, t, 0);
 }
 
+/* Probe selection of S's queries, what search and prefetch share: query
+ * norms, CSR offsets (nprobe per query; offsets has nq + 1 entries) and
+ * each query's nprobe nearest lists into S->probe_lists (with its query
+ * table when S->qtab is set), on the pool.  O(nq * nlist * dim). */
+static void select_probes(struct search_job *S, uint32_t *offsets)
+{
+    const uint32_t dim = S->ix->dim;
+    for (size_t i = 0; i < S->nq; i++) {
+        float s = 0.0f;
+        for (uint32_t d = 0; d < dim; d++)
+            s += S->q[i * dim + d] * S->q[i * dim + d];
+        S->qnorms[i] = s;
+        offsets[i] = (uint32_t)(i * S->nprobe);
+    }
+    offsets[S->nq] = (uint32_t)(S->nq * S->nprobe);
+    run_chunks(S->ix->pool, S->nq, probe_task, S);
+}
+
 int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32_t k,
                     uint32_t nprobe, uint32_t refine, const uint64_t *filter, float *dist,
                     uint64_t *ids)
@@ -850,20 +868,14 @@ int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32
 
     const uint32_t dim = ix->dim;
     for (size_t i = 0; i < nq; i++) {
-        float s = 0.0f;
-        for (uint32_t d = 0; d < dim; d++)
-            s += S.q[i * dim + d] * S.q[i * dim + d];
-        S.qnorms[i] = s;
-        offsets[i] = (uint32_t)(i * nprobe);
         qv_topk_init(&S.heaps[i], kk, hdist + i * kk, hids + i * kk);
         if (use_res)
             qv_pq_res_init(&S.res[i], kk, (uint32_t)rcap, rdist + i * rcap, rids + i * rcap);
     }
-    offsets[nq] = (uint32_t)(nq * nprobe);
     for (size_t w = 0; need_elig && w < words; w++)
         elig[w] = (filter ? filter[w] : ~0ULL) & ix->live[w];
 
-    run_chunks(ix->pool, nq, probe_task, &S);
+    select_probes(&S, offsets);
 
     struct qv_pq_params P = {
         .pq = pq, .coarse = ix->coarse, .nlist = ix->nlist, .qtab = S.qtab, .ltab = ix->ltab,
@@ -894,6 +906,84 @@ out:
     qv_free(hdist);
     qv_free(S.heaps);
     qv_free(S.qtab);
+    qv_free(offsets);
+    qv_free(S.probe_lists);
+    qv_free(S.pids);
+    qv_free(S.pdist);
+    qv_free(S.qnorms);
+    qv_free(own);
+    return rc;
+}
+
+int qv_ivfpq_prefetch(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32_t nprobe)
+{
+    if (!ix->use)
+        return 0;                   /* the CPU engine reads lists where they are */
+    if (!ix->trained)
+        return qv_seterr(QV_EINVAL, "ivfpq: prefetch before train; train the index first");
+    if (!queries || nq == 0 || nq > UINT32_MAX)
+        return qv_seterr(QV_EINVAL, "ivfpq: prefetch needs 1..2^32-1 queries");
+    if (nprobe == 0)
+        return qv_seterr(QV_EINVAL, "ivfpq: nprobe = 0; probe at least 1 list");
+    if (nprobe > ix->nlist)
+        nprobe = ix->nlist;
+    if ((uint64_t)nq * nprobe > UINT32_MAX)
+        return qv_seterr(QV_EINVAL, "ivfpq: prefetch of nq x nprobe = %zu x %u probes; split "
+                         "the batch", nq, nprobe);
+    const struct qv_pq *pq = &ix->pq;
+    float *own = NULL;
+    int rc = QV_ENOMEM;
+    /* the PQ query tables are per query and small: not prefetched */
+    struct search_job S = { .ix = ix, .nq = nq, .nprobe = nprobe };
+    const size_t np = nq * nprobe, nd_cap = np < ix->nlist ? np : ix->nlist;
+    S.q = prepare(ix, queries, nq, &own);
+    S.qnorms = qv_malloc(nq * sizeof(float), QV_MEM_INDEX);
+    S.pdist = qv_malloc(np * sizeof(float), QV_MEM_INDEX);
+    S.pids = qv_malloc(np * sizeof(uint64_t), QV_MEM_INDEX);
+    S.probe_lists = qv_malloc(np * sizeof(uint32_t), QV_MEM_INDEX);
+    uint32_t *offsets = qv_malloc((nq + 1) * sizeof(uint32_t), QV_MEM_INDEX);
+    uint32_t *compact = qv_malloc(ix->nlist * sizeof(uint32_t), QV_MEM_INDEX);
+    struct qv_wu_list *dl = qv_malloc(nd_cap * sizeof *dl, QV_MEM_INDEX);
+    if (!S.q || !S.qnorms || !S.pdist || !S.pids || !S.probe_lists || !offsets || !compact ||
+        !dl)
+        goto out;
+    select_probes(&S, offsets);
+    /* the distinct probed lists, in first-probe order, and the probes
+     * renumbered into them (the router's cost model reads the probes);
+     * a slot that names no list (a query with NaNs found none) is left
+     * out of the CSR */
+    memset(compact, 0xFF, ix->nlist * sizeof(uint32_t));
+    uint32_t nd = 0, w = 0;
+    for (size_t i = 0; i < nq; i++) {
+        offsets[i] = w;
+        for (size_t p = i * nprobe; p < (i + 1) * nprobe; p++) {
+            uint32_t l = S.probe_lists[p];
+            if (l >= ix->nlist)
+                continue;
+            if (compact[l] == UINT32_MAX) {
+                compact[l] = nd;
+                dl[nd++] = ix->wl[l];
+            }
+            S.probe_lists[w++] = compact[l];
+        }
+    }
+    offsets[nq] = w;
+    struct qv_pq_params P = {
+        .pq = pq, .coarse = ix->coarse, .nlist = ix->nlist, .ltab = ix->ltab,
+    };
+    struct qv_work_unit wu = {
+        .kind = QV_WU_PQ, .metric = ix->imetric, .dim = ix->dim,
+        .code_size = pq->nbits == 4 ? (pq->m + 1) / 2 : pq->m,
+        .nq = (uint32_t)nq, .queries = S.q, .qnorms = S.qnorms,
+        .nlists = nd, .lists = dl, .probe_offsets = offsets, .probe_lists = S.probe_lists,
+        .params = &P,
+    };
+    rc = qv_engine_prefetch(ix->use, &wu);
+out:
+    if (rc == QV_ENOMEM)
+        qv_seterr(rc, "ivfpq: no memory to prefetch for %zu queries (nprobe %u)", nq, nprobe);
+    qv_free(dl);
+    qv_free(compact);
     qv_free(offsets);
     qv_free(S.probe_lists);
     qv_free(S.pids);

@@ -134,6 +134,29 @@
  * sent while the probe is out).  The probe's success closes it; a
  * failure re-opens it for another cooldown.
  *
+ * Prefetch
+ * --------
+ * router_prefetch (engine.h's qv_engine_prefetch on the router) takes the
+ * lists of a unit that waits in a batcher (with its probes when the index
+ * passes them, else one query over every list), picks the engine with
+ * the earliest predicted completion exactly as dispatch would now (same
+ * candidates, pin, breaker; link bytes of the lists not yet resident
+ * included), and, when that engine has device memory and a prefetch op,
+ * forwards the call.  We chose "where dispatch would send it now" over
+ * "where it would run best if its lists were resident" because a copy to
+ * an engine that then loses the unit to another is pure cost; the price
+ * is that an engine whose link makes it lose cold units is not warmed
+ * by prefetch (it warms from the units it wins, as before).  When the
+ * engine accepted the call (rc >= 0), the lists are inserted into its
+ * resident set, so the model stops charging their bytes to the link
+ * (the batch's dispatch then sees them as resident); a decline (rc < 0)
+ * marks nothing (some lists may have been started: pessimistic, never
+ * wrong-way optimistic).  Per engine: prefetches, prefetch_lists,
+ * prefetch_declined; router-wide prefetch_calls and prefetch_kept (the
+ * best engine shares host memory: nothing to move).  O(the unit's
+ * probes + distinct lists x engines); no allocation once the per-list
+ * scratch has grown.
+ *
  * Memory and the hot path.  create() allocates the unit slots, the queue,
  * the completion ring and the resident sets.  submit() and poll()
  * allocate nothing once the per-list scratch (features) and the split
@@ -662,6 +685,35 @@ static int accepts(const struct rt_engine *E, const struct qv_work_unit *wu)
     return (E->caps.kinds >> wu->kind & 1u) && wu->dim <= E->caps.max_dim;
 }
 
+/* Features of a unit that may carry no probes (prefetch, predict): with
+ * probes, qv__router_shape; without, one query over every list (r->
+ * distinct = 0 .. nlists - 1).  Clear with qv__router_shape_done. */
+static void shape_any(struct qv_router *r, const struct qv_work_unit *wu, struct rt_shape *s)
+{
+    if (wu->nq && wu->probe_offsets && wu->probe_lists) {
+        qv__router_shape(r, wu, s);
+        return;
+    }
+    const uint64_t bpe = entry_bytes(wu);
+    memset(s, 0, sizeof *s);
+    s->kind = wu->kind;
+    s->dim = wu->dim;
+    s->nq = 1;
+    s->probes = wu->nlists;
+    s->lists = wu->nlists;
+    s->query_bytes = 4ull * wu->dim;
+    s->exact = grow_lists(r, wu->nlists) == 0;
+    for (uint32_t l = 0; l < wu->nlists; l++) {
+        if (s->exact)
+            r->distinct[l] = l;
+        s->pairs += wu->lists[l].n;
+        s->list_bytes += wu->lists[l].n * bpe;
+    }
+    s->scanned = s->list_bytes;
+    s->ops = 2ull * s->pairs * (wu->kind == QV_WU_PQ ? (wu->code_size ? wu->code_size : 1)
+                                                     : wu->dim);
+}
+
 /* ------------------------------------------------------------------ */
 /* Circuit breaker                                                     */
 /* ------------------------------------------------------------------ */
@@ -735,6 +787,41 @@ static void part_end(struct rt_part *p, int err)
 }
 
 /*
+ * The engine with the earliest predicted completion of unit wu (features
+ * s) among those that accept it, are healthy, let it through their
+ * breaker (unless pinned: pin >= 0 is the only candidate) and are not in
+ * the skip mask; prefer (>= 0) wins when it is a candidate.  -1 when
+ * none.  *raw_out: the uncorrected service time there.  O(engines + the
+ * unit's distinct lists per engine with device memory).
+ */
+static int pick_engine(struct qv_router *r, const struct qv_work_unit *wu,
+                       const struct rt_shape *s, int pin, uint32_t skip, int prefer,
+                       int64_t now, double *raw_out)
+{
+    int best = -1;
+    double best_t = HUGE_VAL;
+    for (unsigned i = 0; i < r->n; i++) {
+        struct rt_engine *E = &r->eng[i];
+        if (pin >= 0 && (int)i != pin)
+            continue;
+        if (skip >> i & 1u || !accepts(E, wu) || E->e->ops->health(E->e))
+            continue;
+        if (pin < 0 && !breaker_allows(r, E, now))
+            continue;
+        double raw = service_link(E, s, link_bytes(r, E, wu, s));
+        double t = E->backlog_ns + raw * E->ewma[s->kind][bucket_of(raw)];
+        if ((int)i == prefer)
+            t = -1.0;                   /* the split plan's engine first */
+        if (t < best_t) {
+            best_t = t;
+            best = (int)i;
+            *raw_out = raw;
+        }
+    }
+    return best;
+}
+
+/*
  * Send part p (counted in its unit's active parts) to an engine.  On
  * return it is INFLIGHT, QUEUED (every candidate busy), or DONE with its
  * unit failed (no engine took it).
@@ -748,26 +835,9 @@ static void dispatch(struct qv_router *r, struct rt_part *p)
     int64_t now = qv__router_now(r);
     qv__router_shape(r, &p->wu, &s);
     for (;;) {
-        int best = -1;
-        double best_t = HUGE_VAL, best_raw = 0;
-        for (unsigned i = 0; i < r->n; i++) {
-            struct rt_engine *E = &r->eng[i];
-            if (u->pin >= 0 && (int)i != u->pin)
-                continue;
-            if ((p->tried | busy) >> i & 1u || !accepts(E, &p->wu) || E->e->ops->health(E->e))
-                continue;
-            if (u->pin < 0 && !breaker_allows(r, E, now))
-                continue;
-            double raw = service_link(E, &s, link_bytes(r, E, &p->wu, &s));
-            double t = E->backlog_ns + raw * E->ewma[s.kind][bucket_of(raw)];
-            if ((int)i == p->prefer)
-                t = -1.0;               /* the split plan's engine first */
-            if (t < best_t) {
-                best_t = t;
-                best = (int)i;
-                best_raw = raw;
-            }
-        }
+        double best_raw = 0;
+        int best = pick_engine(r, &p->wu, &s, u->pin, p->tried | busy, p->prefer, now,
+                               &best_raw);
         if (best < 0)
             break;
         struct rt_engine *E = &r->eng[best];
@@ -1205,6 +1275,42 @@ static void router_forget(struct qv_engine *e, const void *host)
     }
 }
 
+/* Prefetch: to the engine the model predicts would run the unit first
+ * (as dispatch would choose now), when it has device memory and a
+ * prefetch op; its lists are then assumed resident there.  See "Prefetch"
+ * at the top. */
+static int router_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    struct qv_router *r = e->priv;
+    struct rt_shape s;
+    double raw = 0;
+    r->st.prefetch_calls++;
+    if ((unsigned)wu->kind >= QV_WU__COUNT || (wu->nlists && !wu->lists))
+        return qv_seterr(QV_EINVAL, "router: prefetch of kind %d, %u lists without lists[]",
+                         (int)wu->kind, wu->nlists);
+    if (!wu->nlists)
+        return 0;
+    shape_any(r, wu, &s);
+    int best = pick_engine(r, wu, &s, r->pin, 0, -1, qv__router_now(r), &raw);
+    qv__router_shape_done(r, &s);
+    struct rt_engine *E = best >= 0 ? &r->eng[best] : NULL;
+    if (!E || !E->caps.device_memory || !E->e->ops->prefetch) {
+        r->st.prefetch_kept++;          /* runs where the lists are: nothing to move */
+        return 0;
+    }
+    int rc = E->e->ops->prefetch(E->e, wu);
+    E->st.prefetches++;
+    E->st.prefetch_lists += wu->nlists;
+    if (rc < 0) {
+        E->st.prefetch_declined++;      /* pessimistic: nothing marked */
+        return rc;
+    }
+    for (uint32_t l = 0; l < wu->nlists; l++)
+        if (wu->lists[l].n)
+            res_insert(E, wu->lists[l].codes);
+    return rc;
+}
+
 static void router_free_op(struct qv_engine *e)
 {
     qv_router_free(e->priv);
@@ -1218,7 +1324,40 @@ static const struct qv_engine_ops router_ops = {
     .health = router_health,
     .free = router_free_op,
     .forget = router_forget,
+    .prefetch = router_prefetch,
 };
+
+int qv_router_predict(struct qv_router *r, const char *name, const struct qv_work_unit *wu,
+                      struct qv_router_prediction *out)
+{
+    struct rt_shape s;
+    double raw = 0;
+    int i = -1;
+    if (!wu || !out || (unsigned)wu->kind >= QV_WU__COUNT || (wu->nlists && !wu->lists))
+        return qv_seterr(QV_EINVAL, "router: predict needs a unit of a known kind with its "
+                         "lists and a result");
+    if (name && (i = find_engine(r, name)) < 0)
+        return qv_seterr(QV_ENOENT, "router: predict on \"%s\": no such engine", name);
+    shape_any(r, wu, &s);
+    if (i < 0) {
+        i = pick_engine(r, wu, &s, r->pin, 0, -1, qv__router_now(r), &raw);
+        if (i < 0) {
+            qv__router_shape_done(r, &s);
+            return qv_seterr(QV_ENOENT, "router: predict: no healthy engine takes units of "
+                             "kind %d, dim %u", (int)wu->kind, wu->dim);
+        }
+    }
+    const struct rt_engine *E = &r->eng[i];
+    double link = link_bytes(r, E, wu, &s);
+    raw = service_link(E, &s, link);
+    qv__router_shape_done(r, &s);
+    memset(out, 0, sizeof *out);
+    snprintf(out->engine, sizeof out->engine, "%s", E->name);
+    out->link_bytes = link;
+    out->service_ns = raw;
+    out->completion_ns = E->backlog_ns + raw * E->ewma[wu->kind][bucket_of(raw)];
+    return 0;
+}
 
 /* ------------------------------------------------------------------ */
 /* Stats                                                               */

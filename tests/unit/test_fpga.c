@@ -11,7 +11,9 @@
  * MAX_NQ queries), asynchronous submission (8 in flight, EBUSY, order,
  * forget while in flight), LRU eviction under a small hbm_budget, forget,
  * the documented refusals, an error completion (BAD_PARAM) and an
- * allocation failure each failing one unit,
+ * allocation failure each failing one unit, prefetch (UPLOADs ahead of a
+ * unit, which then issues none; a unit or a forget meeting UPLOADs in
+ * flight; a declined prefetch with the ring full or the budget short),
  * and every injectable fault (HANG by the watchdog and by the timeout,
  * ECC, LINK_DOWN, THROTTLE, a killed card): the units in flight come back
  * with QV_EIO and untouched heaps, the fault is counted, the engine
@@ -605,6 +607,173 @@ static void test_config(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "power of two"));
 }
 
+/* ---- prefetch ---- */
+
+static uint64_t hbm_used(struct qv_fpga_sim *s)
+{
+    return __atomic_load_n((volatile uint64_t *)((volatile uint8_t *)qv_fpga_sim_bar0(s) +
+                                                 QV_FPGA_REG_HBM_USED), __ATOMIC_ACQUIRE);
+}
+
+static uint32_t nonempty_lists(const struct unit *u)
+{
+    uint32_t n = 0;
+    for (uint32_t l = 0; l < u->wu.nlists; l++)
+        n += u->lists[l].n > 0;
+    return n;
+}
+
+/* x -> 1 - 2x in u's FLAT lists, norms recomputed (same pointers). */
+static void rewrite_flat_lists(struct unit *u, uint32_t dim)
+{
+    for (uint32_t l = 0; l < u->wu.nlists; l++) {
+        struct qv_wu_list *L = &u->lists[l];
+        float *c = (float *)L->codes, *nr = (float *)L->norms;
+        size_t cn = (size_t)(L->n + QV_BLOCK - 1) / QV_BLOCK * QV_BLOCK * dim;
+        for (size_t e = 0; e < cn; e++)
+            c[e] = 1.0f - 2.0f * c[e];
+        for (uint32_t e = 0; e < L->n; e++) {
+            float s2 = 0;
+            for (uint32_t d = 0; d < dim; d++) {
+                float v = c[(size_t)(e / QV_BLOCK) * QV_BLOCK * dim + (size_t)d * QV_BLOCK +
+                            e % QV_BLOCK];
+                s2 += v * v;
+            }
+            nr[e] = s2;
+        }
+    }
+}
+
+/* Prefetch UPLOADs the lists (HBM use grows once they complete, through
+ * the poll path); the unit over them then issues no UPLOAD and equals the
+ * CPU; a unit right after a prefetch uses the uploads in flight instead
+ * of uploading again; forget right after a prefetch waits, and a rewrite
+ * is what the next unit sees; PQ 4-bit lists likewise. */
+static void test_prefetch(void)
+{
+    struct qv_fpga_sim *s = sim_make(0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    struct qv_engine *saved = fpga;
+    fpga = engine_on(s, 250, 2000, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fpga);
+    const uint32_t dim = 32;
+    struct unit u, p;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, dim, 6000, 10, 20, 3, 0);
+    const uint32_t ne = nonempty_lists(&u);
+    uint64_t h0 = hbm_used(s);
+    struct qv_fpga_stats s0 = stats_of(fpga);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(fpga, &u.wu), (int)ne);
+    CU_ASSERT_EQUAL(qv_engine_fpga_wait(fpga), 0);      /* completions reaped */
+    struct qv_fpga_stats s1 = stats_of(fpga);
+    CU_ASSERT_EQUAL(s1.prefetch_uploads - s0.prefetch_uploads, 2 * ne);   /* codes, norms */
+    CU_ASSERT_EQUAL(s1.uploads - s0.uploads, 2 * ne);
+    CU_ASSERT(hbm_used(s) >= h0 + (uint64_t)u.n * dim * 4);
+    check_unit(&u, 10, 1e-4f, "prefetch: unit over prefetched lists");
+    CU_ASSERT_EQUAL(stats_of(fpga).uploads, s1.uploads);        /* no UPLOAD */
+    CU_ASSERT_EQUAL(qv_engine_prefetch(fpga, &u.wu), 0);        /* all resident */
+    CU_ASSERT_EQUAL(stats_of(fpga).prefetch_bytes, s1.prefetch_bytes);
+
+    /* a unit right after the prefetch: it waits for the UPLOADs */
+    unit_forget(fpga, &u);
+    s1 = stats_of(fpga);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(fpga, &u.wu), (int)ne);
+    {
+        struct heaps hf, hc;
+        CU_ASSERT_EQUAL(run_into(fpga, &u, &hf, 10), 0);
+        CU_ASSERT_EQUAL(run_into(cpu, &u, &hc, 10), 0);
+        CU_ASSERT_EQUAL(compare(&hc, &hf, u.wu.nq, 10, 1e-4f, "prefetch: unit right after"),
+                        0);
+        heaps_fini(&hf);
+        heaps_fini(&hc);
+    }
+    struct qv_fpga_stats s2 = stats_of(fpga);
+    CU_ASSERT_EQUAL(s2.uploads - s1.uploads, 2 * ne);           /* no second upload */
+    fprintf(stderr, "\n  prefetch: %llu of %u blocks still uploading when the unit came ",
+            (unsigned long long)(s2.prefetch_waits - s1.prefetch_waits), 2 * ne);
+
+    /* forget while the UPLOADs are in flight, rewrite: the unit sees it */
+    unit_forget(fpga, &u);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(fpga, &u.wu), (int)ne);
+    unit_forget(fpga, &u);              /* waits for them */
+    rewrite_flat_lists(&u, dim);
+    check_unit(&u, 10, 1e-4f, "prefetch: forgotten, rewritten");
+    CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
+    CU_ASSERT_EQUAL(stats_of(fpga).error_completions, s0.error_completions);
+
+    /* PQ 4-bit codes */
+    unit_make_pq(&p, QV_METRIC_L2, 32, 8, 4, 3000, 8, 20, 3, 0, 0);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(fpga, &p.wu), (int)nonempty_lists(&p));
+    CU_ASSERT_EQUAL(qv_engine_fpga_wait(fpga), 0);
+    s2 = stats_of(fpga);
+    check_unit(&p, 10, 1e-4f, "prefetch: pq4");
+    CU_ASSERT_EQUAL(stats_of(fpga).uploads, s2.uploads);
+    unit_release(&p);
+    unit_release(&u);
+    qv_engine_free(fpga);
+    qv_fpga_sim_free(s);
+    fpga = saved;
+}
+
+/* A prefetch never fills the ring: with the card hung (no completions),
+ * it stops with a quarter of the ring free and declines (QV_EBUSY), a
+ * second one declines at once; once the card runs again the UPLOADs
+ * complete, the engine is healthy and units are right.  A budget smaller
+ * than the lists: QV_ENOSPC, nothing broken. */
+static void test_prefetch_full(void)
+{
+    struct qv_fpga_sim *s = sim_make(0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    struct qv_engine *saved = fpga;
+    struct qv_fpga_opts o;
+    qv_fpga_opts_default(&o);
+    o.bar0 = qv_fpga_sim_bar0(s);
+    o.ring_entries = 16;
+    o.watchdog_ms = 10000;
+    o.timeout_ms = 10000;
+    o.reset_timeout_ms = 300;
+    fpga = qv_engine_fpga_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fpga);
+    struct unit u, big;
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_IP, 16, 4000, 24, 10, 4, 0);  /* no norms */
+    CU_ASSERT(nonempty_lists(&u) > 12);
+    inject(s, QV_FPGA_FAULT_HANG);
+    struct qv_fpga_stats s0 = stats_of(fpga);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(fpga, &u.wu), QV_EBUSY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "ring"));
+    struct qv_fpga_stats s1 = stats_of(fpga);
+    CU_ASSERT(s1.prefetch_bytes > s0.prefetch_bytes);          /* some were sent */
+    CU_ASSERT_EQUAL(s1.prefetch_declined, s0.prefetch_declined + 1);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(fpga, &u.wu), QV_EBUSY);   /* still full */
+    CU_ASSERT_EQUAL(stats_of(fpga).prefetch_bytes, s1.prefetch_bytes);
+    inject(s, QV_FPGA_FAULT_CLEAR);
+    CU_ASSERT_EQUAL(qv_engine_fpga_wait(fpga), 0);
+    struct qv_fpga_stats s2 = stats_of(fpga);
+    CU_ASSERT_EQUAL(s2.faults, 0);
+    CU_ASSERT_EQUAL(s2.prefetch_uploads, 16u - 16u / 4 - 1);      /* ring - kept - 1 */
+    check_unit(&u, 10, 1e-4f, "prefetch: after the ring was full");
+    unit_release(&u);
+    qv_engine_free(fpga);
+    qv_fpga_sim_free(s);
+
+    /* a budget the lists do not fit in together */
+    s = sim_make(0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    fpga = engine_on(s, 250, 2000, 300000);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(fpga);
+    unit_make(&big, QV_WU_FLAT, QV_METRIC_L2, 64, 6000, 3, 5, 3, 0);  /* ~1.5 MB */
+    CU_ASSERT_EQUAL(qv_engine_prefetch(fpga, &big.wu), QV_ENOSPC);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "hbm_budget"));
+    CU_ASSERT_EQUAL(qv_engine_fpga_wait(fpga), 0);
+    CU_ASSERT_EQUAL(fpga->ops->health(fpga), 0);
+    struct heaps h;
+    CU_ASSERT_EQUAL(run_into(fpga, &big, &h, 10), QV_ENOMEM);  /* as without prefetch */
+    heaps_fini(&h);
+    unit_release(&big);
+    qv_engine_free(fpga);
+    qv_fpga_sim_free(s);
+    fpga = saved;
+}
+
 static void test_nop(void)
 {
     enum { N = 2000 };
@@ -980,6 +1149,8 @@ int main(void)
     CU_add_test(s, "error completion: BAD_PARAM fails the unit only", test_error_completion);
     CU_add_test(s, "allocation failure fails the unit only", test_oom);
     CU_add_test(s, "eviction: small budget, LRU, forget, ENOMEM", test_eviction);
+    CU_add_test(s, "prefetch: uploads ahead, no UPLOAD at the SCAN, forget", test_prefetch);
+    CU_add_test(s, "prefetch: ring full or budget short: declines", test_prefetch_full);
     CU_add_test(s, "nop: round trip (printed)", test_nop);
     CU_add_test(s, "fault: hang, found by the watchdog", test_fault_hang_watchdog);
     CU_add_test(s, "fault: hang, found by the timeout", test_fault_hang_timeout);

@@ -6,7 +6,9 @@
  * load -> identical results, corrupted and truncated files rejected, a
  * work unit equals per-query units, every SQ8 level equals the reference,
  * bad parameters refused, injected allocation failures -> QV_ENOMEM
- * without a leak.
+ * without a leak; qv_ivf_prefetch and qv_ivfpq_prefetch name exactly the
+ * lists the next search of the same queries scans (a spy engine records
+ * both).
  */
 #include <CUnit/Basic.h>
 #include <math.h>
@@ -20,6 +22,7 @@
 #include "quiver/errors.h"
 #include "quiver/flat.h"
 #include "quiver/ivf.h"
+#include "quiver/ivfpq.h"
 #include "quiver/pool.h"
 #include "quiver/sq8.h"
 #include "quiver/topk.h"
@@ -650,6 +653,160 @@ static void test_sq8_kernels(void)
     }
 }
 
+/* ---- prefetch: a spy engine around the CPU engine ---- */
+
+#define SPY_MAX 512
+
+struct spy {
+    struct qv_engine base;
+    struct qv_engine *cpu;
+    const void *pre[SPY_MAX];       /* codes of the last prefetch's lists */
+    uint32_t npre;
+    const void *scan[SPY_MAX];      /* codes of the lists the last unit probed */
+    uint32_t nscan;
+    int probes_ok;                  /* the prefetch's CSR named its lists */
+};
+
+static void spy_caps(const struct qv_engine *e, struct qv_engine_caps *out)
+{
+    const struct spy *S = e->priv;
+    S->cpu->ops->caps(S->cpu, out);
+}
+
+static void add_once(const void **set, uint32_t *n, const void *p)
+{
+    for (uint32_t i = 0; i < *n; i++)
+        if (set[i] == p)
+            return;
+    if (*n < SPY_MAX)
+        set[(*n)++] = p;
+}
+
+static int spy_submit(struct qv_engine *e, struct qv_work_unit *wu)
+{
+    struct spy *S = e->priv;
+    S->nscan = 0;
+    for (uint32_t p = wu->probe_offsets[0]; p < wu->probe_offsets[wu->nq]; p++)
+        if (wu->lists[wu->probe_lists[p]].n)
+            add_once(S->scan, &S->nscan, wu->lists[wu->probe_lists[p]].codes);
+    return S->cpu->ops->submit(S->cpu, wu);
+}
+
+static int spy_poll(struct qv_engine *e, struct qv_work_unit **done, int max)
+{
+    struct spy *S = e->priv;
+    return S->cpu->ops->poll(S->cpu, done, max);
+}
+
+static int spy_health(const struct qv_engine *e) { (void)e; return 0; }
+static void spy_free(struct qv_engine *e) { (void)e; }
+
+static int spy_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    struct spy *S = e->priv;
+    S->npre = 0;
+    for (uint32_t l = 0; l < wu->nlists; l++)
+        if (wu->lists[l].n)
+            add_once(S->pre, &S->npre, wu->lists[l].codes);
+    S->probes_ok = wu->probe_offsets && wu->probe_lists && wu->probe_offsets[0] == 0;
+    for (uint32_t p = 0; S->probes_ok && p < wu->probe_offsets[wu->nq]; p++)
+        S->probes_ok = wu->probe_lists[p] < wu->nlists;
+    return 0;
+}
+
+static const struct qv_engine_ops spy_ops = {
+    .name = "spy", .caps = spy_caps, .submit = spy_submit, .poll = spy_poll,
+    .health = spy_health, .free = spy_free, .prefetch = spy_prefetch,
+};
+
+/* 1 when the spy's last prefetch named exactly the lists its last unit
+ * probed (non-empty ones, as sets). */
+static int spy_sets_equal(const struct spy *S)
+{
+    if (S->npre != S->nscan)
+        return 0;
+    for (uint32_t i = 0; i < S->npre; i++) {
+        uint32_t j = 0;
+        while (j < S->nscan && S->scan[j] != S->pre[i])
+            j++;
+        if (j == S->nscan)
+            return 0;
+    }
+    return 1;
+}
+
+static void test_prefetch(void)
+{
+    const size_t n = 4000, dim = 20, k = 5;
+    float *x = randvec(n, dim), *q = randvec(64, dim);
+    float *d = malloc(64 * k * sizeof(float));
+    uint64_t *ids = malloc(64 * k * sizeof(uint64_t));
+    struct spy S = { .base = { &spy_ops, &S }, .cpu = qv_engine_cpu_create(NULL) };
+    static const enum qv_metric metrics[] = { QV_METRIC_L2, QV_METRIC_IP, QV_METRIC_COSINE };
+    static const struct { size_t nq; uint32_t nprobe; } shapes[] = {
+        { 1, 1 }, { 1, 7 }, { 5, 3 }, { 64, 4 }, { 3, 100 },
+    };
+    int mismatches = 0, cases = 0;
+    for (int mi = 0; mi < 3; mi++) {
+        for (int enc = 0; enc < 2; enc++) {
+            struct qv_ivf *ix = build(x, n, dim, metrics[mi], enc ? QV_IVF_SQ8 : QV_IVF_FLAT,
+                                      40, pool2, NULL);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(ix);
+            CU_ASSERT_EQUAL(qv_ivf_prefetch(ix, q, 4, 3), 0);       /* no engine */
+            qv_ivf_set_engine(ix, &S.base);
+            for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+                S.npre = S.nscan = 0;
+                CU_ASSERT_EQUAL(qv_ivf_prefetch(ix, q, shapes[si].nq, shapes[si].nprobe), 0);
+                CU_ASSERT_EQUAL(qv_ivf_search(ix, q, shapes[si].nq, (uint32_t)k,
+                                              shapes[si].nprobe, NULL, d, ids), 0);
+                CU_ASSERT(S.npre > 0);
+                CU_ASSERT_TRUE(S.probes_ok);
+                mismatches += !spy_sets_equal(&S);
+                cases++;
+            }
+            CU_ASSERT_EQUAL(qv_ivf_prefetch(ix, q, 0, 3), QV_EINVAL);
+            CU_ASSERT_EQUAL(qv_ivf_prefetch(ix, q, 4, 0), QV_EINVAL);
+            CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "nprobe"));
+            CU_ASSERT_EQUAL(qv_ivf_prefetch(ix, NULL, 4, 3), QV_EINVAL);
+            qv_ivf_set_engine(ix, NULL);
+            qv_ivf_free(ix);
+        }
+        struct qv_ivfpq_opts po = { .dim = (uint32_t)dim, .metric = metrics[mi], .nlist = 32,
+                                    .m = 4, .nbits = 4, .kmeans_iters = 5, .seed = 7,
+                                    .pool = pool2 };
+        struct qv_ivfpq *pq = qv_ivfpq_create(&po);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(pq);
+        qv_ivfpq_set_engine(pq, &S.base);
+        CU_ASSERT_EQUAL(qv_ivfpq_prefetch(pq, q, 4, 3), QV_EINVAL);  /* not trained */
+        qv_ivfpq_set_engine(pq, NULL);
+        CU_ASSERT_EQUAL(qv_ivfpq_train(pq, x, n), 0);
+        CU_ASSERT_EQUAL(qv_ivfpq_add(pq, n, x, NULL), 0);
+        CU_ASSERT_EQUAL(qv_ivfpq_prefetch(pq, q, 4, 3), 0);           /* no engine */
+        qv_ivfpq_set_engine(pq, &S.base);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            S.npre = S.nscan = 0;
+            CU_ASSERT_EQUAL(qv_ivfpq_prefetch(pq, q, shapes[si].nq, shapes[si].nprobe), 0);
+            CU_ASSERT_EQUAL(qv_ivfpq_search(pq, q, shapes[si].nq, (uint32_t)k,
+                                            shapes[si].nprobe, 1, NULL, d, ids), 0);
+            CU_ASSERT(S.npre > 0);
+            CU_ASSERT_TRUE(S.probes_ok);
+            mismatches += !spy_sets_equal(&S);
+            cases++;
+        }
+        qv_ivfpq_set_engine(pq, NULL);
+        qv_ivfpq_free(pq);
+    }
+    if (mismatches)
+        fprintf(stderr, "\n  prefetch named other lists than the search scanned in %d of %d "
+                "cases", mismatches, cases);
+    CU_ASSERT_EQUAL(mismatches, 0);
+    qv_engine_free(S.cpu);
+    free(x);
+    free(q);
+    free(d);
+    free(ids);
+}
+
 static void test_bad_params(void)
 {
     struct qv_ivf_opts o = { .dim = 8, .metric = QV_METRIC_L2, .nlist = 0 };
@@ -755,6 +912,8 @@ int main(void)
     CU_add_test(s, "engine: a work unit equals per-query units", test_engine_unit);
     CU_add_test(s, "engine: long lists in pieces equal whole lists", test_engine_pieces);
     CU_add_test(s, "sq8 kernels: every level equals the reference", test_sq8_kernels);
+    CU_add_test(s, "prefetch names exactly the lists the search scans (ivf, ivf-pq)",
+                test_prefetch);
     CU_add_test(s, "bad parameters refused with a message", test_bad_params);
     CU_add_test(s, "injected allocation failures: ENOMEM, no leak", test_alloc_failures);
     CU_basic_set_mode(CU_BRM_VERBOSE);

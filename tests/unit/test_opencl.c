@@ -10,8 +10,11 @@
  * cache (a fresh temp dir per run: the first creation builds, the second
  * loads), the documented errors (build failure with the log, allocation
  * over max_alloc, k too large, no device) with the CPU engine still
- * working afterwards, the resident-buffer path with LRU eviction, and
- * asynchronous submission.
+ * working afterwards, the resident-buffer path with LRU eviction,
+ * asynchronous submission, and prefetch on a resident-copy engine (a unit
+ * over prefetched lists copies no list bytes, waits for copies still in
+ * flight, sees a list rewritten after forget; a short budget declines or
+ * evicts; the indexes' prefetch copies exactly what their search scans).
  *
  * Without an OpenCL platform the suite prints SKIP and passes.
  */
@@ -640,6 +643,257 @@ static void test_resident(void)
     ocl = saved;
 }
 
+/* Rewrite u's FLAT lists in place (x -> 1 - 2x, norms recomputed): same
+ * pointers, same sizes, other contents. */
+static void rewrite_flat_lists(struct unit *u, uint32_t dim)
+{
+    for (uint32_t l = 0; l < u->wu.nlists; l++) {
+        struct qv_wu_list *L = &u->lists[l];
+        float *c = (float *)L->codes, *nr = (float *)L->norms;
+        size_t cn = (size_t)(L->n + QV_BLOCK - 1) / QV_BLOCK * QV_BLOCK * dim;
+        for (size_t e = 0; e < cn; e++)
+            c[e] = 1.0f - 2.0f * c[e];
+        for (uint32_t e = 0; e < L->n; e++) {
+            float s2 = 0;
+            for (uint32_t d = 0; d < dim; d++) {
+                float v = c[(size_t)(e / QV_BLOCK) * QV_BLOCK * dim + (size_t)d * QV_BLOCK +
+                            e % QV_BLOCK];
+                s2 += v * v;
+            }
+            nr[e] = s2;
+        }
+    }
+}
+
+static uint32_t nonempty_lists(const struct unit *u)
+{
+    uint32_t n = 0;
+    for (uint32_t l = 0; l < u->wu.nlists; l++)
+        n += u->lists[l].n > 0;
+    return n;
+}
+
+static struct qv_opencl_stats ocl_stats(struct qv_engine *e)
+{
+    struct qv_opencl_stats st;
+    memset(&st, 0, sizeof st);
+    CU_ASSERT_EQUAL(qv_engine_opencl_stats(e, &st), 0);
+    return st;
+}
+
+/* Prefetch on an engine that keeps resident copies (no_zero_copy, the
+ * mode of devices without shared memory): the copies start at prefetch;
+ * a unit over the same lists then copies no list bytes (resident_bytes
+ * unchanged) and equals the CPU; a second prefetch has nothing to do;
+ * forget right after a prefetch (copies in flight) then a rewrite: the
+ * unit sees the new contents; a budget too small: the prefetch declines
+ * or evicts per LRU, and later units are right.  In place: nothing. */
+static void test_prefetch(void)
+{
+    const uint32_t dim = 32;
+    struct unit u, a, b, big;
+    struct qv_opencl_info i;
+    qv_engine_opencl_info(ocl, &i);
+    unit_make(&u, QV_WU_FLAT, QV_METRIC_L2, dim, 60000, 24, 40, 6, 0);
+    if (i.shared_memory) {
+        struct qv_opencl_stats st0 = ocl_stats(ocl);
+        CU_ASSERT_EQUAL(qv_engine_prefetch(ocl, &u.wu), 0);
+        CU_ASSERT_EQUAL(ocl_stats(ocl).prefetch_calls, st0.prefetch_calls);
+    }
+    struct qv_opencl_opts o = test_opts();
+    o.no_zero_copy = 1;
+    struct qv_engine *saved = ocl;
+    ocl = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ocl);
+    const uint32_t ne = nonempty_lists(&u);
+
+    /* prefetch, then at once the unit: it waits for copies in flight */
+    struct qv_opencl_stats s0 = ocl_stats(ocl);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(ocl, &u.wu), (int)ne);
+    struct qv_opencl_stats s1 = ocl_stats(ocl);
+    CU_ASSERT_EQUAL(s1.prefetch_copies - s0.prefetch_copies, 2 * ne);     /* codes, norms */
+    CU_ASSERT(s1.prefetch_bytes > (uint64_t)u.n * dim * 4);
+    {
+        /* the engine first, while the copies may still run; then the CPU */
+        struct heaps ho, hc;
+        CU_ASSERT_EQUAL(run_into(ocl, &u, &ho, 10), 0);
+        CU_ASSERT_EQUAL(run_into(cpu, &u, &hc, 10), 0);
+        CU_ASSERT_EQUAL(compare(&hc, &ho, u.wu.nq, 10, 1e-4f, "prefetch: unit right after"),
+                        0);
+        heaps_fini(&ho);
+        heaps_fini(&hc);
+    }
+    struct qv_opencl_stats s2 = ocl_stats(ocl);
+    CU_ASSERT_EQUAL(s2.resident_bytes, s1.resident_bytes);     /* no list bytes moved */
+    CU_ASSERT_EQUAL(s2.resident_copies, s1.resident_copies);
+    fprintf(stderr, "\n  prefetch: %llu of %u buffers still in flight when the unit came ",
+            (unsigned long long)(s2.prefetch_waits - s1.prefetch_waits), 2 * ne);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(ocl, &u.wu), 0);         /* all resident */
+    CU_ASSERT_EQUAL(ocl_stats(ocl).prefetch_copies, s2.prefetch_copies);
+    check_unit(&u, 10, 1e-4f, "prefetch: unit again");
+    CU_ASSERT_EQUAL(ocl_stats(ocl).resident_bytes, s1.resident_bytes);
+
+    /* forget while the copies are in flight, rewrite, unit: new contents */
+    unit_forget(ocl, &u);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(ocl, &u.wu), (int)ne);
+    unit_forget(ocl, &u);               /* waits for the copies */
+    rewrite_flat_lists(&u, dim);
+    struct qv_opencl_stats s3 = ocl_stats(ocl);
+    check_unit(&u, 10, 1e-4f, "prefetch: forgotten, rewritten");
+    CU_ASSERT_EQUAL(ocl_stats(ocl).resident_copies - s3.resident_copies, 2 * ne);
+    /* prefetch of rewritten lists after forget: copies of the new data */
+    unit_forget(ocl, &u);
+    rewrite_flat_lists(&u, dim);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(ocl, &u.wu), (int)ne);
+    CU_ASSERT_EQUAL(qv_engine_opencl_wait(ocl), 0);
+    s3 = ocl_stats(ocl);
+    check_unit(&u, 10, 1e-4f, "prefetch: rewritten then prefetched");
+    CU_ASSERT_EQUAL(ocl_stats(ocl).resident_bytes, s3.resident_bytes);
+    unit_forget(ocl, &u);
+    qv_engine_free(ocl);
+
+    /* a small budget: two units' lists evict each other (LRU), a unit
+     * whose lists cannot fit declines, units stay right */
+    o.resident_bytes = 200000;
+    ocl = qv_engine_opencl_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ocl);
+    unit_make(&a, QV_WU_FLAT, QV_METRIC_L2, dim, 1000, 4, 20, 2, 0);  /* ~130 KB */
+    unit_make(&b, QV_WU_FLAT, QV_METRIC_L2, dim, 1000, 4, 20, 2, 1);
+    unit_make(&big, QV_WU_FLAT, QV_METRIC_L2, dim, 8000, 6, 10, 3, 0); /* ~1 MB */
+    CU_ASSERT_EQUAL(qv_engine_prefetch(ocl, &a.wu), (int)nonempty_lists(&a));
+    s0 = ocl_stats(ocl);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(ocl, &b.wu), (int)nonempty_lists(&b));
+    s1 = ocl_stats(ocl);
+    CU_ASSERT(s1.evictions > s0.evictions);             /* a's lists made room */
+    check_unit(&b, 10, 1e-4f, "prefetch budget: b");
+    CU_ASSERT_EQUAL(ocl_stats(ocl).resident_bytes, s1.resident_bytes);
+    check_unit(&a, 10, 1e-4f, "prefetch budget: a, evicted");
+    CU_ASSERT(ocl_stats(ocl).resident_bytes > s1.resident_bytes);
+    s2 = ocl_stats(ocl);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(ocl, &big.wu), QV_ENOSPC);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "resident"));
+    CU_ASSERT_EQUAL(ocl_stats(ocl).prefetch_declined, s2.prefetch_declined + 1);
+    CU_ASSERT_EQUAL(ocl->ops->health(ocl), 0);
+    check_unit(&big, 10, 1e-4f, "prefetch budget: big after a decline");
+    check_unit(&a, 10, 1e-4f, "prefetch budget: a after big");
+    check_unit(&b, 10, 1e-4f, "prefetch budget: b after big");
+    unit_forget(ocl, &a);
+    unit_forget(ocl, &b);
+    unit_forget(ocl, &big);
+    unit_free(&a);
+    unit_free(&b);
+    unit_free(&big);
+    unit_free(&u);
+    qv_engine_free(ocl);
+    ocl = saved;
+}
+
+/* qv_ivf_prefetch / qv_ivfpq_prefetch / qv_flat_prefetch copy exactly the
+ * lists the next search of those queries scans: the search then copies
+ * nothing (resident_bytes unchanged) and equals the CPU, and the bytes
+ * prefetched equal the bytes a plain search copies on a fresh engine. */
+static void test_index_prefetch(void)
+{
+    const uint32_t dim = 24, n = 6000, nq = 20, k = 10, nprobe = 5;
+    float *x = qv_malloc((size_t)n * dim * sizeof(float), QV_MEM_TEST);
+    float *q = qv_malloc((size_t)nq * dim * sizeof(float), QV_MEM_TEST);
+    for (size_t j = 0; j < (size_t)n * dim; j++)
+        x[j] = rndf();
+    for (size_t j = 0; j < (size_t)nq * dim; j++)
+        q[j] = rndf();
+    float *d1 = qv_malloc(nq * k * sizeof(float), QV_MEM_TEST);
+    float *d2 = qv_malloc(nq * k * sizeof(float), QV_MEM_TEST);
+    uint64_t *i1 = qv_malloc(nq * k * sizeof(uint64_t), QV_MEM_TEST);
+    uint64_t *i2 = qv_malloc(nq * k * sizeof(uint64_t), QV_MEM_TEST);
+    struct heaps ha = { NULL, d1, i1 }, hb = { NULL, d2, i2 };
+    struct qv_opencl_opts o = test_opts();
+    o.no_zero_copy = 1;
+    for (int kind = 0; kind < 3; kind++) {
+        /* pre: prefetch then search; plain: search alone */
+        struct qv_engine *pre = qv_engine_opencl_create(&o);
+        struct qv_engine *plain = qv_engine_opencl_create(&o);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(pre);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(plain);
+        struct qv_ivf *ivf = NULL;
+        struct qv_ivfpq *pq = NULL;
+        struct qv_flat *flat = NULL;
+        int rc = 0;
+        const char *what = kind == 0 ? "ivf" : kind == 1 ? "ivfpq" : "flat";
+        if (kind == 0) {
+            struct qv_ivf_opts io = { .dim = dim, .metric = QV_METRIC_L2, .nlist = 32,
+                                      .seed = 3 };
+            ivf = qv_ivf_create(&io);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(ivf);
+            CU_ASSERT_EQUAL(qv_ivf_train(ivf, x, n), 0);
+            CU_ASSERT_EQUAL(qv_ivf_add(ivf, n, x, NULL), 0);
+            CU_ASSERT_EQUAL(qv_ivf_prefetch(ivf, q, nq, nprobe), 0);    /* no engine */
+            CU_ASSERT_EQUAL(qv_ivf_search(ivf, q, nq, k, nprobe, NULL, d1, i1), 0);
+            qv_ivf_set_engine(ivf, plain);
+            CU_ASSERT_EQUAL(qv_ivf_search(ivf, q, nq, k, nprobe, NULL, d2, i2), 0);
+            qv_ivf_set_engine(ivf, pre);
+            rc = qv_ivf_prefetch(ivf, q, nq, nprobe);
+        } else if (kind == 1) {
+            struct qv_ivfpq_opts po = { .dim = dim, .metric = QV_METRIC_L2, .nlist = 32,
+                                        .m = 8, .nbits = 4, .seed = 5 };
+            pq = qv_ivfpq_create(&po);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(pq);
+            CU_ASSERT_EQUAL(qv_ivfpq_train(pq, x, n), 0);
+            CU_ASSERT_EQUAL(qv_ivfpq_add(pq, n, x, NULL), 0);
+            CU_ASSERT_EQUAL(qv_ivfpq_prefetch(pq, q, nq, nprobe), 0);
+            CU_ASSERT_EQUAL(qv_ivfpq_search(pq, q, nq, k, nprobe, 1, NULL, d1, i1), 0);
+            qv_ivfpq_set_engine(pq, plain);
+            CU_ASSERT_EQUAL(qv_ivfpq_search(pq, q, nq, k, nprobe, 1, NULL, d2, i2), 0);
+            qv_ivfpq_set_engine(pq, pre);
+            rc = qv_ivfpq_prefetch(pq, q, nq, nprobe);
+        } else {
+            struct qv_flat_opts fo = { .dim = dim, .metric = QV_METRIC_L2,
+                                       .segment_capacity = 1024, .numa_node = -1 };
+            flat = qv_flat_create(&fo);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(flat);
+            CU_ASSERT_EQUAL(qv_flat_add(flat, n, x, NULL), 0);
+            CU_ASSERT_EQUAL(qv_flat_search(flat, q, nq, k, NULL, d1, i1), 0);
+            CU_ASSERT_EQUAL(qv_flat_search_engine(flat, plain, q, nq, k, NULL, d2, i2), 0);
+            rc = qv_flat_prefetch(flat, pre);
+        }
+        struct qv_opencl_stats sp = ocl_stats(plain), s0 = ocl_stats(pre);
+        if (rc <= 0)
+            fprintf(stderr, "\n  %s prefetch: %d %s", what, rc, qv_errmsg());
+        CU_ASSERT(rc > 0);
+        CU_ASSERT_EQUAL(s0.prefetch_bytes, sp.resident_bytes);  /* exactly those lists */
+        CU_ASSERT_EQUAL(s0.prefetch_copies, sp.resident_copies);
+        CU_ASSERT_EQUAL(s0.resident_bytes, 0);
+        if (kind == 0)
+            rc = qv_ivf_search(ivf, q, nq, k, nprobe, NULL, d2, i2);
+        else if (kind == 1)
+            rc = qv_ivfpq_search(pq, q, nq, k, nprobe, 1, NULL, d2, i2);
+        else
+            rc = qv_flat_search_engine(flat, pre, q, nq, k, NULL, d2, i2);
+        CU_ASSERT_EQUAL(rc, 0);
+        CU_ASSERT_EQUAL(ocl_stats(pre).resident_bytes, 0);       /* nothing missed */
+        CU_ASSERT_EQUAL(compare(&ha, &hb, nq, k, 1e-4f, what), 0);
+        if (ivf) {
+            qv_ivf_set_engine(ivf, NULL);
+            qv_ivf_free(ivf);
+        }
+        if (pq) {
+            qv_ivfpq_set_engine(pq, NULL);
+            qv_ivfpq_free(pq);
+        }
+        if (flat) {
+            qv_flat_search_engine(flat, plain, q, nq, k, NULL, d2, i2);
+            qv_flat_free(flat);         /* tells plain; pre was told at the switch */
+        }
+        qv_engine_free(pre);
+        qv_engine_free(plain);
+    }
+    qv_free(x);
+    qv_free(q);
+    qv_free(d1);
+    qv_free(d2);
+    qv_free(i1);
+    qv_free(i2);
+}
+
 /* Host memory rewritten in place between units (same pointers, same
  * sizes: what a growing segment or a reused query buffer does) must be
  * what the next unit scans, whether the engine copies or caches
@@ -791,6 +1045,10 @@ int main(void)
     CU_add_test(s, "async: 8 in flight, EBUSY, completion order", test_async);
     CU_add_test(s, "resident buffers: LRU eviction, forget", test_resident);
     CU_add_test(s, "in place: rewritten host memory is what is scanned", test_inplace);
+    CU_add_test(s, "prefetch: resident copies ahead of a unit, forget, budget",
+                test_prefetch);
+    CU_add_test(s, "prefetch: ivf, ivf-pq, flat copy exactly what search scans",
+                test_index_prefetch);
     CU_add_test(s, "overheads (printed)", test_overheads);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();

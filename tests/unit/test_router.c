@@ -6,7 +6,10 @@
  * the CPU reference), injected faults (every Nth, always, heaps-dirtying)
  * losing no unit and completing none twice, the circuit breaker's
  * closed -> open -> half-open -> closed / re-open cycle (injected clock),
- * pins, the calibration cache (written, hit, corrupt file rewritten, stale
+ * pins, prefetch (forwarded to the engine the parameters favour, never to
+ * one without device memory, to the pin; an accepted prefetch marks its
+ * lists resident and so changes the prediction and the dispatch),
+ * the calibration cache (written, hit, corrupt file rewritten, stale
  * key), a whole IVF index through the router equal to the CPU engine,
  * bad arguments refused, allocation failures at create.
  *
@@ -58,6 +61,9 @@ struct fake {
     int refuse;                     /* submit answers QV_ENOTSUP */
     int unhealthy;
     unsigned submitted, completed;
+    unsigned prefetches;            /* prefetch calls received */
+    uint32_t prefetch_lists;        /* lists in the last one */
+    int prefetch_rc;                /* what prefetch answers (>= 0: nlists) */
     struct { struct qv_work_unit *wu; int64_t due; int status; } ring[FAKE_RING];
     unsigned head, count;
 };
@@ -107,6 +113,16 @@ static int fake_poll(struct qv_engine *e, struct qv_work_unit **done, int max)
     return n;
 }
 
+static int fake_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    struct fake *F = e->priv;
+    F->prefetches++;
+    F->prefetch_lists = wu->nlists;
+    if (F->prefetch_rc < 0)
+        return qv_seterr(F->prefetch_rc, "fake engine declines the prefetch");
+    return (int)wu->nlists;
+}
+
 static int fake_health(const struct qv_engine *e)
 {
     return ((const struct fake *)e->priv)->unhealthy ? QV_EUNAVAIL : 0;
@@ -121,7 +137,7 @@ static void fake_free(struct qv_engine *e)
 
 static const struct qv_engine_ops fake_ops = {
     .name = "fake", .caps = fake_caps, .submit = fake_submit, .poll = fake_poll,
-    .health = fake_health, .free = fake_free,
+    .health = fake_health, .free = fake_free, .prefetch = fake_prefetch,
 };
 
 static struct fake *fake_new(int64_t delay_ns)
@@ -658,6 +674,146 @@ static void test_pin(void)
     data_free(D);
 }
 
+static void set_link(struct qv_router *r, const char *name, double ovh, double link,
+                     double mem, double fl)
+{
+    struct qv_router_params p = { ovh, link, mem, fl };
+    for (int k = 0; k < QV_WU__COUNT; k++)
+        CU_ASSERT_EQUAL(qv_router_set_params(r, name, (enum qv_wu_kind)k, &p), 0);
+}
+
+/* Prefetch goes to the engine the injected parameters favour, never to
+ * one without device memory, to the pin when pinned; a decline marks
+ * nothing; an accepted prefetch marks the lists resident, so the model
+ * stops charging their link bytes and dispatch moves to that engine. */
+static void test_prefetch(void)
+{
+    struct tdata *D = data_new(16, 8, 64, 4, 2);
+    struct fake *d1 = fake_new(0), *d2 = fake_new(0), *h = fake_new(0);
+    d1->caps.device_memory = d2->caps.device_memory = 1ull << 30;
+    struct qv_router *r = router_new(0);
+    struct qv_engine *e = qv_router_engine(r);
+    struct qv_router_stats s;
+    qv_router_add(r, "d1", &d1->base, QV_ROUTER_CLEAN_FAIL);
+    qv_router_add(r, "d2", &d2->base, QV_ROUTER_CLEAN_FAIL);
+    qv_router_add(r, "host", &h->base, QV_ROUTER_CLEAN_FAIL);
+    /* the lists of a batch, without probes (one query over each list) */
+    struct qv_work_unit pw = { .kind = QV_WU_FLAT, .metric = QV_METRIC_IP, .dim = D->dim,
+                               .nlists = D->nlists, .lists = D->lists };
+    set_all(r, "d1", 1e3, 1e12, 1e12);
+    set_all(r, "d2", 1e6, 1e12, 1e12);
+    set_all(r, "host", 1e7, 1e9, 1e9);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &pw), (int)D->nlists);
+    CU_ASSERT_EQUAL(d1->prefetches, 1);
+    CU_ASSERT_EQUAL(d1->prefetch_lists, D->nlists);
+    CU_ASSERT_EQUAL(d2->prefetches + h->prefetches, 0);
+    set_all(r, "d1", 1e6, 1e12, 1e12);      /* now d2 is favoured */
+    set_all(r, "d2", 1e3, 1e12, 1e12);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &pw), (int)D->nlists);
+    CU_ASSERT_EQUAL(d2->prefetches, 1);
+    CU_ASSERT_EQUAL(d1->prefetches, 1);
+    set_all(r, "host", 1e2, 1e12, 1e12);    /* host memory wins: nothing to move */
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &pw), 0);
+    CU_ASSERT_EQUAL(h->prefetches, 0);
+    CU_ASSERT_EQUAL(d1->prefetches + d2->prefetches, 2);
+    CU_ASSERT_EQUAL(qv_router_pin(r, "d1"), 0);     /* the pin decides */
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &pw), (int)D->nlists);
+    CU_ASSERT_EQUAL(d1->prefetches, 2);
+    CU_ASSERT_EQUAL(qv_router_pin(r, "host"), 0);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &pw), 0);
+    CU_ASSERT_EQUAL(h->prefetches, 0);
+    CU_ASSERT_EQUAL(qv_router_pin(r, NULL), 0);
+    d2->unhealthy = 1;                      /* an unhealthy engine is skipped */
+    set_all(r, "host", 1e7, 1e9, 1e9);
+    set_all(r, "d1", 1e4, 1e12, 1e12);
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &pw), (int)D->nlists);
+    CU_ASSERT_EQUAL(d1->prefetches, 3);
+    CU_ASSERT_EQUAL(d2->prefetches, 1);
+    d2->unhealthy = 0;
+    qv_router_stats(r, &s);
+    CU_ASSERT_EQUAL(s.prefetch_calls, 6);
+    CU_ASSERT_EQUAL(s.prefetch_kept, 2);
+    CU_ASSERT_EQUAL(est(&s, "d1")->prefetches, 3);
+    CU_ASSERT_EQUAL(est(&s, "d1")->prefetch_lists, 3 * D->nlists);
+    CU_ASSERT_EQUAL(est(&s, "d2")->prefetches, 1);
+    CU_ASSERT_EQUAL(est(&s, "host")->prefetches, 0);
+    struct qv_work_unit bad = pw;
+    bad.lists = NULL;
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &bad), QV_EINVAL);
+    qv_router_free(r);
+
+    /* residency: d1 has a slow link (100 MB/s), host scans slowly; cold
+     * lists cost d1 ~0.3 ms of link, so units go to host; once a prefetch
+     * (pinned to d1) marked them resident, only the queries cross the link
+     * and units go to d1 (no online correction: the fakes' timing is not
+     * what the parameters say) */
+    struct qv_router_opts ro;
+    qv_router_opts_default(&ro);
+    ro.calibrate = 0;
+    ro.split = 0;
+    ro.ewma_alpha = 0;
+    ro.clock = test_clock;
+    r = qv_router_create(&ro);
+    e = qv_router_engine(r);
+    d1->submitted = h->submitted = 0;
+    qv_router_add(r, "d1", &d1->base, QV_ROUTER_CLEAN_FAIL);
+    qv_router_add(r, "host", &h->base, QV_ROUTER_CLEAN_FAIL);
+    set_link(r, "d1", 1e3, 1e8, 1e12, 1e12);
+    set_link(r, "host", 1e3, 10e9, 1e9, 1e9);
+    struct tunit t;
+    unit_init(&t, D);
+    struct qv_router_prediction p0, p1, ph;
+    CU_ASSERT_EQUAL(qv_router_predict(r, "d1", &t.wu, &p0), 0);
+    CU_ASSERT_EQUAL(qv_router_predict(r, "host", &t.wu, &ph), 0);
+    CU_ASSERT_EQUAL(ph.link_bytes, 0.0);    /* shares host memory */
+    const double qbytes = 4.0 * D->nq * D->dim;
+    CU_ASSERT(p0.link_bytes > qbytes + 4000.0);
+    CU_ASSERT(p0.completion_ns > ph.completion_ns);
+    CU_ASSERT_EQUAL(qv_router_predict(r, NULL, &t.wu, &p1), 0);
+    CU_ASSERT_STRING_EQUAL(p1.engine, "host");
+    int match;
+    CU_ASSERT_EQUAL(run_unit(r, D, &match), 0);
+    CU_ASSERT_TRUE(match);
+    CU_ASSERT_EQUAL(h->submitted, 1);
+    CU_ASSERT_EQUAL(d1->submitted, 0);
+    /* unpinned, the prefetch is not forwarded: host would run it */
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &t.wu), 0);
+    CU_ASSERT_EQUAL(d1->prefetches, 3);
+    /* a decline marks nothing */
+    qv_router_pin(r, "d1");
+    d1->prefetch_rc = QV_EBUSY;
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &t.wu), QV_EBUSY);
+    CU_ASSERT_EQUAL(qv_router_predict(r, "d1", &t.wu, &p1), 0);
+    CU_ASSERT_EQUAL(p1.link_bytes, p0.link_bytes);
+    d1->prefetch_rc = 0;
+    /* accepted: the unit's lists are resident on d1 (its probes given) */
+    CU_ASSERT_EQUAL(qv_engine_prefetch(e, &t.wu), (int)D->nlists);
+    CU_ASSERT_EQUAL(qv_router_predict(r, "d1", &t.wu, &p1), 0);
+    CU_ASSERT_EQUAL(p1.link_bytes, qbytes);
+    CU_ASSERT(p1.completion_ns < ph.completion_ns);
+    qv_router_pin(r, NULL);
+    CU_ASSERT_EQUAL(qv_router_predict(r, NULL, &t.wu, &p1), 0);
+    CU_ASSERT_STRING_EQUAL(p1.engine, "d1");
+    CU_ASSERT_EQUAL(run_unit(r, D, &match), 0);
+    CU_ASSERT_TRUE(match);
+    CU_ASSERT_EQUAL(d1->submitted, 1);
+    /* forget drops the mark */
+    for (uint32_t l = 0; l < D->nlists; l++)
+        qv_engine_forget(e, D->lists[l].codes);
+    CU_ASSERT_EQUAL(qv_router_predict(r, "d1", &t.wu, &p1), 0);
+    CU_ASSERT_EQUAL(p1.link_bytes, p0.link_bytes);
+    qv_router_stats(r, &s);
+    CU_ASSERT_EQUAL(est(&s, "d1")->prefetch_declined, 1);
+    CU_ASSERT_EQUAL(est(&s, "d1")->prefetches, 2);
+    CU_ASSERT_EQUAL(qv_router_predict(r, "zz", &t.wu, &p1), QV_ENOENT);
+    unit_fini(&t);
+    qv_router_free(r);
+    fake_free(&d1->base);
+    fake_free(&d2->base);
+    fake_free(&h->base);
+    data_free(D);
+}
+
 static int file_has(const char *path, const char *needle)
 {
     char buf[8192];
@@ -917,6 +1073,7 @@ int main(void)
     CU_add_test(s, "faults: no unit lost or completed twice, results correct", test_faults);
     CU_add_test(s, "circuit breaker: open, half-open probe, close, re-open", test_breaker);
     CU_add_test(s, "pin: router-wide and per unit", test_pin);
+    CU_add_test(s, "prefetch: forwarded by the model, pins, resident marking", test_prefetch);
     CU_add_test(s, "calibration cache: write, hit, corrupt, stale", test_calibration_cache);
     CU_add_test(s, "IVF through the router equals the CPU engine", test_ivf_through_router);
     CU_add_test(s, "bad arguments refused", test_bad_args);

@@ -29,6 +29,8 @@
  *                 points to are borrowed until it completes.
  *   poll(...)     collect completed units (status, device_ns,
  *                 transfer_ns set), non-blocking.
+ *   prefetch(...) optional: copy the lists of a unit that is coming into
+ *                 device memory while it waits (qv_engine_prefetch).
  * A unit that fails (status < 0) leaves its heaps in an unspecified state
  * unless the engine says otherwise; the router re-dispatches from scratch.
  */
@@ -114,6 +116,8 @@ struct qv_engine_ops {
      * or norms, an index table), because its owner is about to free or
      * rewrite it.  Units in flight that use it are not disturbed. */
     void (*forget)(struct qv_engine *e, const void *host);
+    /* Optional (NULL: nothing to prefetch).  See qv_engine_prefetch. */
+    int (*prefetch)(struct qv_engine *e, const struct qv_work_unit *wu);
 };
 
 struct qv_engine {
@@ -143,6 +147,50 @@ static inline void qv_engine_forget(struct qv_engine *e, const void *host)
 {
     if (e && host && e->ops->forget)
         e->ops->forget(e, host);
+}
+
+/*
+ * Predictive prefetch: start making the lists of a unit that is coming
+ * resident in the engine's device memory, so that the unit, when it is
+ * submitted, moves no list bytes.  A hint: the result never decides the
+ * fate of a query, and callers may ignore it.
+ *
+ * wu describes the lists as the unit will carry them: kind, metric, dim,
+ * code_size, params (SQ8, PQ: for the sizes of codes) and lists[0 ..
+ * nlists), every list to make resident, each once (an index passes the
+ * distinct lists its probes name, not all of its lists).  Optionally nq
+ * with probe_offsets / probe_lists (indices into lists[]): the queries
+ * expected to scan them, which the router's cost model reads to choose
+ * where to prefetch (no probes: one query over every list).  queries,
+ * qnorms, filter and heaps are not read and may be NULL.  wu and its
+ * arrays are read during the call only; the memory of the lists (codes,
+ * norms) is held to the same rule as for units: it must not change until
+ * the engine was told to forget it (qv_engine_forget above).
+ *
+ * Asynchronous and cheap: the engine queues the copies and returns; it
+ * never waits for them.  A unit that needs a list whose copy is still in
+ * flight waits for that copy (it does not copy again); a list forgotten
+ * after a prefetch is never served stale (forget of a list whose copy is
+ * in flight waits for the copy, which reads the host memory).  Engines
+ * without device memory (cpu, an OpenCL device using host memory in
+ * place) have nothing to do.
+ *
+ * Returns the number of lists whose copy this call started (>= 0; 0 when
+ * every list was resident or on its way already, or the engine keeps no
+ * copies), or a negative QV_E* when it declined at least one list, with a
+ * message: QV_EBUSY (its copy queue or ring is full), QV_ENOSPC (its
+ * device memory budget cannot take the list without evicting lists in
+ * use), QV_ENOTSUP (a kind or dim it does not scan), QV_EUNAVAIL
+ * (unhealthy), QV_ENOMEM, QV_EIO (a device error, which the next unit
+ * will meet too).  Lists before the declined one may have been
+ * started; they are resident afterwards like any other.  NULL e or no
+ * prefetch op: 0.  Same thread rules as submit.
+ */
+static inline int qv_engine_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    if (!e || !wu || !e->ops->prefetch)
+        return 0;
+    return e->ops->prefetch(e, wu);
 }
 
 static inline void qv_engine_free(struct qv_engine *e)

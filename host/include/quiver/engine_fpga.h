@@ -24,6 +24,15 @@
  *     a copy: call qv_engine_forget() (engine.h) when a list is freed or
  *     rewritten.  A unit whose lists do not fit in the budget together
  *     completes with QV_ENOMEM (the router gives it to the CPU).
+ *   - Prefetch (qv_engine_prefetch, engine.h): UPLOADs of the lists not
+ *     yet resident, doorbelled without waiting; their completions are
+ *     collected by poll() (and submit()) like any other.  A unit that
+ *     needs a list whose UPLOAD is still in flight waits for that
+ *     completion in submit() (the cold path) instead of uploading again.
+ *     Declines (QV_EBUSY) rather than take the last quarter of the ring
+ *     or the dynamic regions units need, and (QV_ENOSPC) what the budget
+ *     cannot take without evicting blocks in use.  Details in
+ *     fpga_int.h.
  *   - submit() of a unit whose lists are all resident writes the SCAN
  *     descriptor, rings the doorbell and returns: no allocation, no lock,
  *     no system call once the per-slot buffers have grown to the unit's
@@ -49,7 +58,7 @@
  *     status; the engine stays healthy.
  *
  * Thread-safety: one thread at a time per engine (submit, poll, forget,
- * and the functions below).
+ * prefetch, and the functions below).
  */
 #ifndef QUIVER_ENGINE_FPGA_H
 #define QUIVER_ENGINE_FPGA_H
@@ -123,6 +132,13 @@ struct qv_fpga_stats {
     uint64_t units_handed_back;     /* units failed with QV_EIO by a fault */
     uint64_t error_completions;     /* BAD_* / NO_MEMORY completions */
     uint64_t submit_ns_total;       /* host time spent inside submit() */
+    uint64_t prefetch_calls;        /* qv_engine_prefetch calls */
+    uint64_t prefetch_uploads;      /* prefetch UPLOADs completed OK (also
+                                       counted in uploads) */
+    uint64_t prefetch_bytes;        /* bytes of the prefetch UPLOADs sent */
+    uint64_t prefetch_waits;        /* blocks a unit found still being
+                                       uploaded by a prefetch (it waited) */
+    uint64_t prefetch_declined;     /* prefetches that declined a list */
 };
 
 /* Copy the engine's counters (since create) into *out.  QV_EINVAL when e
@@ -131,14 +147,15 @@ int qv_engine_fpga_stats(const struct qv_engine *e, struct qv_fpga_stats *out);
 
 /* Drop (FREE) the card's copy of the memory at host (a list's codes or
  * norms, a PQ table).  Units in flight that use it are not disturbed
- * (ring order: the FREE runs after them).  Returns 1 when a copy was
- * held, else 0.  Called through qv_engine_forget() (engine.h). */
+ * (ring order: the FREE runs after them).  A prefetch UPLOAD of it still
+ * in flight is waited for first (it reads host).  Returns 1 when a copy
+ * was held, else 0.  Called through qv_engine_forget() (engine.h). */
 int qv_engine_fpga_forget(struct qv_engine *e, const void *host);
 
-/* Block until no unit is in flight (they then wait in poll()), driving
- * faults and recovery like poll().  For benchmarks and shutdown: the
- * router polls.  Returns 0, or QV_EUNAVAIL when the engine is unhealthy
- * afterwards. */
+/* Block until no unit is in flight (they then wait in poll()) and no
+ * prefetch UPLOAD is outstanding, driving faults and recovery like
+ * poll().  For benchmarks, tests and shutdown: the router polls.
+ * Returns 0, or QV_EUNAVAIL when the engine is unhealthy afterwards. */
 int qv_engine_fpga_wait(struct qv_engine *e);
 
 /* One NOP descriptor round trip: *ns = host time from before the doorbell

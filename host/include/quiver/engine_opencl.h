@@ -32,8 +32,20 @@
  *     pointer, bytes), LRU-evicted: the memory of a list must not change
  *     while the engine may hold a copy; call qv_engine_opencl_forget()
  *     when a list is freed or rewritten.
+ *   - Prefetch (qv_engine_prefetch, engine.h): on devices without shared
+ *     memory, non-blocking writes of the lists' codes (and L2 FLAT norms)
+ *     into resident buffers, on a second in-order queue so that units on
+ *     the engine's queue are not held behind them; the buffers join the
+ *     resident LRU under the same budget (a prefetch evicts least
+ *     recently used copies, never one of its own lists, and declines with
+ *     QV_ENOSPC what the budget cannot take).  A unit whose list is still
+ *     being copied waits on that copy's event (kernel wait list), it
+ *     does not copy again.  forget of a list whose copy is in flight
+ *     waits for the copy.  In place (POCL's default) and on other shared
+ *     memory devices: nothing to do, 0.
  *
- * Thread-safety: one thread at a time per engine (submit, poll, forget).
+ * Thread-safety: one thread at a time per engine (submit, poll, forget,
+ * prefetch).
  */
 #ifndef QUIVER_ENGINE_OPENCL_H
 #define QUIVER_ENGINE_OPENCL_H
@@ -143,13 +155,37 @@ int qv_engine_opencl_info(const struct qv_engine *e, struct qv_opencl_info *out)
 /* Drop any resident device copy (or, on in-place devices, the cached
  * wrapper) of the list memory at host (codes or norms).  Returns how many
  * buffers were released (0 when none was held).  Units in flight that use
- * it keep it until they complete (OpenCL reference counts). */
+ * it keep it until they complete (OpenCL reference counts).  A prefetch
+ * copy of it still in flight is waited for first (it reads host). */
 int qv_engine_opencl_forget(struct qv_engine *e, const void *host);
 
-/* Block until every submitted unit has finished on the device (poll()
- * then returns them without waiting).  For benchmarks and shutdown: the
- * router polls.  Returns 0 or QV_EIO. */
+/* Block until every submitted unit and every prefetch copy has finished
+ * on the device (poll() then returns the units without waiting).  For
+ * benchmarks, tests and shutdown: the router polls.  Returns 0 or
+ * QV_EIO. */
 int qv_engine_opencl_wait(struct qv_engine *e);
+
+/* Bytes moved to the device, since create.  A unit over lists that a
+ * prefetch made resident adds nothing to resident_bytes. */
+struct qv_opencl_stats {
+    uint64_t resident_copies;       /* list / table copies units made into
+                                       resident buffers (misses at submit) */
+    uint64_t resident_bytes;        /* their bytes */
+    uint64_t staging_bytes;         /* per-unit writes: queries, query
+                                       tables, probes, masks (not in place) */
+    uint64_t evictions;             /* resident copies dropped for room */
+    uint64_t prefetch_calls;        /* prefetches on a device with device
+                                       memory (in place: not counted) */
+    uint64_t prefetch_copies;       /* buffers a prefetch started copying */
+    uint64_t prefetch_bytes;        /* their bytes */
+    uint64_t prefetch_waits;        /* buffers a unit found still being
+                                       copied by a prefetch (it waited) */
+    uint64_t prefetch_declined;     /* prefetches that declined a list */
+};
+
+/* Copy the engine's counters into *out.  QV_EINVAL when e is not an
+ * OpenCL engine; cannot fail otherwise. */
+int qv_engine_opencl_stats(const struct qv_engine *e, struct qv_opencl_stats *out);
 
 /* The OpenCL name of an error code ("CL_OUT_OF_RESOURCES"), or
  * "CL_UNKNOWN_ERROR(<n>)" in a static buffer (not thread-safe then). */

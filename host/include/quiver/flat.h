@@ -93,6 +93,22 @@ int qv_flat_search_engine(struct qv_flat *f, struct qv_engine *e, const float *q
                           size_t nq, uint32_t k, const uint64_t *filter, float *dist,
                           uint64_t *ids);
 
+/*
+ * qv_flat_prefetch - start copying every segment (vectors and, for L2,
+ * norms) into the device memory of engine e (borrowed), so that the next
+ * qv_flat_search_engine on e moves no list bytes: for a batch that waits.
+ * Like that search, it makes e the engine the index tells of segments it
+ * rewrites or frees (the previous one is told to forget them), so e must
+ * outlive the index or its next search on another engine.  NULL e or an
+ * empty index: 0.  Cost: O(segments) and one array of them allocated per
+ * call; the engine's copies are asynchronous (qv_engine_prefetch,
+ * engine.h).  A hint: callers may ignore the result.  Returns the
+ * engine's result (>= 0: copies started; < 0: it declined segments), or
+ * QV_ENOMEM, QV_ENOTSUP (more than 2^32 rows).  Thread-safety: as
+ * qv_flat_search_engine (not against add or remove).
+ */
+int qv_flat_prefetch(struct qv_flat *f, struct qv_engine *e);
+
 /* Memory of the index: bytes mapped by its arena and used in it. */
 void qv_flat_memory(const struct qv_flat *f, struct qv_arena_stats *out);
 

@@ -95,6 +95,26 @@ long qv_ivf_remove(struct qv_ivf *ix, size_t n, const uint64_t *ids);
 int qv_ivf_search(struct qv_ivf *ix, const float *queries, size_t nq, uint32_t k,
                   uint32_t nprobe, const uint64_t *filter, float *dist, uint64_t *ids);
 
+/*
+ * qv_ivf_prefetch - start copying the lists that qv_ivf_search of these
+ * queries (nq x dim, row-major) with this nprobe will scan into the device
+ * memory of the index's engine (qv_ivf_set_engine), so that the search,
+ * when it comes, moves no list bytes: for a batch that waits (a batcher's
+ * arrival hook).  The probes are selected exactly as search selects them
+ * (the same code); the distinct lists go to the engine as one prefetch
+ * (qv_engine_prefetch, engine.h), with the probes, which the router's
+ * cost model reads.  No engine set (the CPU engine): returns 0 at once.
+ * Cost: one coarse quantisation of the queries, O(nq * nlist * dim) on
+ * the pool, plus O(nq * nprobe + nlist) scratch allocated per call; the
+ * engine's copies are asynchronous (it does not wait for them).  A hint:
+ * the result never affects a later search, and callers may ignore it.
+ * Returns the engine's result (>= 0: copies started; a negative QV_E*
+ * when it declined lists, see engine.h), or QV_EINVAL (NULL queries, not
+ * trained, nq == 0, nprobe == 0), QV_ENOMEM.  Thread-safety: as search
+ * (serialised with searches by the index's mutex).
+ */
+int qv_ivf_prefetch(struct qv_ivf *ix, const float *queries, size_t nq, uint32_t nprobe);
+
 size_t qv_ivf_size(const struct qv_ivf *ix);        /* live vectors */
 uint64_t qv_ivf_rows(const struct qv_ivf *ix);      /* rows incl. tombstones */
 uint32_t qv_ivf_nlist(const struct qv_ivf *ix);

@@ -87,6 +87,24 @@ int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32
                     uint32_t nprobe, uint32_t refine, const uint64_t *filter, float *dist,
                     uint64_t *ids);
 
+/*
+ * qv_ivfpq_prefetch - start copying the lists (their codes) that
+ * qv_ivfpq_search of these queries (nq x dim) with this nprobe will scan
+ * into the device memory of the index's engine (qv_ivfpq_set_engine), so
+ * that the search moves no list bytes: for a batch that waits.  Probes
+ * are selected exactly as search selects them (the same code); the
+ * distinct lists go to the engine as one prefetch (qv_engine_prefetch,
+ * engine.h) with the probes.  The PQ query tables are per query: not
+ * prefetched.  No engine set: returns 0 at once.  Cost: one coarse
+ * quantisation of the queries, O(nq * nlist * dim) on the pool, plus
+ * O(nq * nprobe + nlist) scratch per call; the copies are asynchronous.
+ * A hint: callers may ignore the result.  Returns the engine's result
+ * (>= 0: copies started; < 0: it declined lists, see engine.h), or
+ * QV_EINVAL (not trained, NULL queries, nq == 0, nprobe == 0), QV_ENOMEM.
+ * Thread-safety: as search (serialise with searches on one index).
+ */
+int qv_ivfpq_prefetch(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32_t nprobe);
+
 size_t qv_ivfpq_size(const struct qv_ivfpq *ix);        /* live vectors */
 uint64_t qv_ivfpq_rows(const struct qv_ivfpq *ix);      /* rows incl. tombstones */
 uint32_t qv_ivfpq_nlist(const struct qv_ivfpq *ix);

@@ -24,14 +24,18 @@
  *     predicted completion among healthy engines whose breaker lets it
  *     through and that accept the unit; qv_router_submit_pinned() and
  *     qv_router_pin() force one engine.
+ *   - Prefetch (qv_engine_prefetch on the router's engine): forwarded to
+ *     the engine dispatch would pick for the unit now, when it has device
+ *     memory; the lists are then assumed resident there (the model stops
+ *     charging their link bytes).  A pinned router prefetches to its pin.
  *   - Completion: poll() hands every submitted unit back exactly once,
  *     with status 0 (its heaps hold the results) or the last error of the
  *     last engine that could not complete it (heaps unspecified).
  *     device_ns and transfer_ns are the sums over its parts and retries.
  *
- * Thread-safety: one thread at a time per router (submit, poll, forget
- * and every function below).  That thread is also the only one that
- * touches a unit's heaps while it is in flight (see router.c).
+ * Thread-safety: one thread at a time per router (submit, poll, forget,
+ * prefetch and every function below).  That thread is also the only one
+ * that touches a unit's heaps while it is in flight (see router.c).
  */
 #ifndef QUIVER_ROUTER_H
 #define QUIVER_ROUTER_H
@@ -141,7 +145,11 @@ struct qv_router *qv_router_create(const struct qv_router_opts *o);
 /* The router as an engine (ops: caps = union of the engines' kinds and
  * largest max_dim, device_memory 0; health = 0 while any registered
  * engine is healthy, else QV_EUNAVAIL; forget = forwarded to every
- * engine; free = qv_router_free).  Never NULL for a router. */
+ * engine; prefetch = forwarded to the engine dispatch would choose for
+ * the unit (pin included) when it has device memory and a prefetch op,
+ * returning that engine's result, else 0 (QV_EINVAL for a unit of
+ * unknown kind or without lists[]); free = qv_router_free).  Never NULL
+ * for a router. */
 struct qv_engine *qv_router_engine(struct qv_router *r);
 
 /* Free the router (not its engines: they are borrowed).  Units still in
@@ -209,6 +217,30 @@ int qv_router_pin(struct qv_router *r, const char *name);
  */
 int qv_router_submit_pinned(struct qv_router *r, struct qv_work_unit *wu, const char *name);
 
+/* What the cost model predicts for a unit on one engine. */
+struct qv_router_prediction {
+    char engine[QV_ROUTER_NAME_MAX];
+    double completion_ns;           /* backlog + corrected service time */
+    double service_ns;              /* uncorrected: overhead + link + scan */
+    double link_bytes;              /* bytes charged to the link: 0 on
+                                       shared memory, else the queries and
+                                       the lists not assumed resident */
+};
+
+/*
+ * qv_router_predict - the prediction dispatch would make for wu on engine
+ * `name` (NULL: on the engine dispatch would pick now, pin included;
+ * health and breaker are not consulted when a name is given).  wu as for
+ * a prefetch (engine.h): probes optional (without them, one query over
+ * every list); queries and heaps are not read.  For tests, benchmarks and
+ * logs.  Returns 0, QV_ENOENT (no such engine; NULL name and no healthy
+ * engine takes the unit), QV_EINVAL (unknown kind, lists[] missing, NULL
+ * out).  O(probes + lists x engines); changes nothing but the per-list
+ * scratch (grown like a dispatch's).
+ */
+int qv_router_predict(struct qv_router *r, const char *name, const struct qv_work_unit *wu,
+                      struct qv_router_prediction *out);
+
 /*
  * qv_router_reserve - grow the split scratch so that units of up to nq
  * queries, probes (query, list) pairs and nlists lists split without
@@ -245,6 +277,9 @@ struct qv_router_engine_stats {
     enum qv_router_breaker breaker;
     uint64_t predicted_ns;          /* sum over OK completions */
     uint64_t observed_ns;           /* sum over OK completions */
+    uint64_t prefetches;            /* prefetch calls forwarded here */
+    uint64_t prefetch_lists;        /* lists in those calls */
+    uint64_t prefetch_declined;     /* of those calls, declined (< 0) */
     enum qv_router_calib calib[QV_WU__COUNT];
     struct qv_router_params params[QV_WU__COUNT];
     float ewma[QV_WU__COUNT][QV_ROUTER_BUCKETS];  /* correction factors */
@@ -259,6 +294,10 @@ struct qv_router_stats {
     uint64_t reruns;                /* units re-run whole from clean heaps */
     uint64_t queued;                /* parts that waited (every engine
                                        busy) in the router's queue */
+    uint64_t prefetch_calls;        /* prefetches asked of the router */
+    uint64_t prefetch_kept;         /* of those, not forwarded: the best
+                                       engine shares host memory, has no
+                                       prefetch op, or none takes the unit */
     uint64_t calibrate_ns;          /* time of the last calibration */
     int calib_cache_hits;           /* engines loaded from the cache then */
     struct qv_router_engine_stats engine[QV_ROUTER_MAX_ENGINES];
