@@ -828,6 +828,11 @@ int qv_ivfpq_search(struct qv_ivfpq *ix, const float *queries, size_t nq, uint32
     if (refine > 1 && !ix->keep_vectors)
         return qv_seterr(QV_EINVAL, "ivfpq: refine = %u needs the vectors; create the "
                          "index with keep_vectors", refine);
+    /* a NaN query has no nearest lists: its probe slots would stay empty
+     * (QV_ID_NONE) and name list 2^32-1 in the unit */
+    int frc = check_finite(queries, nq * ix->dim, "search");
+    if (frc)
+        return frc;
     if (nprobe > ix->nlist)
         nprobe = ix->nlist;
     uint64_t kk64 = refine > 1 ? (uint64_t)refine * k : k;

@@ -433,6 +433,9 @@ static void test_bad_input(void)
     CU_ASSERT_EQUAL(qv_ivfpq_size(ix), 500);
     float bad[16] = { NAN };
     CU_ASSERT_EQUAL(qv_ivfpq_add(ix, 1, bad, NULL), QV_EINVAL);
+    /* a NaN query is refused, not searched with empty probe slots */
+    CU_ASSERT_EQUAL(qv_ivfpq_search(ix, bad, 1, 10, 4, 0, NULL, d, ids), QV_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "not finite"));
     CU_ASSERT_PTR_NULL(qv_ivfpq_load("/nonexistent/ivfpq.qvx", NULL));
     CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "/nonexistent/ivfpq.qvx"));
     qv_ivfpq_free(ix);
