@@ -390,6 +390,46 @@ static void test_online_correction(void)
     data_free(D);
 }
 
+/* One completion far off its prediction (a preempted unit) must not hand
+ * the next units to an engine the model rates much slower: the ratio is
+ * clamped per completion.  Then a sustained 30x does move them. */
+static void test_outlier(void)
+{
+    struct tdata *D = data_new(16, 4, 32, 2, 1);
+    struct fake *a = fake_new(300000), *b = fake_new(900000);     /* 0.3 ms, 0.9 ms */
+    struct qv_router *r = router_new(0);
+    struct qv_router_stats s;
+    int match, ok = 1;
+    qv_router_add(r, "a", &a->base, QV_ROUTER_CLEAN_FAIL);
+    qv_router_add(r, "b", &b->base, QV_ROUTER_CLEAN_FAIL);
+    set_all(r, "a", 300000, 1e12, 1e12);    /* a predicted 3x faster than b */
+    set_all(r, "b", 900000, 1e12, 1e12);
+    ok &= run_unit(r, D, &match) == 0 && match;
+    a->delay_ns = 9000000;                  /* one unit at 30x */
+    ok &= run_unit(r, D, &match) == 0 && match;
+    a->delay_ns = 300000;
+    for (int i = 0; i < 10; i++)
+        ok &= run_unit(r, D, &match) == 0 && match;
+    CU_ASSERT_TRUE(ok);
+    qv_router_stats(r, &s);
+    CU_ASSERT_EQUAL(est(&s, "a")->units, 12);
+    CU_ASSERT_EQUAL(est(&s, "b")->units, 0);
+    uint32_t bk = (uint32_t)ilogb(300000.0);
+    CU_ASSERT(est(&s, "a")->ewma[QV_WU_FLAT][bk] < 1.7f);
+    /* sustained: a at 30x for good -> within a few units b takes over */
+    a->delay_ns = 9000000;
+    for (int i = 0; i < 10; i++)
+        ok &= run_unit(r, D, &match) == 0 && match;
+    CU_ASSERT_TRUE(ok);
+    qv_router_stats(r, &s);
+    CU_ASSERT(est(&s, "a")->units <= 12 + 4);
+    CU_ASSERT(est(&s, "b")->units >= 6);
+    qv_router_free(r);
+    fake_free(&a->base);
+    fake_free(&b->base);
+    data_free(D);
+}
+
 static void test_split(void)
 {
     struct tdata *D = data_new(32, 64, 128, 40, 16);
@@ -1069,6 +1109,8 @@ int main(void)
     CU_add_test(s, "cost model picks: tiny -> low overhead, big -> high compute",
                 test_cost_choice);
     CU_add_test(s, "online correction moves work off a 5x-slow engine", test_online_correction);
+    CU_add_test(s, "one outlier completion does not move work; a sustained one does",
+                test_outlier);
     CU_add_test(s, "split over two equal engines equals the CPU reference", test_split);
     CU_add_test(s, "faults: no unit lost or completed twice, results correct", test_faults);
     CU_add_test(s, "circuit breaker: open, half-open probe, close, re-open", test_breaker);
