@@ -172,6 +172,8 @@ const struct qv_conf_key qv_conf_schema[] = {
       "weight of each new inter-arrival gap in the arrival-rate estimate" },
     { "batcher", "max_collections", QV_CONF_INT, "64", 1, 65536, NULL,
       "collections the batcher can register" },
+    { "batcher", "idle_flush", QV_CONF_BOOL, "true", 0, 0, NULL,
+      "flush at once while the dispatcher is idle and arrivals are sparse" },
     { "cache", "policy", QV_CONF_ENUM, "lru", 0, 0, "lru|lfu",
       "eviction policy of the result cache" },
     { "cache", "entries", QV_CONF_INT, "100000", 0, 1000000000, NULL,
@@ -184,6 +186,10 @@ const struct qv_conf_key qv_conf_schema[] = {
       "entries of the semantic (near-duplicate query) cache; 0 = off" },
     { "cache", "bitmap_bytes", QV_CONF_SIZE, "64M", 0, 1024 * GIB, NULL,
       "memory for cached filter bitmaps" },
+    { "service", "max_k", QV_CONF_INT, "1024", 1, 100000, NULL,
+      "largest k a request may ask for (sizes the dispatcher's result buffer)" },
+    { "service", "cost_alpha", QV_CONF_DOUBLE, "0.1", 0.001, 1, NULL,
+      "weight of each observed search in the cost model's correction" },
     { NULL, NULL, 0, NULL, 0, 0, NULL, NULL },
 };
 

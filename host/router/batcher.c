@@ -72,9 +72,32 @@
  *       the batch cannot grow by waiting.
  *       With no rate known yet, nothing says another query is coming:
  *       flush.
+ *   (d) idle flush (idle_flush = 1): the class has no batch in flight
+ *       (the dispatcher is idle) and the next arrival, expected at now +
+ *       g' as in (c), is further away than the saving of waiting for it,
+ *       F = C(n) + C(1) - C(n + 1), the fixed part of a batch: serving
+ *       the n queries now and the next one on its own costs F more than
+ *       serving n + 1 together, but waiting costs each queued query g'.
+ *       Measured before this rule: at 20% load the p50 was 1.1 ms with
+ *       batching against 95 us without, because (a)-(c) hold a lone
+ *       query until its budget is nearly spent.  With it, a query that
+ *       finds the dispatcher idle goes at once, and batches form from
+ *       the queries that arrive while a batch runs (the class is then
+ *       not idle, and (a)-(c) decide).  At a high rate g' < F and the
+ *       queue still waits for its target.
  * A flushed batch takes the min(p, max_batch) oldest queries (FIFO).
  * Batching off (batching = 0 or max_batch = 1): every queued query is
  * ready at once and each batch holds one.
+ *
+ * qv_batcher_next_flush() inverts (b)-(d) for the time at which the
+ * first of them will hold with no new arrival: (b) at min_deadline -
+ * M - C(n); (c) at min(s - g, (s + last_arrival) / 2) with s =
+ * min_deadline - M - C(n + 1) (g' + now > s, g' being g or now -
+ * last_arrival); (d) at last_arrival + F.
+ *
+ * Arrival hook.  observe() is where a query is first seen: it calls
+ * on_arrival there, once per ring slot (seen only moves forward), before
+ * take() can put the query in a batch.
  *
  * Bulkheads and order
  * -------------------
@@ -192,6 +215,7 @@ void qv_batcher_opts_default(struct qv_batcher_opts *o)
     o->workers[QV_BATCH_BULK] = 2;
     o->ewma_alpha = 0.125;
     o->max_collections = 64;
+    o->idle_flush = 1;
 }
 
 int qv_batcher_opts_from_config(const struct qv_config *cfg, struct qv_batcher_opts *o)
@@ -212,6 +236,7 @@ int qv_batcher_opts_from_config(const struct qv_config *cfg, struct qv_batcher_o
     o->workers[QV_BATCH_BULK] = (uint32_t)qv_config_int(cfg, "batcher", "bulk_workers");
     o->ewma_alpha = qv_config_double(cfg, "batcher", "ewma_alpha");
     o->max_collections = (uint32_t)qv_config_int(cfg, "batcher", "max_collections");
+    o->idle_flush = qv_config_bool(cfg, "batcher", "idle_flush");
     return 0;
 }
 
@@ -546,6 +571,8 @@ static void observe(const struct qv_batcher *b, struct bt_queue *q)
             q->last_arrival = s->arrival;
         q->have_last = 1;
         q->seen++;
+        if (b->o.on_arrival)
+            b->o.on_arrival(b->o.on_arrival_arg, q->coll, q->cls, s->item);
     }
 }
 
@@ -567,6 +594,29 @@ static uint32_t compute_target(const struct qv_batcher *b, const struct bt_queue
     return lo;
 }
 
+/* The fixed part of a batch of n: what serving n + 1 together saves
+ * over serving n, then 1 (rule d).  >= 0. */
+static double fixed_part(const struct qv_batcher *b, const struct bt_queue *q, uint32_t n)
+{
+    double f = cost(b, q, n) + cost(b, q, 1) - cost(b, q, n + 1);
+
+    return f > 0.0 ? f : 0.0;
+}
+
+/* Rule (d) applies: idle flush on and no batch of the class in flight. */
+static int idle(const struct qv_batcher *b, const struct bt_queue *q)
+{
+    return b->o.idle_flush && b->inflight[q->cls] == 0;
+}
+
+static void refresh_target(const struct qv_batcher *b, struct bt_queue *q)
+{
+    if (q->target_dirty) {
+        q->target = compute_target(b, q);
+        q->target_dirty = 0;
+    }
+}
+
 static int ready(const struct qv_batcher *b, struct bt_queue *q, int64_t now)
 {
     uint64_t p = q->seen - q->head;
@@ -577,10 +627,7 @@ static int ready(const struct qv_batcher *b, struct bt_queue *q, int64_t now)
         return 0;
     if (b->max_batch == 1)
         return 1;
-    if (q->target_dirty) {
-        q->target = compute_target(b, q);
-        q->target_dirty = 0;
-    }
+    refresh_target(b, q);
     if (p >= q->target)                                     /* (a) */
         return 1;
     n = (uint32_t)p;                /* < target <= max_batch */
@@ -594,7 +641,45 @@ static int ready(const struct qv_batcher *b, struct bt_queue *q, int64_t now)
         gap = (double)(now - q->last_arrival);
     if (gap + cost(b, q, n + 1) > slack)                   /* (c) */
         return 1;
+    if (idle(b, q) && gap > fixed_part(b, q, n))            /* (d) */
+        return 1;
     return 0;
+}
+
+/* ns (double) -> a time strictly after it, clamped to int64. */
+static int64_t after(double t)
+{
+    if (t >= 9.0e18)
+        return INT64_MAX;
+    if (t <= -9.0e18)
+        return INT64_MIN + 1;
+    return (int64_t)t + 1;
+}
+
+/* When a queue not ready at now becomes ready with no new arrival: the
+ * inverses of rules (b)-(d) (see the top of this file). */
+static int64_t queue_next_flush(const struct qv_batcher *b, struct bt_queue *q, int64_t now)
+{
+    uint64_t p = q->seen - q->head;
+    double dl = (double)q->min_deadline - (double)b->o.margin_ns;
+    double last = (double)q->last_arrival;
+    uint32_t n;
+    int64_t t;
+
+    if (p == 0)
+        return INT64_MAX;
+    if (ready(b, q, now))
+        return now;
+    n = (uint32_t)p;
+    t = after(dl - cost(b, q, n));                          /* (b) */
+    /* (c): have_iat holds, else ready() said yes */
+    double s = dl - cost(b, q, n + 1);
+    double tc = s - q->iat < (s + last) / 2.0 ? s - q->iat : (s + last) / 2.0;
+    if (after(tc) < t)
+        t = after(tc);
+    if (idle(b, q) && after(last + fixed_part(b, q, n)) < t)     /* (d) */
+        t = after(last + fixed_part(b, q, n));
+    return t > now ? t : now;
 }
 
 static unsigned hist_bucket(uint32_t n)
@@ -672,6 +757,26 @@ unsigned qv_batcher_poll(struct qv_batcher *b, int64_t now, struct qv_batch **ou
 next_class:;
     }
     return nout;
+}
+
+int64_t qv_batcher_next_flush(struct qv_batcher *b, int64_t now)
+{
+    int64_t next = INT64_MAX;
+
+    for (unsigned c = 0; c < QV_BATCH_CLASSES; c++) {
+        if (b->inflight[c] >= b->o.workers[c])
+            continue;
+        for (uint32_t i = 0; i < b->ncoll; i++) {
+            struct bt_queue *q = &b->colls[i]->q[c];
+            if (q->inflight >= q->inflight_max)
+                continue;
+            observe(b, q);
+            int64_t t = queue_next_flush(b, q, now);
+            if (t < next)
+                next = t;
+        }
+    }
+    return next;
 }
 
 void qv_batcher_done(struct qv_batcher *b, struct qv_batch *batch)

@@ -8,13 +8,17 @@
  * over collections (a cold collection next to a hot one is served within
  * two polls); bulkhead budgets; batching off; two producer threads x
  * 100k offers with one poller losing and duplicating nothing; bad
- * arguments; allocation failures.
+ * arguments; allocation failures.  The idle flush: a sparse stream is
+ * served at once while the class is idle, a dense one still batches, a
+ * busy class waits; next_flush() names the poll that flushes; the
+ * arrival hook sees every query once, before any batch holds it.
  *
  * The cost model is a TEST DOUBLE: cost(n) = 50 us + 2 us x n.
  */
 #include <CUnit/Basic.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,6 +220,9 @@ static void test_budget_cuts_batches(void)
     opts_for_test(&o);
     o.max_batch = 4096;
     o.queue_capacity = 4096;
+    o.idle_flush = 0;       /* rules (a)-(c) alone: with the idle flush this
+                               stream (gap 100 us > fixed part 50 us) is
+                               served one query at a time */
     b = qv_batcher_create(&o);
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
     CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
@@ -239,6 +246,7 @@ static void test_early_deadline_flushes(void)
 
     opts_for_test(&o);
     o.max_batch = 64;
+    o.idle_flush = 0;       /* rule (b) alone (see test_budget_cuts_batches) */
     b = qv_batcher_create(&o);
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
     CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
@@ -570,6 +578,229 @@ static void test_multithreaded_offers(void)
     qv_batcher_free(b);
 }
 
+/* ---- idle flush, next_flush, arrival hook ------------------------------ */
+
+/* Sparse stream (1 ms gaps; the fixed part of a batch is 50 us): with the
+ * idle flush every query leaves at the poll of its own arrival, in a
+ * batch of 1; without it the same stream waits for batches: target n
+ * = 10, the largest with (n - 1) 1000 + 50 + 2 n <= 9800 us. */
+static void test_idle_flush_low_rate(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batch *out[4];
+    int64_t t = 100 * MS;
+
+    for (int on = 0; on < 2; on++) {
+        unsigned at_once = 0, batched = 0, total = 0;
+        opts_for_test(&o);
+        o.idle_flush = on;
+        struct qv_batcher *b = qv_batcher_create(&o);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+        CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+        for (uintptr_t i = 0; i < 200; i++, t += 1 * MS) {
+            CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, t, 0, tag(i)), 0);
+            unsigned got = qv_batcher_poll(b, t, out, 4);
+            for (unsigned j = 0; j < got; j++) {
+                if (out[j]->n == 1 && untag(out[j]->items[0]) == i)
+                    at_once++;
+                if (out[j]->n > 1)
+                    batched++;
+                total += out[j]->n;
+                qv_batcher_done(b, out[j]);
+            }
+        }
+        if (on) {
+            CU_ASSERT_EQUAL(at_once, 200);
+            CU_ASSERT_EQUAL(batched, 0);
+        } else {
+            CU_ASSERT(at_once < 10);            /* the first, before a rate */
+            CU_ASSERT(batched > 10);
+            CU_ASSERT_EQUAL(qv_batcher_target(b, 1, QV_BATCH_INTERACTIVE), 10);
+        }
+        CU_ASSERT(total <= 200);
+        qv_batcher_free(b);
+    }
+}
+
+/* Dense stream (20 us gaps < 50 us fixed part): idle flush on, batches
+ * still reach max_batch; and a class with a batch in flight is not idle:
+ * a sparse stream then waits for its batch as before. */
+static void test_idle_flush_high_rate_and_busy(void)
+{
+    struct qv_batcher_opts o;
+    struct stream_result fast;
+    struct qv_batch *out[4], *held;
+    struct qv_batcher *b;
+    int64_t t = 100 * MS;
+
+    opts_for_test(&o);
+    o.max_batch = 64;
+    o.queue_capacity = 4096;
+    CU_ASSERT_EQUAL(o.idle_flush, 1);           /* the default */
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    run_stream(b, &o, 20 * US, 5000, &fast);
+    CU_ASSERT_EQUAL(fast.queries, 5000);
+    CU_ASSERT_EQUAL(fast.violations, 0);
+    CU_ASSERT(fast.mean_late >= 0.9 * 64);
+    qv_batcher_free(b);
+
+    opts_for_test(&o);
+    o.inflight[QV_BATCH_INTERACTIVE] = 2;
+    b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 2, NULL), 0);
+    /* collection 2 holds a batch: the interactive class is busy */
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 2, QV_BATCH_INTERACTIVE, t, 0, tag(999)), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t, out, 1), 1);
+    held = out[0];
+    unsigned polled_at_once = 0;
+    for (uintptr_t i = 0; i < 20; i++, t += 1 * MS) {
+        CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, t, 0, tag(i)), 0);
+        unsigned got = qv_batcher_poll(b, t, out, 4);
+        for (unsigned j = 0; j < got; j++) {
+            if (i >= 2 && out[j]->n == 1)   /* rate known from query 2 on */
+                polled_at_once++;
+            qv_batcher_done(b, out[j]);
+        }
+    }
+    CU_ASSERT_EQUAL(polled_at_once, 0);
+    /* once idle again, the waiting queries leave at the next poll */
+    qv_batcher_done(b, held);
+    CU_ASSERT_EQUAL(qv_batcher_poll(b, t, out, 1), 1);
+    CU_ASSERT(out[0]->n >= 1);
+    qv_batcher_done(b, out[0]);
+    qv_batcher_free(b);
+}
+
+/* next_flush(now) names the poll that flushes: none 1 us before it, one
+ * at it; INT64_MAX with nothing queued; now when a queue is ready. */
+static void next_flush_case(int idle_flush, int64_t gap)
+{
+    struct qv_batcher_opts o;
+    struct qv_batch *out[2];
+    int64_t t = 100 * MS;
+
+    opts_for_test(&o);
+    o.idle_flush = idle_flush;
+    struct qv_batcher *b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_next_flush(b, t), INT64_MAX);
+    /* two queries establish the rate; the first leaves at once (no rate) */
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, t, 0, tag(0)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_next_flush(b, t), t);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t, out, 2), 1);
+    qv_batcher_done(b, out[0]);
+    for (uintptr_t i = 1; i < 4; i++) {
+        t += gap;
+        CU_ASSERT_EQUAL(qv_batcher_offer(b, 1, QV_BATCH_INTERACTIVE, t, 0, tag(i)), 0);
+    }
+    int64_t next = qv_batcher_next_flush(b, t);
+    CU_ASSERT(next > t && next < t + 10 * MS);
+    CU_ASSERT_EQUAL(qv_batcher_poll(b, next - 1 * US, out, 2), 0);
+    CU_ASSERT_EQUAL(qv_batcher_next_flush(b, next - 1 * US), next);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, next, out, 2), 1);
+    CU_ASSERT_EQUAL(out[0]->n, 3);
+    qv_batcher_done(b, out[0]);
+    CU_ASSERT_EQUAL(qv_batcher_next_flush(b, next), INT64_MAX);
+    qv_batcher_free(b);
+}
+
+static void test_next_flush(void)
+{
+    next_flush_case(0, 20 * US);    /* rule (c): the next arrival is late */
+    next_flush_case(1, 20 * US);    /* rule (d): 20 us gaps, 50 us fixed part */
+    next_flush_case(0, 1 * US);     /* (c) with a fast rate: later */
+}
+
+#define HOOK_PER_THREAD 20000u
+
+struct hook_state {
+    _Atomic unsigned calls;
+    uint8_t *hooked;                /* per item: times the hook saw it */
+    int wrong;                      /* coll/cls not as offered */
+};
+
+static void count_arrival(void *arg, uint64_t coll, enum qv_batch_class cls, void *item)
+{
+    struct hook_state *h = arg;
+    uintptr_t v = untag(item);
+
+    if (coll != 1 + (v & 1) || cls != (enum qv_batch_class)((v >> 1) & 1))
+        h->wrong++;
+    h->hooked[v]++;
+    atomic_fetch_add(&h->calls, 1);
+}
+
+static void *hook_producer(void *arg)
+{
+    struct producer *p = arg;
+
+    for (uintptr_t i = 0; i < HOOK_PER_THREAD; i++) {
+        uintptr_t v = p->id * HOOK_PER_THREAD + i;
+        while (qv_batcher_offer(p->b, 1 + (v & 1), (enum qv_batch_class)((v >> 1) & 1),
+                                qv_now_ns(), 0, tag(v)) == QV_EBUSY)
+            sched_yield();
+    }
+    return NULL;
+}
+
+/* 2 producers over 2 collections x 2 classes; the poller also calls
+ * next_flush: the hook sees each item exactly once, before its batch. */
+static void test_arrival_hook(void)
+{
+    struct qv_batcher_opts o;
+    struct hook_state h = { .wrong = 0 };
+    struct producer prod[2];
+    struct qv_batch *out[8];
+    pthread_t th[2];
+    uint64_t total = 0, early = 0;
+
+    opts_for_test(&o);
+    o.queue_capacity = 64;
+    o.max_batch = 16;
+    o.cost_ns = NULL;
+    o.on_arrival = count_arrival;
+    o.on_arrival_arg = &h;
+    h.hooked = calloc(2 * HOOK_PER_THREAD, 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(h.hooked);
+    atomic_init(&h.calls, 0);
+    struct qv_batcher *b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 2, NULL), 0);
+    for (unsigned i = 0; i < 2; i++) {
+        prod[i] = (struct producer){ .b = b, .id = i };
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, hook_producer, &prod[i]), 0);
+    }
+    int64_t give_up = qv_now_ns() + 60000 * MS;
+    while (total < 2 * HOOK_PER_THREAD && qv_now_ns() < give_up) {
+        (void)qv_batcher_next_flush(b, qv_now_ns());
+        unsigned got = qv_batcher_poll(b, qv_now_ns(), out, 8);
+        for (unsigned j = 0; j < got; j++) {
+            for (uint32_t k = 0; k < out[j]->n; k++)
+                early += h.hooked[untag(out[j]->items[k])] != 1;
+            total += out[j]->n;
+            qv_batcher_done(b, out[j]);
+        }
+    }
+    for (unsigned i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    CU_ASSERT_EQUAL(total, 2 * HOOK_PER_THREAD);
+    CU_ASSERT_EQUAL(early, 0);
+    CU_ASSERT_EQUAL(atomic_load(&h.calls), 2 * HOOK_PER_THREAD);
+    CU_ASSERT_EQUAL(h.wrong, 0);
+    uint64_t not_once = 0;
+    for (uint64_t v = 0; v < 2 * HOOK_PER_THREAD; v++)
+        not_once += h.hooked[v] != 1;
+    CU_ASSERT_EQUAL(not_once, 0);
+    free(h.hooked);
+    qv_batcher_free(b);
+}
+
 /* ---- errors, configuration, allocation failures ----------------------- */
 
 static void test_bad_arguments(void)
@@ -711,6 +942,11 @@ int main(void)
         { "bulkheads cap batches in flight; done releases", test_bulkheads },
         { "batching off: batches of 1", test_batching_off },
         { "a batch dispatched late counts as a deadline miss", test_deadline_miss_counted },
+        { "idle flush: a sparse stream leaves at once", test_idle_flush_low_rate },
+        { "idle flush: a dense stream batches, a busy class waits",
+          test_idle_flush_high_rate_and_busy },
+        { "next_flush names the poll that flushes", test_next_flush },
+        { "the arrival hook sees each query once, before its batch", test_arrival_hook },
         { "2 producers x 100k offers, one poller: each query once", test_multithreaded_offers },
         { "bad arguments", test_bad_arguments },
         { "[batcher] configuration", test_config },

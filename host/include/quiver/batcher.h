@@ -28,9 +28,24 @@
  *     scanned = lists (N / nlist) (4 d + 4) ceil(n p / nlist / 64)
  *     ops     = 2 n p (N / nlist) d
  *     cost(n) = overhead + max(scanned / mem_Bps, ops / flops)
- * quiverbench fits cost(n) = a + b n from two timed batches instead.
+ * and for a flat index of N rows (every vector scanned, the rows read
+ * once per tile of 64 queries):
+ *     scanned = N (4 d + 4) ceil(n / 64),  ops = 2 n N d
+ * The service (service.h) computes these and corrects them online.
  * It must be cheap (it is called a few times per queue per poll), pure
  * and increasing in n; NULL means 0 (no service time).
+ *
+ * Idle flush.  While a class has no batch in flight (the dispatcher is
+ * idle), a queue flushes at once when the next arrival is expected later
+ * than the saving of waiting for it, cost(n) + cost(1) - cost(n + 1) (the
+ * fixed part of a batch): at low load a query is served at once instead
+ * of waiting out its budget, and batches form from the queries that
+ * arrive while a batch runs.  idle_flush = 0 turns the rule off.
+ *
+ * Arrival hook.  on_arrival (optional) runs on the consumer thread,
+ * inside qv_batcher_poll() or qv_batcher_next_flush(), once for each
+ * query when the batcher first sees it in its ring, before any batch can
+ * hold it: the service prefetches what a waiting query will scan.
  */
 #ifndef QUIVER_BATCHER_H
 #define QUIVER_BATCHER_H
@@ -55,6 +70,12 @@ enum qv_batch_class {
  * collection coll.  Called from the consumer thread only. */
 typedef double qv_batcher_cost_fn(void *arg, uint64_t coll, uint32_t n);
 
+/* Arrival hook: item (as offered to coll, class cls) was just seen by the
+ * consumer.  Called from the consumer thread only; must not call back
+ * into the batcher. */
+typedef void qv_batcher_arrival_fn(void *arg, uint64_t coll, enum qv_batch_class cls,
+                                   void *item);
+
 struct qv_batcher_opts {
     int batching;                   /* 1 (default); 0: every query is its
                                        own batch at once (as max_batch 1) */
@@ -78,6 +99,10 @@ struct qv_batcher_opts {
     uint32_t max_collections;       /* 1..QV_BATCHER_MAX_COLLECTIONS; 64 */
     qv_batcher_cost_fn *cost_ns;    /* NULL: every batch costs 0 */
     void *cost_arg;
+    int idle_flush;                 /* 1 (default): the idle flush rule
+                                       above; 0: off */
+    qv_batcher_arrival_fn *on_arrival;  /* NULL: none */
+    void *on_arrival_arg;
 };
 
 /* Per-collection overrides of qv_batcher_add_collection(); 0 = the
@@ -107,8 +132,8 @@ void qv_batcher_opts_default(struct qv_batcher_opts *o);
 /* Fill o from the [batcher] section of cfg (batching, max_batch,
  * queue_capacity, interactive_budget_us, bulk_budget_us, margin_us,
  * interactive_inflight, bulk_inflight, interactive_workers, bulk_workers,
- * ewma_alpha, max_collections); cost_ns stays NULL.  Returns 0 (values
- * were validated at load). */
+ * ewma_alpha, max_collections, idle_flush); cost_ns and on_arrival stay
+ * NULL.  Returns 0 (values were validated at load). */
 int qv_batcher_opts_from_config(const struct qv_config *cfg, struct qv_batcher_opts *o);
 
 /* Create a batcher with no collection per o (NULL = defaults).  Returns
@@ -158,6 +183,18 @@ int qv_batcher_offer(struct qv_batcher *b, uint64_t coll, enum qv_batch_class cl
  */
 unsigned qv_batcher_poll(struct qv_batcher *b, int64_t now, struct qv_batch **out,
                          unsigned max);
+
+/*
+ * qv_batcher_next_flush - the earliest time (ns, the clock of `now`) at
+ * which poll() would hand out a batch if no other query arrived: <= now
+ * when one is ready now, INT64_MAX when no queue holding queries can give
+ * a batch (none queued, or their in-flight budgets are full: done() frees
+ * them).  For the dispatcher's idle wait: sleep until then or until a
+ * producer wakes it.  Looks at newly published queries first (the
+ * arrival hook runs for them).  No allocation, no lock; O(collections +
+ * queries newly arrived).  Consumer thread only.
+ */
+int64_t qv_batcher_next_flush(struct qv_batcher *b, int64_t now);
 
 /* Hand back a batch from poll(): frees its slot and its in-flight
  * budgets.  Consumer thread only.  Cannot fail (a batch not from this

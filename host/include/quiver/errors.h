@@ -26,6 +26,7 @@
 #define QV_EEXIST    (-EEXIST)    /* item already exists */
 #define QV_EBUSY     (-EBUSY)     /* try again later */
 #define QV_ENOSPC    (-ENOSPC)    /* a fixed capacity is full */
+#define QV_ETIMEDOUT (-ETIMEDOUT) /* a deadline passed before the work ran */
 #define QV_EFORMAT   (-1001)      /* a file is not in the expected format */
 #define QV_ECONFIG   (-1002)      /* a configuration key or value is wrong */
 #define QV_ECORRUPT  (-1003)      /* data failed an integrity check */

@@ -1,0 +1,154 @@
+/*
+ * service_int.h - private structures of the query service (service.h,
+ * whose header comment holds the design).  Three files share them:
+ *   service.c          create/free, collections, submit, the dispatcher
+ *   service_cost.c     the batcher's cost model
+ *   service_metrics.c  registration, refresh at render, rendering
+ *
+ * Ownership and threads, field by field:
+ *   [any]   read by any thread, written before publication (add_collection
+ *           fills a collection, then publishes its pointer with release)
+ *   [disp]  the dispatcher thread only (or anyone while it is parked)
+ *   [mu]    guarded by svc->mu
+ *   [atom]  atomics
+ */
+#ifndef QUIVER_SERVICE_INT_H
+#define QUIVER_SERVICE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "quiver/metrics.h"
+#include "quiver/router.h"
+#include "quiver/service.h"
+
+#define SVC_CACHELINE 64
+#define SVC_CACHES 2                /* 0 result, 1 semantic */
+
+/* The cost model of one collection [disp]. */
+struct svc_model {
+    enum qv_wu_kind kind;           /* the router parameters it uses */
+    double rows;                    /* vectors (tombstones included) */
+    double nlist;                   /* IVF*: lists; flat: 1 */
+    double bpe;                     /* bytes per list entry */
+    double opp;                     /* distance ops per (query, entry) */
+    uint32_t p_default;             /* nprobe (IVF*) or ef (HNSW) */
+    uint64_t shape_epoch;           /* epoch rows/nlist were read at */
+    double corr;                    /* EWMA of observed / predicted */
+    /* HNSW: cost(n) = a + b n, exponentially weighted least squares */
+    double mn, mt, mnn, mnt;        /* weighted means of n, t, n^2, n t */
+    uint64_t nobs;
+    double a, b;                    /* current fit */
+    double prior_a, prior_b;        /* before two sizes were seen */
+};
+
+struct svc_coll {
+    uint64_t id;                                        /* [any] */
+    struct qv_service_collection spec;                  /* [any] */
+    char label[48];                                     /* collection="id" */
+    int64_t budget[QV_BATCH_CLASSES];                   /* [any] */
+    _Atomic uint64_t epoch;                             /* [atom] */
+    float *gather;                  /* max_batch x dim   [disp] */
+    struct svc_model model;                             /* [disp] */
+    /* metrics: pointers [any], updates lock-free */
+    struct qv_hist *stage[QV_SERVICE_STAGES];
+    struct qv_hist *batch_queries;
+    struct qv_counter *outcome[QV_SERVICE_OUTCOMES];
+    struct qv_counter *hits[SVC_CACHES], *misses[SVC_CACHES];
+    struct qv_counter *searches;
+};
+
+/* Engine parameters the cost model reads [disp]. */
+struct svc_engines {
+    unsigned n;                     /* 1 without a router */
+    struct qv_router_params p[QV_ROUTER_MAX_ENGINES][QV_WU__COUNT];
+    int64_t read_at;                /* when they were read */
+};
+
+/* Metrics refreshed at render [mu_render]. */
+struct svc_gauges {
+    char names[QV_ROUTER_MAX_ENGINES][QV_ROUTER_NAME_MAX];
+    struct qv_counter *units[QV_ROUTER_MAX_ENGINES], *failures[QV_ROUTER_MAX_ENGINES];
+    struct qv_gauge *breaker[QV_ROUTER_MAX_ENGINES], *util[QV_ROUTER_MAX_ENGINES];
+    struct qv_gauge *share[QV_ROUTER_MAX_ENGINES];
+    uint64_t last_units[QV_ROUTER_MAX_ENGINES], last_failures[QV_ROUTER_MAX_ENGINES];
+    uint64_t last_observed[QV_ROUTER_MAX_ENGINES];
+    int64_t last_at;
+    struct qv_gauge *depth[QV_BATCH_CLASSES], *inflight[QV_BATCH_CLASSES];
+    struct qv_counter *misses[QV_BATCH_CLASSES];
+    uint64_t last_misses[QV_BATCH_CLASSES];
+    struct qv_gauge *entries[SVC_CACHES], *bytes[SVC_CACHES];
+    struct qv_counter *evictions[SVC_CACHES], *invalidations[SVC_CACHES];
+    uint64_t last_evictions[SVC_CACHES], last_invalidations[SVC_CACHES];
+};
+
+struct qv_service {
+    /* producers' read-mostly line: the dispatcher writes `sleeping` only
+     * around an idle wait */
+    _Alignas(SVC_CACHELINE) _Atomic int sleeping;       /* [atom] */
+    _Atomic uint32_t wake_seq;      /* the futex word    [atom] */
+    _Atomic int closing;                                /* [atom] */
+    _Atomic int pause_flag;         /* mirror of pause_req > 0 [atom] */
+
+    _Alignas(SVC_CACHELINE) struct qv_service_opts o;   /* [any] */
+    struct qv_batcher *batcher;
+    struct qv_result_cache *rcache; /* NULL: off */
+    struct qv_semantic_cache *scache;   /* NULL: off */
+    struct qv_engine *engine;       /* borrowed or NULL */
+    struct qv_router *router;       /* borrowed or NULL */
+    struct qv_metrics *metrics;
+    int own_metrics;
+    uint32_t max_batch;             /* the batcher's max_batch option */
+
+    /* collections: open addressing, 2 x max_collections slots */
+    uint32_t hmask;
+    _Atomic(struct svc_coll *) *table;                  /* [atom] */
+    struct svc_coll **colls;        /* dense             [mu] */
+    uint32_t ncoll;                                     /* [mu] */
+    pthread_mutex_t add_mu;         /* serialises add_collection */
+
+    /* dispatcher scratch [disp] */
+    float *res_dist;                /* max_batch x max_k */
+    uint64_t *res_ids;
+    struct qv_service_request **grp;    /* max_batch */
+    struct svc_engines eng;
+    struct svc_coll *cost_last;     /* the cost callback's last lookup */
+
+    /* thread control */
+    pthread_t thread;
+    int started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int pause_req;                                      /* [mu] */
+    int parked;                                         /* [mu] */
+
+    /* counters written by the dispatcher, read anywhere [atom] */
+    _Atomic uint64_t n_batches, n_searches, n_searched;
+
+    /* invalid requests of unknown collections */
+    struct qv_counter *unknown_invalid;
+    pthread_mutex_t render_mu;
+    struct svc_gauges g;                                /* [render_mu] */
+};
+
+/* service.c */
+struct svc_coll *qv__svc_lookup(const struct qv_service *svc, uint64_t id);
+
+/* service_cost.c */
+void qv__svc_engines_read(struct qv_service *svc, int64_t now);
+int qv__svc_model_init(struct qv_service *svc, struct svc_coll *c);
+void qv__svc_model_shape(struct svc_coll *c);
+double qv__svc_model_cost(const struct qv_service *svc, const struct svc_coll *c,
+                          uint32_t n, uint32_t p);
+void qv__svc_model_observe(struct qv_service *svc, struct svc_coll *c, uint32_t n,
+                           uint32_t p, double ns);
+double qv__svc_cost_cb(void *arg, uint64_t coll, uint32_t n);
+
+/* service_metrics.c */
+int qv__svc_metrics_init(struct qv_service *svc);
+int qv__svc_metrics_coll(struct qv_service *svc, struct svc_coll *c);
+void qv__svc_hist_ns(struct qv_hist *h, int64_t ns);
+uint64_t qv__svc_router_busy_ns(const struct qv_service *svc);
+
+#endif
