@@ -150,6 +150,9 @@ struct qv__bench_openloop {
     const struct qv_bench_index *ops;
     void *ix;
     const struct qv_bench_params *p;
+    struct qv_router *router;       /* --engine auto: the router under
+                                       p->engine (its model and metrics
+                                       feed the service); else NULL */
     const float *queries;
     size_t nq;
     uint32_t dim, k;

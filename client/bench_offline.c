@@ -907,6 +907,7 @@ int qv__bench_offline_main(int argc, char **argv)
         struct qv__bench_openloop ol = {
             .rate = a.rate, .duration_s = a.duration, .batching = a.batching,
             .budget_us = (int64_t)a.budget_us, .bopts = bopts, .ops = r.ops, .ix = r.ix,
+            .router = r.router,
             .p = &p, .queries = r.queries, .nq = nq, .dim = dim, .k = k, .seed = a.seed,
             .json = a.json, .index = a.index, .engine = a.engine, .data = a.data,
         };

@@ -29,7 +29,8 @@
  * (QV_ETIMEDOUT): they count as deadline misses and keep their latency.
  *
  * Cost model: the service's (service_cost.c: the router's formula under
- * the generic engine parameters, corrected online from observed
+ * the router's calibrated parameters with --engine auto, else the generic
+ * engine parameters, corrected online from observed
  * searches; for HNSW a fitted a + b n).  After the run it is read back as
  * a + b n from its predictions for batches of 1 and max_batch;
  * 1e9 / cost(1) is printed as the batch-1 capacity.
@@ -196,6 +197,7 @@ static struct qv_service *ol_service(const struct qv__bench_openloop *ol,
     so.cache.semantic_entries = 0;
     so.max_k = ol->k;
     so.engine = ol->p->engine;
+    so.router = ol->router;         /* the model's parameters, the metrics */
     if (ol_collection(ol, &c) != 0)
         return NULL;
     svc = qv_service_create(&so);

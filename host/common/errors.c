@@ -38,6 +38,7 @@ const char *qv_strerror(int code)
     case QV_EEXIST:   return "already exists";
     case QV_EBUSY:    return "busy, try again later";
     case QV_ENOSPC:   return "capacity full";
+    case QV_ETIMEDOUT: return "deadline passed before the work ran";
     case QV_EFORMAT:  return "bad file format";
     case QV_ECONFIG:  return "configuration error";
     case QV_ECORRUPT: return "data corrupt";

@@ -73,11 +73,15 @@
  *       With no rate known yet, nothing says another query is coming:
  *       flush.
  *   (d) idle flush (idle_flush = 1): the class has no batch in flight
- *       (the dispatcher is idle) and the next arrival, expected at now +
- *       g' as in (c), is further away than the saving of waiting for it,
- *       F = C(n) + C(1) - C(n + 1), the fixed part of a batch: serving
- *       the n queries now and the next one on its own costs F more than
- *       serving n + 1 together, but waiting costs each queued query g'.
+ *       (the dispatcher is idle) and waiting for the next arrival,
+ *       expected at now + g' as in (c), costs the n queued queries more
+ *       than it saves: n g' > F, with F = C(n) + C(1) - C(n + 1) the
+ *       fixed part of a batch (serving the n queries now and the next
+ *       one on its own costs F more than serving n + 1 together, while
+ *       waiting delays each of the n by g').  Comparing g' alone with F
+ *       (the first version) let a queue of several queries wait for its
+ *       target at mid load: p99 1.39 ms with batching against 0.59 ms
+ *       without at 50% load.
  *       Measured before this rule: at 20% load the p50 was 1.1 ms with
  *       batching against 95 us without, because (a)-(c) hold a lone
  *       query until its budget is nearly spent.  With it, a query that
@@ -93,7 +97,7 @@
  * first of them will hold with no new arrival: (b) at min_deadline -
  * M - C(n); (c) at min(s - g, (s + last_arrival) / 2) with s =
  * min_deadline - M - C(n + 1) (g' + now > s, g' being g or now -
- * last_arrival); (d) at last_arrival + F.
+ * last_arrival); (d) at last_arrival + F / n.
  *
  * Arrival hook.  observe() is where a query is first seen: it calls
  * on_arrival there, once per ring slot (seen only moves forward), before
@@ -641,7 +645,7 @@ static int ready(const struct qv_batcher *b, struct bt_queue *q, int64_t now)
         gap = (double)(now - q->last_arrival);
     if (gap + cost(b, q, n + 1) > slack)                   /* (c) */
         return 1;
-    if (idle(b, q) && gap > fixed_part(b, q, n))            /* (d) */
+    if (idle(b, q) && (double)n * gap > fixed_part(b, q, n))   /* (d) */
         return 1;
     return 0;
 }
@@ -677,8 +681,8 @@ static int64_t queue_next_flush(const struct qv_batcher *b, struct bt_queue *q, 
     double tc = s - q->iat < (s + last) / 2.0 ? s - q->iat : (s + last) / 2.0;
     if (after(tc) < t)
         t = after(tc);
-    if (idle(b, q) && after(last + fixed_part(b, q, n)) < t)     /* (d) */
-        t = after(last + fixed_part(b, q, n));
+    if (idle(b, q) && after(last + fixed_part(b, q, n) / n) < t)     /* (d) */
+        t = after(last + fixed_part(b, q, n) / n);
     return t > now ? t : now;
 }
 

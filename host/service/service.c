@@ -599,30 +599,59 @@ int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
 /* ------------------------------------------------------------------ */
 
 /*
- * ======================== PREFETCH HOOK (for the lead) ========================
- * svc_prefetch() runs on the dispatcher thread once for every queued
- * request, when the batcher first sees it in its ring (the batcher's
- * on_arrival hook), before any batch can hold it.  It is the place to
- * start copying the lists the request will probe into the chosen engine's
- * memory while the request waits for its batch:
- *     IVF     qv_ivf_prefetch(c->spec.index.ivf, req->query, 1, req->priv.p1)
- *     IVF-PQ  qv_ivfpq_prefetch(c->spec.index.ivfpq, req->query, 1, req->priv.p1)
- *     flat    qv_flat_prefetch(c->spec.index.flat, svc->engine) (once per
- *             collection and epoch is enough: it names every segment)
- *     HNSW    nothing (CPU only)
- * (not called yet: the lead wires them in).  Rules: dispatcher thread, so
- * the router may be used; the request
- * is alive (queued, not completed); a hint, so ignore its result; keep it
- * cheap, it delays the poll (a probe selection per query: consider doing
- * it only when svc->engine has device memory).
- * ============================================================================
+ * Predictive prefetch.  svc_prefetch() runs on the dispatcher thread once
+ * for every queued request, when the batcher first sees it (its
+ * on_arrival hook), before any batch can hold it: it starts copying the
+ * lists the request will probe into the memory of the engine the router
+ * would send them to, while the request waits for its batch (IVF and
+ * IVF-PQ: qv_*_prefetch selects the request's probes as the search will;
+ * flat: every segment; HNSW: nothing, it runs on the CPU).  The router
+ * forwards it only to an engine with device memory that its model would
+ * choose now, and the engine copies asynchronously.
+ *
+ * Backoff.  A prefetch costs a probe selection (O(nlist dim) for one
+ * query) even when it does nothing: the chosen engine reads host memory
+ * (the CPU, POCL in place), or the lists are already resident.  So each
+ * collection prefetches one request in pf_interval: a prefetch that
+ * started copies resets the interval to 1, one that started none doubles
+ * it up to SVC_PREFETCH_MAX_INTERVAL.  Where nothing is ever copied that
+ * is one probe selection per 64 requests; a collection whose lists start
+ * to move (new lists, an engine with device memory winning) is back to
+ * every request after at most 64.
  */
+#define SVC_PREFETCH_MAX_INTERVAL 64u
+
 static void svc_prefetch(struct qv_service *svc, struct svc_coll *c,
                          struct qv_service_request *req)
 {
-    (void)svc;
-    (void)c;
-    (void)req;
+    const struct qv_service_index *ix = &c->spec.index;
+    int rc;
+
+    if (svc->engine == NULL || ix->type == QV_SERVICE_HNSW)
+        return;
+    if (c->pf_skip > 0) {
+        c->pf_skip--;
+        return;
+    }
+    switch (ix->type) {
+    case QV_SERVICE_IVF:
+        rc = qv_ivf_prefetch(ix->ivf, req->query, 1, req->priv.p1);
+        break;
+    case QV_SERVICE_IVFPQ:
+        rc = qv_ivfpq_prefetch(ix->ivfpq, req->query, 1, req->priv.p1);
+        break;
+    default:
+        rc = qv_flat_prefetch(ix->flat, svc->engine);
+        break;
+    }
+    atomic_fetch_add_explicit(&svc->n_prefetch_calls, 1, memory_order_relaxed);
+    if (rc > 0) {
+        atomic_fetch_add_explicit(&svc->n_prefetch_started, 1, memory_order_relaxed);
+        c->pf_interval = 1;
+    } else if (c->pf_interval < SVC_PREFETCH_MAX_INTERVAL) {
+        c->pf_interval = c->pf_interval ? 2 * c->pf_interval : 2;
+    }
+    c->pf_skip = c->pf_interval ? c->pf_interval - 1 : 0;
 }
 
 static void on_arrival(void *arg, uint64_t coll, enum qv_batch_class cls, void *item)
@@ -1051,6 +1080,9 @@ void qv_service_stats(struct qv_service *svc, struct qv_service_stats *out)
     out->outcomes[QV_SERVICE_OUT_INVALID] += qv_counter_get(svc->unknown_invalid);
     out->batches = atomic_load_explicit(&svc->n_batches, memory_order_relaxed);
     out->searches = atomic_load_explicit(&svc->n_searches, memory_order_relaxed);
+    out->prefetch_calls = atomic_load_explicit(&svc->n_prefetch_calls, memory_order_relaxed);
+    out->prefetch_started = atomic_load_explicit(&svc->n_prefetch_started,
+                                                 memory_order_relaxed);
     out->searched = atomic_load_explicit(&svc->n_searched, memory_order_relaxed);
 }
 

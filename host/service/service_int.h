@@ -51,6 +51,8 @@ struct svc_coll {
     _Atomic uint64_t epoch;                             /* [atom] */
     float *gather;                  /* max_batch x dim   [disp] */
     struct svc_model model;                             /* [disp] */
+    uint32_t pf_interval;           /* prefetch 1 request in this many [disp] */
+    uint32_t pf_skip;               /* requests to pass before the next [disp] */
     /* metrics: pointers [any], updates lock-free */
     struct qv_hist *stage[QV_SERVICE_STAGES];
     struct qv_hist *batch_queries;
@@ -125,6 +127,7 @@ struct qv_service {
 
     /* counters written by the dispatcher, read anywhere [atom] */
     _Atomic uint64_t n_batches, n_searches, n_searched;
+    _Atomic uint64_t n_prefetch_calls, n_prefetch_started;
 
     /* invalid requests of unknown collections */
     struct qv_counter *unknown_invalid;

@@ -281,6 +281,138 @@ static void test_equals_direct(void)
     }
 }
 
+/* ---- predictive prefetch -------------------------------------------- */
+
+/* An engine "with device memory" that runs units on a CPU engine of its
+ * own and counts the prefetches it is asked for; prefetch answers ret
+ * (> 0: the number of lists, as if every copy started). */
+struct devfake {
+    struct qv_engine base;
+    struct qv_engine *cpu;
+    int ret;
+    unsigned prefetches, lists;
+    struct qv_work_unit *done[64];
+    unsigned ndone;
+};
+
+static void devfake_caps(const struct qv_engine *e, struct qv_engine_caps *out)
+{
+    (void)e;
+    *out = (struct qv_engine_caps){ .kinds = (1u << QV_WU__COUNT) - 1, .max_dim = 65536,
+                                    .device_memory = 1ull << 30 };
+}
+
+static int devfake_submit(struct qv_engine *e, struct qv_work_unit *wu)
+{
+    struct devfake *D = e->priv;
+    if (D->ndone == 64)
+        return QV_EBUSY;
+    wu->status = qv_engine_run(D->cpu, wu);
+    D->done[D->ndone++] = wu;
+    return 0;
+}
+
+static int devfake_poll(struct qv_engine *e, struct qv_work_unit **done, int max)
+{
+    struct devfake *D = e->priv;
+    int n = 0;
+    while (n < max && D->ndone)
+        done[n++] = D->done[--D->ndone];
+    return n;
+}
+
+static int devfake_health(const struct qv_engine *e)
+{
+    (void)e;
+    return 0;
+}
+
+static void devfake_free(struct qv_engine *e)
+{
+    (void)e;
+}
+
+static int devfake_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    struct devfake *D = e->priv;
+    D->prefetches++;
+    D->lists += wu->nlists;
+    return D->ret > 0 ? (int)wu->nlists : D->ret;
+}
+
+static const struct qv_engine_ops devfake_ops = {
+    .name = "devfake", .caps = devfake_caps, .submit = devfake_submit,
+    .poll = devfake_poll, .health = devfake_health, .free = devfake_free,
+    .prefetch = devfake_prefetch,
+};
+
+/* n IVF requests through a service over a router holding only a devfake
+ * answering ret; the service's stats and the fake's counts out. */
+static void prefetch_run(int ret, unsigned n, struct qv_service_stats *st, struct devfake *D)
+{
+    static struct treq t[256];
+    struct qv_router_opts ro;
+    struct qv_service_opts o;
+
+    memset(D, 0, sizeof *D);
+    D->base = (struct qv_engine){ .ops = &devfake_ops, .priv = D };
+    D->cpu = qv_engine_cpu_create(NULL);
+    D->ret = ret;
+    qv_router_opts_default(&ro);
+    ro.calibrate = 0;
+    struct qv_router *r = qv_router_create(&ro);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(r);
+    CU_ASSERT_EQUAL_FATAL(qv_router_add(r, "dev", &D->base,
+                                        QV_ROUTER_CLEAN_FAIL | QV_ROUTER_SYNC), 0);
+    qv_service_opts_default(&o);
+    o.router = r;
+    o.max_k = KMAX;
+    o.cache.entries = 0;
+    o.cache.semantic_entries = 0;
+    o.batcher.queue_capacity = 256;
+    o.start_paused = 1;
+    struct qv_service *svc = qv_service_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
+    CU_ASSERT_EQUAL_FATAL(add(svc, C_IVF), 0);
+    for (unsigned i = 0; i < n; i++) {
+        treq_init(&t[i], C_IVF, query(i), 10);
+        CU_ASSERT_EQUAL(submit(svc, &t[i]), 0);
+    }
+    qv_service_resume(svc);
+    CU_ASSERT_FATAL(wait_all(t, n));
+    unsigned bad = 0;
+    for (unsigned i = 0; i < n; i++) {
+        float d[10];
+        uint64_t ids[10];
+        direct(C_IVF, i, 10, 4, d, ids);
+        bad += t[i].r.status != 0 || !same_answer(t[i].dist, t[i].ids, d, ids, 10);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    qv_service_stats(svc, st);
+    qv_service_free(svc);
+    qv_router_free(r);
+    qv_engine_free(D->cpu);
+}
+
+/* Each waiting request's lists are prefetched (nprobe = 4 lists each)
+ * while copies start; where none start, the service backs off to one
+ * prefetch in 64 requests (1, 3, 7, 15, 31, 63, 127, 191: 8 of 200). */
+static void test_prefetch(void)
+{
+    struct qv_service_stats st;
+    struct devfake D;
+
+    prefetch_run(1, 40, &st, &D);
+    CU_ASSERT_EQUAL(st.prefetch_calls, 40);
+    CU_ASSERT_EQUAL(st.prefetch_started, 40);
+    CU_ASSERT_EQUAL(D.prefetches, 40);
+    CU_ASSERT_EQUAL(D.lists, 40 * 4);
+    prefetch_run(0, 200, &st, &D);
+    CU_ASSERT_EQUAL(st.prefetch_calls, 8);
+    CU_ASSERT_EQUAL(st.prefetch_started, 0);
+    CU_ASSERT_EQUAL(D.prefetches, 8);
+}
+
 /* 12 requests, k in {5, 10} x nprobe in {2, 8} x 3, queued while paused:
  * one batch, four searches, each answer that of its own parameters. */
 static void test_mixed_groups(void)
@@ -885,6 +1017,8 @@ int main(void)
         { "the cost model grows with n and follows observations", test_cost_model },
         { "metrics: stage histograms, cache counters, engine gauges", test_metrics },
         { "[service] configuration", test_config },
+        { "prefetch: every waiting request, backed off where nothing copies",
+          test_prefetch },
     };
     CU_pSuite s;
     unsigned fails;

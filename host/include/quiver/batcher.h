@@ -36,9 +36,10 @@
  * and increasing in n; NULL means 0 (no service time).
  *
  * Idle flush.  While a class has no batch in flight (the dispatcher is
- * idle), a queue flushes at once when the next arrival is expected later
- * than the saving of waiting for it, cost(n) + cost(1) - cost(n + 1) (the
- * fixed part of a batch): at low load a query is served at once instead
+ * idle), a queue of n queries flushes at once when waiting for the next
+ * arrival would delay them more in all (n x the expected gap) than it
+ * saves, cost(n) + cost(1) - cost(n + 1) (the fixed part of a batch):
+ * at low load a query is served at once instead
  * of waiting out its budget, and batches form from the queries that
  * arrive while a batch runs.  idle_flush = 0 turns the rule off.
  *

@@ -58,8 +58,9 @@
  *
  * Batches.  The batcher (batcher.h) queues per (collection, class); the
  * service's cost callback predicts a batch's search time (below) and its
- * arrival hook marks where prefetching will go (svc_prefetch in
- * host/service/service.c).  A batch's requests are stamped (queue wait),
+ * arrival hook prefetches each waiting request's lists into the memory of
+ * the engine the router would choose (svc_prefetch in
+ * host/service/service.c, backed off where it copies nothing).  A batch's requests are stamped (queue wait),
  * those past their deadline completed with QV_ETIMEDOUT, the rest grouped
  * by equal (k, resolved nprobe or ef, refine, filter bitmap) and each
  * group run as ONE index search over its gathered queries (a gather
@@ -401,6 +402,10 @@ struct qv_service_stats {
     uint64_t batches;               /* batches taken by the dispatcher */
     uint64_t searches;              /* index searches (groups) run */
     uint64_t searched;              /* requests in those searches */
+    uint64_t prefetch_calls;        /* predictive prefetches made (one per
+                                       request, backed off where they copy
+                                       nothing: service.c) */
+    uint64_t prefetch_started;      /* of those, ones that started copies */
     uint64_t result_hits, result_misses;
     uint64_t semantic_hits, semantic_misses;
 };
