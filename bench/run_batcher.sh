@@ -10,7 +10,10 @@
 # Environment: QV_DATA_DIR (../shared/data), QV_BENCH_THREADS (1: the
 #   dispatcher searches alone; the generator takes another CPU),
 #   QV_BENCH_DURATION (1 s per point), QV_BENCH_BUDGET_US (2000),
-#   QV_BENCH_SMALL (0), QV_BENCH_OUT (BUILD_DIR/benchresults/batcher).
+#   QV_BENCH_SMALL (0), QV_BENCH_ENGINE (auto: the router, whose
+#   calibrated parameters feed the service's cost model; cpu: the index's
+#   own path and generic parameters), QV_BENCH_OUT
+#   (BUILD_DIR/benchresults/batcher).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -22,6 +25,7 @@ data=${QV_DATA_DIR:-$root/../shared/data}
 t=${QV_BENCH_THREADS:-1}
 dur=${QV_BENCH_DURATION:-1}
 budget=${QV_BENCH_BUDGET_US:-2000}
+engine=${QV_BENCH_ENGINE:-auto}
 out=${QV_BENCH_OUT:-$build/benchresults/batcher}
 mkdir -p "$out"
 confarg=()
@@ -39,7 +43,7 @@ for set in "${sets[@]}"; do
     name=$(basename "$set")
     ixf=$out/$name-ivf.qvx
     common=(--data "$set" --index ivf --nlist 256 --nprobe 16 --k 10 --threads "$t"
-            "${confarg[@]}")
+            --engine "$engine" "${confarg[@]}")
     rm -f "$ixf"
     cap=$("$qb" offline "${common[@]}" --save "$ixf" --batch 1 --repeat 3 --json \
           2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["qps"])')

@@ -28,6 +28,7 @@
 
 #define SVC_BURST 16                        /* batches per poll */
 #define SVC_IDLE_MAX_NS 100000000LL         /* longest idle wait: 100 ms */
+#define SVC_SPIN_NS 100000LL               /* spin, not sleep, for a flush this near */
 #define SVC_DRAIN_AHEAD_NS (1LL << 50)      /* drain: every deadline is near */
 #define SVC_ENGINES_EVERY_NS 1000000000LL   /* re-read engine parameters */
 #define SVC_HASH_SEED 0x5175697665725356ULL
@@ -841,8 +842,16 @@ static uint64_t queued(const struct qv_service *svc)
     return q;
 }
 
-/* Nothing ready: sleep until the next flush or a wake.  See service.h,
- * "Threads and waking". */
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Nothing ready: sleep until the next flush or a wake (spin instead when
+ * the next flush is under SVC_SPIN_NS away).  See service.h, "Threads and
+ * waking". */
 static void idle_wait(struct qv_service *svc, uint32_t seq)
 {
     struct qv_batch *out[SVC_BURST];
@@ -860,6 +869,15 @@ static void idle_wait(struct qv_service *svc, uint32_t seq)
     }
     next = qv_batcher_next_flush(svc->batcher, now);
     wait = next - now;
+    if (wait > 0 && wait <= SVC_SPIN_NS) {
+        /* a queue flushes within microseconds: a timed futex wait would
+         * oversleep it by its timer's latency (tens of us on a VM) */
+        atomic_store_explicit(&svc->sleeping, 0, memory_order_relaxed);
+        while (qv_now_ns() < next && !atomic_load_explicit(&svc->pause_flag,
+                                                            memory_order_acquire))
+            cpu_relax();
+        return;
+    }
     if (next == INT64_MAX || wait > SVC_IDLE_MAX_NS)
         wait = SVC_IDLE_MAX_NS;
     if (wait > 0 && !atomic_load_explicit(&svc->pause_flag, memory_order_acquire) &&
