@@ -61,6 +61,12 @@ static void meter_forget(struct qv_engine *e, const void *host)
     qv_engine_forget(M->inner, host);
 }
 
+static int meter_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    struct meter *M = e->priv;
+    return qv_engine_prefetch(M->inner, wu);
+}
+
 static void meter_free(struct qv_engine *e)
 {
     struct meter *M = e->priv;
@@ -76,6 +82,7 @@ static const struct qv_engine_ops meter_ops = {
     .health = meter_health,
     .free = meter_free,
     .forget = meter_forget,
+    .prefetch = meter_prefetch,
 };
 
 struct qv_engine *qv__bench_meter_wrap(struct qv_engine *inner)
@@ -191,6 +198,12 @@ static void owner_forget(struct qv_engine *e, const void *host)
     qv_engine_forget(O->drv, host);
 }
 
+static int owner_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    struct fpga_owner *O = e->priv;
+    return qv_engine_prefetch(O->drv, wu);
+}
+
 static void owner_free(struct qv_engine *e)
 {
     struct fpga_owner *O = e->priv;
@@ -207,6 +220,7 @@ static const struct qv_engine_ops owner_ops = {
     .health = owner_health,
     .free = owner_free,
     .forget = owner_forget,
+    .prefetch = owner_prefetch,
 };
 
 struct qv_engine *qv__bench_fpga_engine(const struct qv_config *cfg)
@@ -277,6 +291,11 @@ static void auto_forget(struct qv_engine *e, const void *host)
     qv_engine_forget(auto_inner(e), host);
 }
 
+static int auto_prefetch(struct qv_engine *e, const struct qv_work_unit *wu)
+{
+    return qv_engine_prefetch(auto_inner(e), wu);
+}
+
 static void auto_free(struct qv_engine *e)
 {
     struct auto_owner *O = e->priv;
@@ -294,6 +313,7 @@ static const struct qv_engine_ops auto_ops = {
     .health = auto_health,
     .free = auto_free,
     .forget = auto_forget,
+    .prefetch = auto_prefetch,
 };
 
 /* Register e as name with desc; on failure e is freed.  0 or an error. */
