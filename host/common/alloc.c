@@ -70,6 +70,7 @@ static const char *const tag_names[QV_MEM__COUNT] = {
     [QV_MEM_CACHE]  = "cache",
     [QV_MEM_METRICS] = "metrics",
     [QV_MEM_ROUTER] = "router",
+    [QV_MEM_SERVER] = "server",
 };
 
 /* An out-of-range tag is a caller bug; count it as misc rather than index

@@ -32,6 +32,7 @@ enum qv_mem_tag {
     QV_MEM_CACHE,
     QV_MEM_METRICS,
     QV_MEM_ROUTER,
+    QV_MEM_SERVER,
     QV_MEM__COUNT
 };
 
