@@ -76,25 +76,11 @@ unsigned qv__bench_cpus(unsigned *cpus, unsigned max);
  * the nearest-rank rule: v[ceil(q * n) - 1]. */
 double qv__bench_quantile(const double *sorted, size_t n, double q);
 
-/* The OpenCL engine configured by cfg's [opencl] keys (bench_engine.c);
- * NULL + qv_errmsg() when this build or machine has none. */
+/* The OpenCL and FPGA engines alone (--engine opencl | fpga) come from
+ * quiver/engines.h: qv_engines_opencl, qv_engines_fpga (with
+ * QV_ENGINES_SLOW_CARD), qv_engines_fpga_open. */
 struct qv_config;
 struct qv_engine;
-struct qv_engine *qv__bench_opencl_engine(const struct qv_config *cfg);
-
-/*
- * The FPGA engine configured by cfg's [fpga] keys (bench_engine.c): with
- * mode = thread (or off) a simulated card is started as a thread of this
- * process ([fpga] card keys) and owned by the returned engine; with mode
- * = process the running qv-fpga-sim of [fpga] name is used.  NULL +
- * qv_errmsg() on failure.
- */
-struct qv_fpga_sim;
-struct qv_engine *qv__bench_fpga_engine(const struct qv_config *cfg);
-/* The same, parts apart: *sim (NULL in process mode) and the driver
- * *drv; free *drv before *sim.  0 or a QV_E* with a message. */
-int qv__bench_fpga_open(const struct qv_config *cfg, struct qv_fpga_sim **sim,
-                        struct qv_engine **drv);
 
 /* `fpga`: the FPGA figures (bench_fpga.c). */
 int qv__bench_fpga_main(int argc, char **argv);
@@ -116,15 +102,12 @@ struct qv_engine *qv__bench_meter_wrap(struct qv_engine *inner);
 void qv__bench_meter_take(struct qv_engine *meter, struct qv__bench_meter *out);
 
 /*
- * --engine auto (bench_engine.c): a router (quiver/router.h) over the CPU
- * engine on pool (borrowed), the OpenCL engine where this build and
- * machine have one, and the FPGA engine (as qv__bench_fpga_engine), as
- * [router] engines selects; calibrated (or loaded from the calibration
- * cache) per [router] keys.  Engines that cannot be opened are left out
- * with a line on stderr when verbose.  Returns one engine that owns the
- * router and everything under it; *router is the router inside it (for
- * qv_router_stats), valid while the engine lives.  NULL + qv_errmsg() on
- * failure.
+ * --engine auto (bench_engine.c): the node's engines and router as
+ * qv_engines_create (quiver/engines.h) builds them from cfg, over pool
+ * (borrowed), with QV_ENGINES_SLOW_CARD (and QV_ENGINES_VERBOSE when
+ * verbose).  Returns one engine that owns the router and everything
+ * under it; *router is the router inside it (for qv_router_stats), valid
+ * while the engine lives.  NULL + qv_errmsg() on failure.
  */
 struct qv_pool;
 struct qv_router;

@@ -31,6 +31,7 @@
 #include "quiver/config.h"
 #include "quiver/dist.h"
 #include "quiver/engine.h"
+#include "quiver/engines.h"
 #include "quiver/engine_fpga.h"
 #include "quiver/errors.h"
 #include "quiver/pool.h"
@@ -149,7 +150,7 @@ int qv__bench_fpga_main(int argc, char **argv)
         fprintf(stderr, "quiverbench fpga: %s\n", qv_errmsg());
         return QV_BENCH_EXIT_FAIL;
     }
-    if (qv__bench_fpga_open(cfg, &sim, &drv)) {
+    if (qv_engines_fpga_open(cfg, QV_ENGINES_SLOW_CARD, &sim, &drv)) {
         fprintf(stderr, "quiverbench fpga: %s\n", qv_errmsg());
         goto out;
     }

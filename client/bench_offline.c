@@ -56,6 +56,7 @@
 #include "quiver/dist.h"
 #include "quiver/config.h"
 #include "quiver/engine.h"
+#include "quiver/engines.h"
 #include "quiver/errors.h"
 #include "quiver/filter.h"
 #include "quiver/flat.h"
@@ -844,8 +845,9 @@ int qv__bench_offline_main(int argc, char **argv)
         if (strcmp(a.engine, "auto") == 0)
             r.engine = qv__bench_auto_engine(cfg, r.pool, !a.json, &r.router);
         else
-            r.engine = strcmp(a.engine, "opencl") == 0 ? qv__bench_opencl_engine(cfg)
-                                                       : qv__bench_fpga_engine(cfg);
+            r.engine = strcmp(a.engine, "opencl") == 0
+                     ? qv_engines_opencl(cfg)
+                     : qv_engines_fpga(cfg, QV_ENGINES_SLOW_CARD);
         if (r.engine)
             r.engine = qv__bench_meter_wrap(r.engine);
         if (!r.engine) {
