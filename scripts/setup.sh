@@ -6,7 +6,7 @@ set -eu
 
 # build and tests
 PKGS="build-essential meson ninja-build pkg-config python3 python3-venv \
-      libcunit1-dev libinih-dev libnuma-dev libjson-c-dev libmicrohttpd-dev \
+      libcunit1-dev libinih-dev libnuma-dev libjson-c-dev libmicrohttpd-dev libssl-dev \
       ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd"
 # benchmarks (bench/): the hnswlib headers for the side-by-side run and
 # gnuplot for the recall/QPS plots
