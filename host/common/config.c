@@ -190,6 +190,12 @@ const struct qv_conf_key qv_conf_schema[] = {
       "largest k a request may ask for (sizes the dispatcher's result buffer)" },
     { "service", "cost_alpha", QV_CONF_DOUBLE, "0.1", 0.001, 1, NULL,
       "weight of each observed search in the cost model's correction" },
+    { "server", "max_collections", QV_CONF_INT, "64", 1, 65536, NULL,
+      "collections the node holds at once" },
+    { "server", "seal_rows", QV_CONF_INT, "65536", 16, 1073741824, NULL,
+      "rows at which a growing segment is sealed and its index built" },
+    { "server", "compact_ratio", QV_CONF_DOUBLE, "0.5", 0, 1, NULL,
+      "deleted share of a sealed segment that rebuilds it; 0 = never" },
     { NULL, NULL, 0, NULL, 0, 0, NULL, NULL },
 };
 

@@ -182,8 +182,8 @@ struct svc_coll *qv__svc_lookup(const struct qv_service *svc, uint64_t id)
 
 static const char *type_name(enum qv_service_index_type t)
 {
-    static const char *const names[] = { "flat", "ivf", "ivfpq", "hnsw" };
-    return (unsigned)t < 4 ? names[t] : "unknown";
+    static const char *const names[] = { "flat", "ivf", "ivfpq", "hnsw", "custom" };
+    return (unsigned)t < 5 ? names[t] : "unknown";
 }
 
 /* The index's dim (0: a NULL index). */
@@ -194,6 +194,7 @@ static uint32_t index_dim(const struct qv_service_index *ix)
     case QV_SERVICE_IVF: return ix->ivf ? qv_ivf_dim(ix->ivf) : 0;
     case QV_SERVICE_IVFPQ: return ix->ivfpq ? qv_ivfpq_dim(ix->ivfpq) : 0;
     case QV_SERVICE_HNSW: return ix->hnsw ? qv_hnsw_dim(ix->hnsw) : 0;
+    case QV_SERVICE_CUSTOM: return 0;       /* the spec's dim: check_spec */
     }
     return 0;
 }
@@ -208,10 +209,19 @@ static int check_spec(uint64_t id, const struct qv_service_collection *spec,
     if (spec == NULL)
         return qv_seterr(QV_EINVAL, "service: collection %llu: no description (NULL)", cid);
     *out = *spec;
-    if ((unsigned)spec->index.type > QV_SERVICE_HNSW)
+    if ((unsigned)spec->index.type > QV_SERVICE_CUSTOM)
         return qv_seterr(QV_EINVAL, "service: collection %llu: index type %d: expected "
-                         "QV_SERVICE_FLAT, _IVF, _IVFPQ or _HNSW", cid, (int)spec->index.type);
-    dim = index_dim(&spec->index);
+                         "QV_SERVICE_FLAT, _IVF, _IVFPQ, _HNSW or _CUSTOM", cid,
+                         (int)spec->index.type);
+    if (spec->index.type == QV_SERVICE_CUSTOM) {
+        if (spec->index.custom.search == NULL)
+            return qv_seterr(QV_EINVAL, "service: collection %llu: custom index without a "
+                             "search callback: set index.custom.search", cid);
+        if (spec->dim == 0 || spec->dim > 65536)
+            return qv_seterr(QV_EINVAL, "service: collection %llu: dim = %u: a custom index "
+                             "needs its dim, 1..65536", cid, spec->dim);
+    }
+    dim = spec->index.type == QV_SERVICE_CUSTOM ? spec->dim : index_dim(&spec->index);
     if (dim == 0)
         return qv_seterr(QV_EINVAL, "service: collection %llu: the %s index is NULL: pass "
                          "the index to serve", cid, type_name(spec->index.type));
@@ -244,6 +254,7 @@ static int check_spec(uint64_t id, const struct qv_service_collection *spec,
         }
         break;
     case QV_SERVICE_FLAT:
+    case QV_SERVICE_CUSTOM:
         break;
     }
     if (out->nprobe == 0 && nlist != 0)
@@ -366,6 +377,21 @@ int qv_service_bump_epoch(struct qv_service *svc, uint64_t id)
     return 0;
 }
 
+int qv_service_retire_collection(struct qv_service *svc, uint64_t id)
+{
+    struct svc_coll *c = qv__svc_lookup(svc, id);
+
+    if (c == NULL)
+        return qv_seterr(QV_ENOENT, "service: retire: collection %llu is not registered",
+                         (unsigned long long)id);
+    atomic_store_explicit(&c->retired, 1, memory_order_seq_cst);
+    pthread_mutex_lock(&svc->mu);
+    while (atomic_load_explicit(&c->queued, memory_order_seq_cst) != 0)
+        pthread_cond_wait(&svc->cv, &svc->mu);
+    pthread_mutex_unlock(&svc->mu);
+    return 0;
+}
+
 uint64_t qv_service_epoch(struct qv_service *svc, uint64_t id)
 {
     struct svc_coll *c = qv__svc_lookup(svc, id);
@@ -457,11 +483,19 @@ static int check_request(const struct qv_service *svc, const struct svc_coll *c,
         return qv_seterr(QV_EINVAL, "service: collection %llu: semantic_threshold = %g: "
                          "expected >= 0 (0 = exact answers only)", id,
                          (double)req->semantic_threshold);
-    if (req->filter_text != NULL && req->filter == NULL)
+    if (c->spec.index.type == QV_SERVICE_CUSTOM) {
+        if (req->filter != NULL)
+            return qv_seterr(QV_EINVAL, "service: collection %llu: a filter bitmap for a "
+                             "custom collection: pass filter_text alone (it evaluates "
+                             "the text itself)", id);
+    } else if (req->filter_text != NULL && req->filter == NULL) {
         return qv_seterr(QV_EINVAL, "service: collection %llu: filter_text \"%.40s\" "
                          "without a filter bitmap: pass the bitmap it evaluates to", id,
                          req->filter_text);
-    if (c->spec.index.type == QV_SERVICE_HNSW && req->ef > QV_HNSW_MAX_EF)
+    }
+    if ((c->spec.index.type == QV_SERVICE_HNSW ||
+         (c->spec.index.type == QV_SERVICE_CUSTOM && c->spec.ef != 0)) &&
+        req->ef > QV_HNSW_MAX_EF)
         return qv_seterr(QV_EINVAL, "service: collection %llu: ef = %u: expected at most "
                          "%u (0 = the collection's)", id, req->ef, QV_HNSW_MAX_EF);
     bad = first_nonfinite(req->query, c->spec.dim);
@@ -497,6 +531,18 @@ static void resolve(const struct svc_coll *c, struct qv_service_request *req, in
         p->p1 = req->ef ? req->ef : s->ef;
         if (p->p1 < req->k)
             p->p1 = req->k;
+        break;
+    case QV_SERVICE_CUSTOM:
+        if (s->ef != 0) {
+            p->p1 = req->ef ? req->ef : s->ef;
+            if (p->p1 < req->k)
+                p->p1 = req->k;
+        } else {
+            p->p1 = req->nprobe ? req->nprobe : s->nprobe;
+        }
+        p->refine = req->refine ? req->refine : s->refine;
+        if (p->refine <= 1)
+            p->refine = 0;
         break;
     case QV_SERVICE_FLAT:
         break;
@@ -546,6 +592,25 @@ static int refuse(struct svc_coll *c, struct qv_counter *unknown,
     return rc;
 }
 
+/* n requests of c left the queue (completed, or backed out of submit);
+ * the last one of a retired collection wakes its retirer. */
+static void unqueue(struct qv_service *svc, struct svc_coll *c, uint64_t n)
+{
+    if (atomic_fetch_sub_explicit(&c->queued, n, memory_order_seq_cst) == n &&
+        atomic_load_explicit(&c->retired, memory_order_seq_cst)) {
+        pthread_mutex_lock(&svc->mu);
+        pthread_cond_broadcast(&svc->cv);
+        pthread_mutex_unlock(&svc->mu);
+    }
+}
+
+static int refuse_retired(struct svc_coll *c, struct qv_service_request *req)
+{
+    qv_seterr(QV_ENOENT, "service: collection %llu was retired (dropped): no new "
+              "requests", (unsigned long long)c->id);
+    return refuse(c, NULL, req, QV_ENOENT, QV_SERVICE_OUT_INVALID);
+}
+
 int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
 {
     static const char *const cname[QV_BATCH_CLASSES] = { "interactive", "bulk" };
@@ -567,6 +632,8 @@ int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
                   "with qv_service_add_collection", (unsigned long long)req->collection);
         return refuse(NULL, svc->unknown_invalid, req, QV_ENOENT, QV_SERVICE_OUT_INVALID);
     }
+    if (atomic_load_explicit(&c->retired, memory_order_acquire))
+        return refuse_retired(c, req);
     if ((rc = check_request(svc, c, req)) != 0)
         return refuse(c, NULL, req, rc, QV_SERVICE_OUT_INVALID);
     now = qv_now_ns();
@@ -582,9 +649,16 @@ int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
     req->t_taken = req->t_searched = req->t_done = 0;
     if (req->priv.cacheable && try_caches(svc, c, req))
         return 0;
+    /* count first, then look at `retired` (service.h, "Retiring") */
+    atomic_fetch_add_explicit(&c->queued, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&c->retired, memory_order_seq_cst)) {
+        unqueue(svc, c, 1);
+        return refuse_retired(c, req);
+    }
     rc = qv_batcher_offer(svc->batcher, c->id, req->cls, req->priv.arrival,
                           req->priv.deadline, req);
     if (rc != 0) {
+        unqueue(svc, c, 1);
         qv_seterr(rc, "service: collection %llu: the %s queue is full; retry later, or "
                   "raise [batcher] queue_capacity", (unsigned long long)c->id,
                   cname[req->cls]);
@@ -628,7 +702,8 @@ static void svc_prefetch(struct qv_service *svc, struct svc_coll *c,
     const struct qv_service_index *ix = &c->spec.index;
     int rc;
 
-    if (svc->engine == NULL || ix->type == QV_SERVICE_HNSW)
+    if (ix->type == QV_SERVICE_HNSW ||
+        (ix->type == QV_SERVICE_CUSTOM ? ix->custom.prefetch == NULL : svc->engine == NULL))
         return;
     if (c->pf_skip > 0) {
         c->pf_skip--;
@@ -640,6 +715,9 @@ static void svc_prefetch(struct qv_service *svc, struct svc_coll *c,
         break;
     case QV_SERVICE_IVFPQ:
         rc = qv_ivfpq_prefetch(ix->ivfpq, req->query, 1, req->priv.p1);
+        break;
+    case QV_SERVICE_CUSTOM:
+        rc = ix->custom.prefetch(ix->custom.ix, req->query, 1, req->priv.p1);
         break;
     default:
         rc = qv_flat_prefetch(ix->flat, svc->engine);
@@ -664,10 +742,18 @@ static void on_arrival(void *arg, uint64_t coll, enum qv_batch_class cls, void *
     svc_prefetch(arg, req->priv.coll, req);
 }
 
+/* Custom requests carry their filter as text: equal texts (or none). */
+static int same_text(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
 static int same_group(const struct qv_service_request *a, const struct qv_service_request *b)
 {
     return a->k == b->k && a->priv.p1 == b->priv.p1 && a->priv.refine == b->priv.refine &&
-           a->filter == b->filter;
+           a->filter == b->filter &&
+           (((const struct svc_coll *)a->priv.coll)->spec.index.type != QV_SERVICE_CUSTOM ||
+            same_text(a->filter_text, b->filter_text));
 }
 
 /* Move the requests of r[0]'s group to the front; returns its size.
@@ -707,6 +793,9 @@ static int index_search(struct qv_service *svc, const struct svc_coll *c, uint32
                                r0->filter, d, ids);
     case QV_SERVICE_HNSW:
         return qv_hnsw_search(ix->hnsw, c->gather, n, r0->k, r0->priv.p1, r0->filter, d, ids);
+    case QV_SERVICE_CUSTOM:
+        return ix->custom.search(ix->custom.ix, c->gather, n, r0->k, r0->priv.p1,
+                                 r0->priv.refine, r0->filter_text, d, ids);
     }
     return QV_EINVAL;
 }
@@ -820,6 +909,7 @@ static void run_batch(struct qv_service *svc, const struct qv_batch *b)
         r += g;
         m -= g;
     }
+    unqueue(svc, c, b->n);
 }
 
 static void run_batches(struct qv_service *svc, struct qv_batch **out, unsigned got)

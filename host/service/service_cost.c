@@ -36,6 +36,10 @@
  * = the model's overhead and b0 = 2 ef 32 d / flops (about 32 neighbours
  * evaluated per expanded candidate), is scaled to the mean observed time.
  *
+ * CUSTOM (a callback the service cannot look into): the same fitted
+ * a + b n as HNSW, with the prior b0 = 2 d 4096 / flops (a scan of 4096
+ * vectors per query) until the sizes seen differ.
+ *
  * Every prediction is O(engines), non-decreasing in n (min of
  * non-decreasing functions; a, b >= 0), and uses only dispatcher state.
  */
@@ -53,6 +57,7 @@
 #define RATIO_MAX 32.0
 #define HNSW_NEIGHBOURS 32.0        /* distance evaluations per expansion */
 #define VAR_MIN 0.01                /* var(n) below this: one size seen */
+#define CUSTOM_PRIOR_VECTORS 4096.0 /* CUSTOM prior: vectors scanned per query */
 
 void qv__svc_engines_read(struct qv_service *svc, int64_t now)
 {
@@ -95,6 +100,9 @@ void qv__svc_model_shape(struct svc_coll *c)
     case QV_SERVICE_HNSW:
         m->rows = (double)qv_hnsw_rows(ix->hnsw);
         break;
+    case QV_SERVICE_CUSTOM:
+        m->rows = 0.0;              /* unknown: the fit does not need it */
+        break;
     }
     if (m->nlist < 1.0)
         m->nlist = 1.0;
@@ -136,6 +144,13 @@ int qv__svc_model_init(struct qv_service *svc, struct svc_coll *c)
         m->a = m->prior_a;
         m->b = m->prior_b;
         break;
+    case QV_SERVICE_CUSTOM:
+        m->p_default = s->ef ? s->ef : s->nprobe;
+        m->prior_a = svc->o.model.overhead_ns;
+        m->prior_b = 2.0 * d * CUSTOM_PRIOR_VECTORS / svc->o.model.flops;
+        m->a = m->prior_a;
+        m->b = m->prior_b;
+        break;
     }
     qv__svc_model_shape(c);
     return 0;
@@ -173,7 +188,7 @@ double qv__svc_model_cost(const struct qv_service *svc, const struct svc_coll *c
 {
     const struct svc_model *m = &c->model;
 
-    if (c->spec.index.type == QV_SERVICE_HNSW)
+    if (c->spec.index.type == QV_SERVICE_HNSW || c->spec.index.type == QV_SERVICE_CUSTOM)
         return m->a + m->b * (double)n;
     return m->corr * raw_cost(svc, m, (double)n, (double)p);
 }
@@ -227,7 +242,7 @@ void qv__svc_model_observe(struct qv_service *svc, struct svc_coll *c, uint32_t 
 
     if (!(ns > 0.0))
         return;
-    if (c->spec.index.type == QV_SERVICE_HNSW) {
+    if (c->spec.index.type == QV_SERVICE_HNSW || c->spec.index.type == QV_SERVICE_CUSTOM) {
         hnsw_observe(m, alpha, (double)n, ns);
         return;
     }

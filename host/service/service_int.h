@@ -49,6 +49,10 @@ struct svc_coll {
     char label[48];                                     /* collection="id" */
     int64_t budget[QV_BATCH_CLASSES];                   /* [any] */
     _Atomic uint64_t epoch;                             /* [atom] */
+    _Atomic int retired;            /* submits refused (service.h,
+                                       "Retiring")         [atom] */
+    _Atomic uint64_t queued;        /* offered to the batcher, not yet
+                                       completed           [atom] */
     float *gather;                  /* max_batch x dim   [disp] */
     struct svc_model model;                             /* [disp] */
     uint32_t pf_interval;           /* prefetch 1 request in this many [disp] */

@@ -998,6 +998,130 @@ static void test_config(void)
     qv_config_free(cfg);
 }
 
+/* ---- custom collections, retirement ---------------------------------- */
+
+enum { C_CUSTOM = 7 };
+
+/* A custom index: F.flat behind the callback, recording what it got. */
+static struct {
+    _Atomic unsigned calls, prefetches;
+    uint32_t p1, refine;
+    char text[64];
+    unsigned with_text;
+} CX;
+
+static int custom_search(void *ix, const float *q, size_t nq, uint32_t k, uint32_t p1,
+                         uint32_t refine, const char *filter_text, float *dist,
+                         uint64_t *ids)
+{
+    atomic_fetch_add(&CX.calls, 1);
+    CX.p1 = p1;
+    CX.refine = refine;
+    if (filter_text) {
+        snprintf(CX.text, sizeof CX.text, "%s", filter_text);
+        CX.with_text++;
+    }
+    return qv_flat_search(ix, q, nq, k, NULL, dist, ids);
+}
+
+static int custom_prefetch(void *ix, const float *q, size_t nq, uint32_t p1)
+{
+    (void)ix;
+    (void)q;
+    (void)nq;
+    (void)p1;
+    atomic_fetch_add(&CX.prefetches, 1);
+    return 1;
+}
+
+static int add_custom(struct qv_service *svc, uint32_t ef, uint32_t nprobe)
+{
+    struct qv_service_collection c = { .dim = DIM, .metric = QV_METRIC_L2, .ef = ef,
+                                       .nprobe = nprobe, .refine = 3 };
+
+    c.index.type = QV_SERVICE_CUSTOM;
+    c.index.custom = (struct qv_service_custom){
+        .search = custom_search, .prefetch = custom_prefetch, .ix = F.flat,
+    };
+    return qv_service_add_collection(svc, C_CUSTOM, &c);
+}
+
+/* A custom collection answers like its index; it gets the resolved p1 and
+ * refine and the filter text, requests group by equal text, a bitmap is
+ * refused, a custom without callback or dim is refused; retire waits for
+ * the queued requests (searched, not dropped) and refuses later ones. */
+static void test_custom_and_retire(void)
+{
+    static struct treq t[8];
+    struct treq bad;
+    struct qv_service_stats st;
+    struct qv_service_collection nocb = { .dim = DIM };
+    uint64_t bitmap[(NB + 63) / 64];
+
+    memset(&CX, 0, sizeof CX);
+    struct qv_service *svc = service(0, 1, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
+    nocb.index.type = QV_SERVICE_CUSTOM;
+    CU_ASSERT_EQUAL(qv_service_add_collection(svc, C_CUSTOM, &nocb), QV_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "search callback"));
+    nocb.index.custom.search = custom_search;
+    nocb.dim = 0;
+    CU_ASSERT_EQUAL(qv_service_add_collection(svc, C_CUSTOM, &nocb), QV_EINVAL);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "dim"));
+    CU_ASSERT_EQUAL_FATAL(add_custom(svc, 40, 0), 0);
+    /* 8 requests while paused: texts "a" x 4, "b" x 2, none x 2 */
+    for (unsigned i = 0; i < 8; i++) {
+        treq_init(&t[i], C_CUSTOM, query(i), 10);
+        t[i].r.filter_text = i < 4 ? "a" : i < 6 ? "b" : NULL;
+        CU_ASSERT_EQUAL(submit(svc, &t[i]), 0);
+    }
+    treq_init(&bad, C_CUSTOM, query(0), 10);
+    bad.r.filter = bitmap;
+    expect_refused(svc, &bad, QV_EINVAL, "filter_text alone");
+    qv_service_resume(svc);
+    CU_ASSERT_FATAL(wait_all(t, 8));
+    for (unsigned i = 0; i < 8; i++) {
+        float d[10];
+        uint64_t ids[10];
+        direct(C_FLAT, i, 10, 0, d, ids);
+        CU_ASSERT_EQUAL(t[i].r.status, 0);
+        CU_ASSERT(same_answer(t[i].dist, t[i].ids, d, ids, 10));
+    }
+    CU_ASSERT_EQUAL(atomic_load(&CX.calls), 3);     /* one search per text */
+    CU_ASSERT_EQUAL(CX.with_text, 2);
+    CU_ASSERT_EQUAL(CX.p1, 40);                     /* ef, raised to k: 40 */
+    CU_ASSERT_EQUAL(CX.refine, 3);
+    CU_ASSERT(atomic_load(&CX.prefetches) >= 1);
+    /* ef below k is raised to k */
+    treq_init(&t[0], C_CUSTOM, query(20), 10);
+    t[0].r.ef = 5;
+    CU_ASSERT_EQUAL(submit(svc, &t[0]), 0);
+    CU_ASSERT_FATAL(wait_all(t, 1));
+    CU_ASSERT_EQUAL(CX.p1, 10);
+
+    /* retire: 6 queued while paused complete (searched) before it returns */
+    qv_service_pause(svc);
+    for (unsigned i = 0; i < 6; i++) {
+        treq_init(&t[i], C_CUSTOM, query(30 + i), 5);
+        t[i].r.cls = i % 2 ? QV_BATCH_BULK : QV_BATCH_INTERACTIVE;
+        CU_ASSERT_EQUAL(submit(svc, &t[i]), 0);
+    }
+    qv_service_resume(svc);
+    CU_ASSERT_EQUAL(qv_service_retire_collection(svc, C_CUSTOM), 0);
+    unsigned done = 0;
+    for (unsigned i = 0; i < 6; i++)
+        done += atomic_load(&t[i].calls) == 1 && t[i].r.status == 0 && t[i].r.t_searched > 0;
+    CU_ASSERT_EQUAL(done, 6);
+    treq_init(&bad, C_CUSTOM, query(0), 10);
+    expect_refused(svc, &bad, QV_ENOENT, "retired");
+    CU_ASSERT_EQUAL(add_custom(svc, 40, 0), QV_EEXIST);
+    CU_ASSERT_EQUAL(qv_service_retire_collection(svc, C_CUSTOM), 0);   /* again */
+    CU_ASSERT_EQUAL(qv_service_retire_collection(svc, 12345), QV_ENOENT);
+    qv_service_stats(svc, &st);
+    CU_ASSERT_EQUAL(st.outcomes[QV_SERVICE_OUT_INVALID], 2);
+    qv_service_free(svc);
+}
+
 int main(void)
 {
     static const struct {
@@ -1019,6 +1143,8 @@ int main(void)
         { "[service] configuration", test_config },
         { "prefetch: every waiting request, backed off where nothing copies",
           test_prefetch },
+        { "custom collections: callback, text groups; retire drains",
+          test_custom_and_retire },
     };
     CU_pSuite s;
     unsigned fails;

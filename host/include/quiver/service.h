@@ -30,7 +30,40 @@
  * graph on the CPU.  While registered, an index is searched by the
  * dispatcher only; the caller changes it only inside qv_service_pause() /
  * qv_service_resume() (the dispatcher is then parked between batches),
- * then calls qv_service_bump_epoch().  Collections are never removed.
+ * then calls qv_service_bump_epoch().
+ *
+ * Custom collections.  A fifth type, QV_SERVICE_CUSTOM, is a search
+ * callback instead of an index: an index made of several (the node's
+ * segmented collections, host/server/node.c, search a growing flat
+ * segment and sealed IVF / HNSW segments and merge).  The service treats
+ * it like the others (validation, caches, batching, groups, metrics) with
+ * three differences: the callback gets the request's filter TEXT, not a
+ * bitmap (it has no single row space: each segment evaluates the text
+ * against its own rows), so a custom request passes filter_text alone
+ * and requests group by equal text; p1 is the resolved ef when the
+ * collection was registered with ef != 0 (raised to k, as for HNSW), else
+ * the resolved nprobe (0 when both defaults are 0); and its cost model is
+ * the fitted a + b n of HNSW (service_cost.c), since the service cannot
+ * count its work.  The callback and the optional prefetch run on the
+ * dispatcher thread only, under the same rules as an index search (the
+ * owner changes what they read only while the service is paused).
+ *
+ * Retiring.  Collections are never removed (the batcher and the metrics
+ * registry have no removal), but qv_service_retire_collection() ends one:
+ * submits for it are refused (QV_ENOENT) from then on, the requests
+ * already accepted are searched as usual (when their batch flushes: at
+ * once when the dispatcher is idle, at the latest by their deadlines, so
+ * a retire may wait up to the class's budget), and it returns once the
+ * last of them has completed: after that the service never touches the
+ * index or callback again, and its owner may free it.  (Polling every
+ * queue ahead, as free does, would flush other collections' batches
+ * early and count them as deadline misses.)  A submit counts itself in the
+ * collection's `queued` before it checks `retired` and offers, the
+ * retirer sets `retired` before it waits for `queued` to reach 0 (both
+ * seq_cst: either the submit sees the flag and backs out, or the retirer
+ * waits for its request).  A retired id stays registered (its queues and
+ * metric series remain, it counts against [batcher] max_collections, a
+ * second add of it is QV_EEXIST) until qv_service_free.
  *
  * Requests are the caller's memory (no allocation per query): the query
  * vector, the filter bitmap and the result arrays are borrowed until the
@@ -140,10 +173,11 @@
  * Hot path.  submit(): validation O(dim), the cache lookups (the result
  * cache takes one of its striped shard locks for O(dim + k); the
  * semantic cache, only when asked, its one lock for O(entries x dim)),
- * one lock-free offer, relaxed counter adds, and the futex wake above.
- * No allocation.  The dispatcher allocates nothing per batch except in
- * the caches' inserts (cache.h: they allocate an entry) and the indexes'
- * own search scratch.
+ * the collection's `queued` add and `retired` load (seq_cst, see
+ * "Retiring"), one lock-free offer, relaxed counter adds, and the futex
+ * wake above.  No allocation.  The dispatcher allocates nothing per
+ * batch except in the caches' inserts (cache.h: they allocate an entry)
+ * and the indexes' (or custom callbacks') own search scratch.
  */
 #ifndef QUIVER_SERVICE_H
 #define QUIVER_SERVICE_H
@@ -173,6 +207,34 @@ enum qv_service_index_type {
     QV_SERVICE_IVF = 1,             /* IVF-Flat or IVF-SQ8 */
     QV_SERVICE_IVFPQ = 2,
     QV_SERVICE_HNSW = 3,
+    QV_SERVICE_CUSTOM = 4,          /* a search callback (top of file) */
+};
+
+/*
+ * A custom collection's search: the k nearest of nq queries (nq x dim
+ * floats, row-major, finite) into dist / ids (nq x k, each row ascending
+ * by (distance, id), unfilled slots (+inf, QV_ID_NONE)), with p1 the
+ * resolved nprobe or ef (see "Custom collections" above), refine the
+ * resolved refine (0 = off) and filter_text the requests' predicate
+ * (filter.h syntax) or NULL.  Returns 0 or a negative QV_E* code, which
+ * becomes the status of every request of the group.  Called on the
+ * dispatcher thread only.
+ */
+typedef int qv_service_search_fn(void *ix, const float *q, size_t nq, uint32_t k,
+                                 uint32_t p1, uint32_t refine, const char *filter_text,
+                                 float *dist, uint64_t *ids);
+
+/* Optional: start copying what a search of q (nq x dim) with p1 will scan
+ * into an engine's memory (a hint, as qv_ivf_prefetch): > 0 when copies
+ * started, 0 when none were needed, < 0 declined.  The service calls it
+ * for waiting requests, backed off like the indexes' prefetch.
+ * Dispatcher thread only. */
+typedef int qv_service_prefetch_fn(void *ix, const float *q, size_t nq, uint32_t p1);
+
+struct qv_service_custom {
+    qv_service_search_fn *search;   /* required */
+    qv_service_prefetch_fn *prefetch;   /* NULL: none */
+    void *ix;                       /* borrowed; passed to both */
 };
 
 /* A borrowed index and its type. */
@@ -183,19 +245,24 @@ struct qv_service_index {
         struct qv_ivf *ivf;
         struct qv_ivfpq *ivfpq;
         struct qv_hnsw *hnsw;
+        struct qv_service_custom custom;
     };
 };
 
 /* What qv_service_add_collection() registers.  Copied; index borrowed. */
 struct qv_service_collection {
-    struct qv_service_index index;  /* must outlive the service */
-    uint32_t dim;                   /* must equal the index's dim */
+    struct qv_service_index index;  /* must outlive the service (or its
+                                       retirement) */
+    uint32_t dim;                   /* must equal the index's dim; CUSTOM:
+                                       required, 1..65536 */
     enum qv_metric metric;          /* the index's metric (HNSW: checked);
                                        the semantic cache measures with it */
-    uint32_t nprobe;                /* IVF, IVF-PQ default; 0 = min(8, nlist) */
+    uint32_t nprobe;                /* IVF, IVF-PQ default; 0 = min(8, nlist);
+                                       CUSTOM: the default p1 when ef is 0 */
     uint32_t ef;                    /* HNSW default; 0 = the index's
-                                       ef_search (raised to k) */
-    uint32_t refine;                /* IVF-PQ default; 0 or 1 = off */
+                                       ef_search (raised to k); CUSTOM: != 0
+                                       makes p1 an ef (default, raised to k) */
+    uint32_t refine;                /* IVF-PQ and CUSTOM default; 0 or 1 = off */
     uint32_t code_size;             /* cost model only: bytes per list
                                        entry of IVF-SQ8 (= dim) or IVF-PQ
                                        (m x nbits / 8); 0 = float lists
@@ -242,10 +309,13 @@ struct qv_service_request {
                                        below k is raised to k */
     uint32_t refine;                /* IVF-PQ; 0 = the collection's */
     const uint64_t *filter;         /* row bitmap of the index's rows (bit
-                                       set = eligible) or NULL */
+                                       set = eligible) or NULL; CUSTOM:
+                                       must be NULL */
     const char *filter_text;        /* the predicate it came from, for the
                                        cache key; NULL: a filtered request
-                                       is not cached */
+                                       is not cached.  CUSTOM: the filter
+                                       itself (NULL = none), passed to the
+                                       callback */
     float semantic_threshold;       /* > 0: a cached answer of a query
                                        within this distance is good enough
                                        (APPROXIMATE); 0 = exact only */
@@ -333,8 +403,10 @@ void qv_service_free(struct qv_service *svc);
  * dispatcher for the registration.  Thread-safe (not from a callback).
  * Returns 0, QV_EINVAL (NULL index, unknown type, dim 0 or unlike the
  * index's, HNSW metric unlike the index's, nlist 0 (untrained IVF); a
- * batcher override out of range), QV_EEXIST, QV_ENOSPC ([batcher]
- * max_collections registered), QV_ENOMEM.  Messages name the field.
+ * CUSTOM without search callback or dim; a batcher override out of
+ * range), QV_EEXIST (id registered, retired ones included), QV_ENOSPC
+ * ([batcher] max_collections registered, retired ones included),
+ * QV_ENOMEM.  Messages name the field.
  */
 int qv_service_add_collection(struct qv_service *svc, uint64_t id,
                               const struct qv_service_collection *c);
@@ -348,8 +420,9 @@ int qv_service_add_collection(struct qv_service *svc, uint64_t id,
  *                1..max_k; class unknown; HNSW ef > QV_HNSW_MAX_EF; a
  *                NaN or infinite query value;
  *                semantic_threshold negative or NaN; filter_text without
- *                filter (the message names the field);
- *   QV_ENOENT    the collection is not registered;
+ *                filter (not CUSTOM); a filter bitmap for a CUSTOM
+ *                collection (the message names the field);
+ *   QV_ENOENT    the collection is not registered, or retired;
  *   QV_ETIMEDOUT the deadline has already passed;
  *   QV_EBUSY     the collection's queue for that class is full (shed the
  *                query or retry later);
@@ -357,6 +430,17 @@ int qv_service_add_collection(struct qv_service *svc, uint64_t id,
  * On refusal done is not called and req->status holds the code.
  */
 int qv_service_submit(struct qv_service *svc, struct qv_service_request *req);
+
+/*
+ * qv_service_retire_collection - end collection id (see "Retiring" at the
+ * top): refuse its new requests with QV_ENOENT, let the accepted ones be
+ * searched, and return once every one of them has completed; then the
+ * service never calls into its index (or custom callbacks) again.
+ * Waits for the dispatcher, so never call it from a callback or while
+ * this thread holds a pause.  Retiring twice waits again (returns 0).
+ * Thread-safe.  Returns 0 or QV_ENOENT (never registered).
+ */
+int qv_service_retire_collection(struct qv_service *svc, uint64_t id);
 
 /* After the caller changed collection id's index (inside pause/resume):
  * a new write epoch, so no earlier cached answer can hit again, and the

@@ -1,0 +1,175 @@
+/*
+ * node_int.h - private structures of the collection store (node.h, whose
+ * header comment holds the design).  Four files share them:
+ *   node.c          create/free, the collection table, CREATE, DROP,
+ *                   DESCRIBE, LIST, UPSERT, DELETE, GET, sealing
+ *   node_seg.c      segments: creation, growth, removal, index builds
+ *   node_build.c    the builder thread and its queue
+ *   node_search.c   the service's custom search and prefetch, and
+ *                   qv_node_search_prepare
+ *
+ * Who may touch what, field by field:
+ *   [imm]    set before the collection is published, then read-only
+ *   [wmu]    guarded by coll->wmu (writers, describe, the builder)
+ *   [vis]    read by the dispatcher without a lock; written only by a
+ *            holder of coll->wmu WHILE the service is paused (so also
+ *            readable by any holder of coll->wmu)
+ *   [mu]     guarded by node->mu
+ *   [tab]    guarded by node->tab_lock (write: create_mu held too)
+ *   [atom]   atomics
+ *   [frozen] written while the segment grows ([wmu]); read-only once
+ *            it is sealed, so the builder reads it without a lock
+ */
+#ifndef QUIVER_NODE_INT_H
+#define QUIVER_NODE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "../index/idmap.h"
+#include "quiver/filter.h"
+#include "quiver/node.h"
+
+#define NODE_ROW_BITS 40
+#define NODE_ROW_MASK ((1ULL << NODE_ROW_BITS) - 1)
+#define NODE_MAX_SLOTS (1u << 23)       /* keys stay below 2^63 */
+#define NODE_MAX_SEG_ROWS (1ULL << 31)  /* rows of one segment */
+#define NODE_IN_CAP 1024                /* IN values of one filter */
+#define NODE_MAX_CANDIDATES 100000u     /* refine x k at most (the indexes') */
+
+/* The key of row `row` of the segment in slot `slot`: what the indexes
+ * store as the vector's id. */
+static inline uint64_t node_key(uint32_t slot, uint64_t row)
+{
+    return (uint64_t)slot << NODE_ROW_BITS | row;
+}
+
+enum nseg_kind {
+    NSEG_FLAT = 0,
+    NSEG_IVF,                       /* IVF-Flat or IVF-SQ8 */
+    NSEG_IVFPQ,
+    NSEG_HNSW,
+};
+
+enum nseg_state {
+    NSEG_GROWING = 0,               /* takes inserts (one per collection) */
+    NSEG_SEALED,                    /* final: no build needed */
+    NSEG_QUEUED,                    /* in the builder's queue */
+    NSEG_BUILDING,                  /* the builder works on it */
+};
+
+struct ncoll;
+
+struct nseg {
+    struct ncoll *coll;                                 /* [imm] */
+    uint32_t slot;                                      /* [imm] */
+    enum nseg_kind kind;                                /* [imm] */
+    enum nseg_state state;                              /* [wmu] */
+    union {                                             /* [imm]; the index's
+                                                           own state [vis] */
+        struct qv_flat *flat;
+        struct qv_ivf *ivf;
+        struct qv_ivfpq *ivfpq;
+        struct qv_hnsw *hnsw;
+    } ix;
+    uint32_t nlist;                 /* IVF*: its lists   [imm] */
+    uint64_t rows;                  /* rows, tombstones included [vis] */
+    uint64_t cap;                   /* room in the arrays below [wmu] */
+    uint64_t live;                  /* rows not tombstoned [wmu] */
+    uint64_t *ids;                  /* user id of each row [vis, frozen] */
+    int64_t *cols[QV_NODE_MAX_ATTRS];   /* attribute columns [vis, frozen] */
+    struct qv_attrs attrs;          /* names, cols, rows: for qv_filter_eval
+                                       [vis] */
+    float *vecs;                    /* rows x dim, as given [wmu, frozen] */
+    uint64_t *alive;                /* bit per row [wmu] */
+    int build_failed;               /* its build failed: not queued again
+                                       [wmu] */
+    int detached;                   /* the engine forgot it (qv__seg_detach) */
+    struct nseg *job_next;          /* the builder's queue [mu] */
+};
+
+struct ncoll {
+    uint64_t id;                                        /* [imm] */
+    struct qv_node *node;                               /* [imm] */
+    char name[QV_NODE_MAX_NAME + 1];                    /* [imm] */
+    char attr_names[QV_NODE_MAX_ATTRS][QV_NODE_MAX_NAME + 1];  /* [imm] */
+    struct qv_node_coll_spec spec;  /* resolved defaults; name and attrs
+                                       point into the arrays above [imm] */
+    struct qv_attrs names;          /* nattrs + names, no rows: for parsing
+                                       filters [imm] */
+    uint32_t nprobe;                /* resolved default (IVF*) [imm] */
+    int registered;                 /* with the service [imm] */
+
+    _Atomic int refs;               /* callers inside (node.c: coll_get) */
+    _Atomic int dropping;           /* set under node->mu and tab_lock */
+
+    pthread_mutex_t wmu;
+    struct nseg **slots;            /* slot table, NULL holes [vis] */
+    uint32_t nslots;                /* slots in use (highest + 1) [vis] */
+    uint32_t slot_cap;                                  /* [wmu] */
+    struct nseg *growing;                               /* [vis] */
+    struct qv_idmap map;            /* user id -> key     [wmu] */
+    uint64_t epoch;                                     /* [wmu] */
+    uint32_t nlist_eff;             /* nlist of builds; 0 until chosen
+                                       (nlist 0 before the first) [wmu] */
+    int trained;                                        /* [wmu] */
+    uint64_t seals;                 /* growing segments sealed so far [wmu] */
+    uint32_t pending;               /* segments queued or building [mu] */
+};
+
+struct qv_node {
+    struct qv_node_opts o;                              /* [imm] */
+
+    pthread_mutex_t create_mu;      /* serialises create and drop */
+    pthread_rwlock_t tab_lock;
+    struct ncoll **table;           /* open addressing by id, 2 x max
+                                       slots, no tombstones [tab] */
+    uint32_t hmask;                                     /* [imm] */
+    uint32_t ncoll;                                     /* [tab] */
+    uint64_t next_id;               /* [create_mu] */
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;              /* job queue, reference and build waits
+                                       (CLOCK_MONOTONIC) */
+    struct nseg *jobs_head, *jobs_tail;                 /* [mu] */
+    int stop;                                           /* [mu] */
+    pthread_t builder;
+    int started;
+};
+
+/* node.c */
+/* The collection of id or NULL; tab_lock held (no reference taken). */
+struct ncoll *qv__node_find_locked(const struct qv_node *node, uint64_t id);
+/* The collection of id with a reference (qv__node_coll_put), or NULL. */
+struct ncoll *qv__node_coll_get(struct qv_node *node, uint64_t id);
+void qv__node_coll_put(struct ncoll *c);
+void qv__node_pause(struct ncoll *c);
+void qv__node_resume(struct ncoll *c);
+uint64_t qv__node_seal_at(const struct ncoll *c);
+
+/* node_seg.c */
+struct nseg *qv__seg_new_growing(struct ncoll *c, uint32_t slot);
+void qv__seg_free(struct nseg *s, int paused);
+/* Under a pause: the node's engine forgets s (IVF / IVF-PQ detached, a
+ * flat index freed now); no-op without an engine. */
+void qv__seg_detach(struct nseg *s);
+int qv__seg_reserve(struct nseg *s, uint64_t need);
+long qv__seg_remove_key(struct nseg *s, uint64_t key);
+int qv__seg_alive(const struct nseg *s, uint64_t row);
+struct nseg *qv__seg_build(struct ncoll *c, uint32_t slot, const struct nseg *src,
+                           const uint32_t *sel, uint64_t n, uint32_t nlist);
+uint32_t qv__slot_free(const struct ncoll *c);
+
+/* node_build.c */
+int qv__build_start(struct qv_node *node);
+void qv__build_stop(struct qv_node *node);
+void qv__build_enqueue(struct ncoll *c, struct nseg *s);
+void qv__build_forget(struct qv_node *node, struct ncoll *c);
+
+/* node_search.c */
+int qv__node_search(void *ix, const float *q, size_t nq, uint32_t k, uint32_t p1,
+                    uint32_t refine, const char *filter_text, float *dist, uint64_t *ids);
+int qv__node_prefetch(void *ix, const float *q, size_t nq, uint32_t p1);
+
+#endif

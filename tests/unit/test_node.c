@@ -1,0 +1,1493 @@
+/*
+ * test_node.c - the node's collection store (node.h) with a real query
+ * service, on small clustered random sets (dim 16): CREATE / DESCRIBE /
+ * LIST / DROP of every index type and every bad spec (the message names
+ * the field); FLAT searches through the service equal a brute-force
+ * answer across several sealed segments (also through a router over the
+ * CPU engine); IVF and HNSW after a seal equal a direct search of an
+ * index built the same way and reach recall@10 >= 0.9 over several
+ * segments (IVF_SQ8 and IVF_PQ, with refine, too); an upsert of an
+ * existing id replaces it (never returned with its old vector, before
+ * and after a seal); deletes hide ids, also after a seal and a
+ * compacting rebuild; GET returns the stored vectors; filters over
+ * attributes across segments equal brute force; a write bumps the epoch
+ * and the cached answer misses; UPSERT / DELETE / GET / SEARCH errors
+ * name the field and apply nothing, also under injected allocation
+ * failures; 2 writers and a searcher stay consistent; a drop completes
+ * the searches queued for it; free with a build in progress.
+ */
+#include <CUnit/Basic.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "quiver/alloc.h"
+#include "quiver/config.h"
+#include "quiver/engine.h"
+#include "quiver/errors.h"
+#include "quiver/hnsw.h"
+#include "quiver/ivf.h"
+#include "quiver/node.h"
+#include "quiver/router.h"
+#include "quiver/service.h"
+#include "quiver/timeutil.h"
+#include "quiver/topk.h"
+
+#define DIM 16
+#define NB 3000
+#define NQ 40
+#define KMAX 100
+#define MS 1000000LL
+#define SEC (1000 * MS)
+#define BASE_ID 1000000ULL          /* user ids: BASE_ID + row of F.base */
+
+static struct {
+    float *base, *queries;
+    int64_t *color, *size;          /* attributes of base rows */
+} F;
+
+/* One node under test and its service. */
+static struct qv_service *SVC;
+static struct qv_node *N;
+
+/* ---- fixture ----------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+/* Points around 40 centres, queries near base points. */
+static int suite_init(void)
+{
+    float centres[40][DIM];
+
+    F.base = malloc(sizeof(float) * NB * DIM);
+    F.queries = malloc(sizeof(float) * NQ * DIM);
+    F.color = malloc(sizeof(int64_t) * NB);
+    F.size = malloc(sizeof(int64_t) * NB);
+    if (!F.base || !F.queries || !F.color || !F.size)
+        return -1;
+    for (unsigned c = 0; c < 40; c++)
+        for (unsigned d = 0; d < DIM; d++)
+            centres[c][d] = frand();
+    for (unsigned i = 0; i < NB; i++) {
+        unsigned c = (unsigned)((frand() + 1.0f) * 20.0f) % 40;
+        for (unsigned d = 0; d < DIM; d++)
+            F.base[i * DIM + d] = centres[c][d] + 0.8f * frand();
+        F.color[i] = i % 7;
+        F.size[i] = (int64_t)(i * 37 % 100);
+    }
+    for (unsigned q = 0; q < NQ; q++)
+        for (unsigned d = 0; d < DIM; d++)
+            F.queries[q * DIM + d] = F.base[(q * 71 % NB) * DIM + d] + 0.1f * frand();
+    return 0;
+}
+
+static int suite_fini(void)
+{
+    free(F.base);
+    free(F.queries);
+    free(F.color);
+    free(F.size);
+    return 0;
+}
+
+static const float *query(unsigned i)
+{
+    return F.queries + (size_t)(i % NQ) * DIM;
+}
+
+static void sleep_ns(int64_t ns)
+{
+    struct timespec ts = { .tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL };
+    nanosleep(&ts, NULL);
+}
+
+/* A service (cache on, small) and a node sealing at seal_rows. */
+static void start(uint32_t seal_rows, struct qv_router *router, int paused)
+{
+    struct qv_service_opts so;
+    struct qv_node_opts no;
+
+    qv_service_opts_default(&so);
+    so.max_k = KMAX;
+    so.cache.entries = 1000;
+    so.cache.bytes = 1 << 20;
+    so.cache.semantic_entries = 16;  /* 0 is refused by the result cache: see the report */
+    so.router = router;
+    so.start_paused = paused;
+    SVC = qv_service_create(&so);
+    if (SVC == NULL)
+        fprintf(stderr, "\n  service: %s\n", qv_errmsg());
+    CU_ASSERT_PTR_NOT_NULL_FATAL(SVC);
+    qv_node_opts_default(&no);
+    no.service = SVC;
+    no.seal_rows = seal_rows;
+    no.max_collections = 8;
+    no.engine = router ? qv_router_engine(router) : NULL;
+    N = qv_node_create(&no);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(N);
+}
+
+static void stop(void)
+{
+    qv_node_free(N);
+    qv_service_free(SVC);
+    N = NULL;
+    SVC = NULL;
+}
+
+static struct qv_node_coll_spec spec_of(const char *name, enum qv_node_index t)
+{
+    struct qv_node_coll_spec s = {
+        .name = name, .dim = DIM, .metric = QV_METRIC_L2, .index = t, .nattrs = 2,
+        .attrs = { "color", "size" },
+    };
+    if (t == QV_NODE_IVF || t == QV_NODE_IVF_SQ8 || t == QV_NODE_IVF_PQ) {
+        s.nlist = 16;
+        s.nprobe = 6;
+    }
+    if (t == QV_NODE_IVF_PQ) {
+        s.pq_m = 8;
+        s.pq_nbits = 4;
+    }
+    if (t == QV_NODE_HNSW) {
+        s.hnsw_m = 8;
+        s.ef_construction = 64;
+        s.ef_search = 40;
+    }
+    return s;
+}
+
+static uint64_t create(const char *name, enum qv_node_index t)
+{
+    struct qv_node_coll_spec s = spec_of(name, t);
+    uint64_t id = 0;
+    int rc = qv_node_create_collection(N, &s, &id);
+
+    if (rc)
+        fprintf(stderr, "\n  create %s: %s\n", name, qv_errmsg());
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    return id;
+}
+
+/* Upsert base rows [from, to) under ids BASE_ID + row (or id0 + i). */
+static int upsert_range(uint64_t coll, unsigned from, unsigned to, uint64_t *epoch)
+{
+    static uint64_t ids[NB];
+    struct qv_node_rows r = {
+        .n = to - from, .dim = DIM, .nattrs = 2, .ids = ids,
+        .vectors = F.base + (size_t)from * DIM,
+        .attrs = { F.color + from, F.size + from },
+    };
+
+    for (unsigned i = from; i < to; i++)
+        ids[i - from] = BASE_ID + i;
+    int rc = qv_node_upsert(N, coll, &r, epoch);
+    if (rc && rc != QV_ENOENT)
+        fprintf(stderr, "\n  upsert: %s\n", qv_errmsg());
+    return rc;
+}
+
+static int upsert_one(uint64_t coll, uint64_t id, const float *v, int64_t color, int64_t size)
+{
+    struct qv_node_rows r = {
+        .n = 1, .dim = DIM, .nattrs = 2, .ids = &id, .vectors = v,
+        .attrs = { &color, &size },
+    };
+    return qv_node_upsert(N, coll, &r, NULL);
+}
+
+/* ---- searches through the service ---------------------------------------- */
+
+struct sreq {
+    struct qv_service_request r;
+    float dist[KMAX];
+    uint64_t ids[KMAX];
+    _Atomic int done;
+};
+
+static void on_done(struct qv_service_request *req, void *arg)
+{
+    (void)req;
+    atomic_store_explicit(&((struct sreq *)arg)->done, 1, memory_order_release);
+}
+
+static enum qv_batch_class submit_cls = QV_BATCH_INTERACTIVE;
+
+/* Prepare and submit; 0 or the refusal. */
+static int submit(uint64_t coll, const float *q, uint32_t k, uint32_t nprobe, uint32_t ef,
+                  const char *filter, struct sreq *s)
+{
+    struct qv_node_search_args a = { .dim = DIM, .k = k, .nprobe = nprobe, .ef = ef,
+                                     .filter_text = filter };
+    int rc;
+
+    memset(s, 0, sizeof *s);
+    atomic_init(&s->done, 0);
+    if ((rc = qv_node_search_prepare(N, coll, &a, &s->r)) != 0)
+        return rc;
+    s->r.query = q;
+    s->r.cls = submit_cls;
+    s->r.dist = s->dist;
+    s->r.ids = s->ids;
+    s->r.done = on_done;
+    s->r.done_arg = s;
+    return qv_service_submit(SVC, &s->r);
+}
+
+static int wait_done(struct sreq *s)
+{
+    int64_t give_up = qv_now_ns() + 10 * SEC;
+
+    while (!atomic_load_explicit(&s->done, memory_order_acquire)) {
+        if (qv_now_ns() > give_up)
+            return 0;
+        sched_yield();
+    }
+    return 1;
+}
+
+/* A synchronous search: the request's status (or the refusal). */
+static int search(uint64_t coll, const float *q, uint32_t k, uint32_t nprobe, uint32_t ef,
+                  const char *filter, struct sreq *s)
+{
+    int rc = submit(coll, q, k, nprobe, ef, filter, s);
+
+    if (rc)
+        return rc;
+    CU_ASSERT_FATAL(wait_done(s));
+    return s->r.status;
+}
+
+/* ---- reference answers ---------------------------------------------------- */
+
+static float l2(const float *a, const float *b)
+{
+    float s = 0.0f;
+    for (unsigned d = 0; d < DIM; d++)
+        s += (a[d] - b[d]) * (a[d] - b[d]);
+    return s;
+}
+
+/* Exact k nearest of q among base rows with live[row] (NULL: all of
+ * [0, n)), ids BASE_ID + row, by (distance, id). */
+static void brute(const float *q, unsigned n, const uint8_t *live, uint32_t k, float *d,
+                  uint64_t *ids)
+{
+    struct qv_topk t;
+
+    qv_topk_init(&t, k, d, ids);
+    for (unsigned i = 0; i < n; i++)
+        if (live == NULL || live[i])
+            qv_topk_push(&t, l2(q, F.base + (size_t)i * DIM), BASE_ID + i);
+    qv_topk_sort(&t);
+}
+
+/* Same neighbours: equal ids, or equal distances where rounding may swap
+ * two of them. */
+static int same_knn(const float *d1, const uint64_t *i1, const float *d2, const uint64_t *i2,
+                    uint32_t k)
+{
+    for (uint32_t j = 0; j < k; j++) {
+        if (i1[j] == i2[j])
+            continue;
+        if (i1[j] == QV_ID_NONE || i2[j] == QV_ID_NONE ||
+            fabsf(d1[j] - d2[j]) > 1e-4f * (1.0f + fabsf(d1[j])))
+            return 0;
+    }
+    return 1;
+}
+
+static unsigned overlap(const uint64_t *a, const uint64_t *b, uint32_t k)
+{
+    unsigned hit = 0;
+    for (uint32_t i = 0; i < k; i++)
+        for (uint32_t j = 0; j < k; j++)
+            if (a[i] != QV_ID_NONE && a[i] == b[j]) {
+                hit++;
+                break;
+            }
+    return hit;
+}
+
+/* recall@k of coll's answers against the brute force of base [0, n)
+ * (rows with live[row], NULL: all). */
+static double recall(uint64_t coll, unsigned n, const uint8_t *live, uint32_t k,
+                     uint32_t nprobe, uint32_t ef, uint32_t refine)
+{
+    unsigned hit = 0;
+
+    for (unsigned q = 0; q < NQ; q++) {
+        struct sreq s;
+        float d[KMAX];
+        uint64_t ids[KMAX];
+        struct qv_node_search_args a = { .dim = DIM, .k = k, .nprobe = nprobe, .ef = ef };
+        memset(&s, 0, sizeof s);
+        CU_ASSERT_EQUAL_FATAL(qv_node_search_prepare(N, coll, &a, &s.r), 0);
+        s.r.refine = refine;
+        s.r.query = query(q);
+        s.r.dist = s.dist;
+        s.r.ids = s.ids;
+        s.r.done = on_done;
+        s.r.done_arg = &s;
+        CU_ASSERT_EQUAL_FATAL(qv_service_submit(SVC, &s.r), 0);
+        CU_ASSERT_FATAL(wait_done(&s));
+        CU_ASSERT_EQUAL(s.r.status, 0);
+        brute(query(q), n, live, k, d, ids);
+        hit += overlap(s.ids, ids, k);
+    }
+    return (double)hit / (NQ * k);
+}
+
+static void describe(uint64_t id, struct qv_node_coll_info *info)
+{
+    CU_ASSERT_EQUAL_FATAL(qv_node_describe(N, id, info), 0);
+}
+
+static void expect_err(int rc, int code, const char *needle)
+{
+    CU_ASSERT_EQUAL(rc, code);
+    if (rc != code)
+        fprintf(stderr, "\n  rc %d, expected %d (%s)\n", rc, code, qv_errmsg());
+    if (needle && !strstr(qv_errmsg(), needle)) {
+        fprintf(stderr, "\n  message \"%s\" lacks \"%s\"\n", qv_errmsg(), needle);
+        CU_FAIL("message");
+    }
+}
+
+/* ---- CREATE, DESCRIBE, LIST, DROP ---------------------------------------- */
+
+static void test_create_describe_list_drop(void)
+{
+    static const char *const names[] = { "flat", "ivf.1", "ivf_sq8", "ivf-pq", "HNSW_9" };
+    struct qv_node_coll_info info, all[8];
+    uint64_t ids[5], found;
+    uint32_t n;
+
+    start(1000, NULL, 0);
+    for (unsigned t = 0; t < 5; t++)
+        ids[t] = create(names[t], (enum qv_node_index)t);
+    for (unsigned t = 0; t < 5; t++) {
+        describe(ids[t], &info);
+        CU_ASSERT_EQUAL(info.id, ids[t]);
+        CU_ASSERT_STRING_EQUAL(info.name, names[t]);
+        CU_ASSERT_EQUAL(info.dim, DIM);
+        CU_ASSERT_EQUAL(info.index, (enum qv_node_index)t);
+        CU_ASSERT_EQUAL(info.nattrs, 2);
+        CU_ASSERT_STRING_EQUAL(info.attrs[1], "size");
+        CU_ASSERT_EQUAL(info.rows, 0);
+        CU_ASSERT_EQUAL(info.epoch, 0);
+        CU_ASSERT_EQUAL(info.segments, 1);
+        CU_ASSERT_EQUAL(info.trained, t == QV_NODE_FLAT || t == QV_NODE_HNSW);
+        CU_ASSERT_EQUAL(qv_service_epoch(SVC, ids[t]), 0);      /* registered */
+    }
+    describe(ids[1], &info);
+    CU_ASSERT_EQUAL(info.nlist, 16);
+    CU_ASSERT_EQUAL(info.nprobe, 6);
+    CU_ASSERT_EQUAL(info.seal_at, 624);         /* first: 39 x 16, then 1000 */
+    describe(ids[3], &info);
+    CU_ASSERT_EQUAL(info.pq_m, 8);
+    CU_ASSERT_EQUAL(info.pq_nbits, 4);
+    CU_ASSERT_EQUAL(info.seal_at, 624);         /* 39 x 2^4 */
+    describe(ids[4], &info);
+    CU_ASSERT_EQUAL(info.seal_at, 1000);
+    describe(ids[4], &info);
+    CU_ASSERT_EQUAL(info.hnsw_m, 8);
+    CU_ASSERT_EQUAL(info.ef_search, 40);
+    /* defaults resolved */
+    struct qv_node_coll_spec s = { .name = "defaults", .dim = 4, .index = QV_NODE_HNSW };
+    uint64_t dflt;
+    CU_ASSERT_EQUAL_FATAL(qv_node_create_collection(N, &s, &dflt), 0);
+    describe(dflt, &info);
+    CU_ASSERT_EQUAL(info.hnsw_m, 16);
+    CU_ASSERT_EQUAL(info.ef_construction, 200);
+    CU_ASSERT_EQUAL(info.ef_search, 64);
+    CU_ASSERT_EQUAL(qv_node_drop_collection(N, dflt), 0);
+    s = (struct qv_node_coll_spec){ .name = "auto", .dim = 4, .index = QV_NODE_IVF };
+    CU_ASSERT_EQUAL_FATAL(qv_node_create_collection(N, &s, &dflt), 0);
+    describe(dflt, &info);
+    CU_ASSERT_EQUAL(info.nlist, 0);
+    CU_ASSERT_EQUAL(info.nprobe, 16);
+    CU_ASSERT_EQUAL(info.seal_at, 10000);       /* nlist 0: the first train */
+    CU_ASSERT_EQUAL(qv_node_drop_collection(N, dflt), 0);
+
+    /* LIST: id order; a short buffer reports the count */
+    CU_ASSERT_EQUAL(qv_node_list(N, all, 8, &n), 0);
+    CU_ASSERT_EQUAL(n, 5);
+    for (unsigned t = 0; t < 5 && t < n; t++)
+        CU_ASSERT_EQUAL(all[t].id, ids[t]);
+    CU_ASSERT_EQUAL(qv_node_list(N, all, 2, &n), 0);
+    CU_ASSERT_EQUAL(n, 5);
+    CU_ASSERT_EQUAL(qv_node_find(N, "ivf_sq8", &found), 0);
+    CU_ASSERT_EQUAL(found, ids[2]);
+    expect_err(qv_node_find(N, "nope", &found), QV_ENOENT, "nope");
+
+    /* DROP: gone from the node and the service; the name is free again
+     * and gets a new id */
+    CU_ASSERT_EQUAL(upsert_range(ids[0], 0, 10, NULL), 0);
+    CU_ASSERT_EQUAL(qv_node_drop_collection(N, ids[0]), 0);
+    expect_err(qv_node_describe(N, ids[0], &info), QV_ENOENT, "does not exist");
+    expect_err(qv_node_drop_collection(N, ids[0]), QV_ENOENT, "DROP");
+    expect_err(upsert_range(ids[0], 0, 1, NULL), QV_ENOENT, "UPSERT");
+    struct sreq sr;
+    CU_ASSERT_EQUAL(submit(ids[0], query(0), 5, 0, 0, NULL, &sr), QV_ENOENT);
+    sr.r.collection = ids[0];               /* straight to the service: retired */
+    CU_ASSERT_EQUAL(qv_service_submit(SVC, &sr.r), QV_ENOENT);
+    uint64_t again = create("flat", QV_NODE_FLAT);
+    CU_ASSERT(again > ids[4]);
+    CU_ASSERT_EQUAL(qv_node_list(N, all, 8, &n), 0);
+    CU_ASSERT_EQUAL(n, 5);
+    stop();
+}
+
+struct bad_case {
+    const char *what;
+    void (*edit)(struct qv_node_coll_spec *s);
+    const char *needle;
+};
+
+/* One edit of a good spec per bad case. */
+#define EDIT(fn, ...) static void fn(struct qv_node_coll_spec *s) { __VA_ARGS__; }
+EDIT(e_dim0, s->dim = 0)
+EDIT(e_dim_big, s->dim = 4097)
+EDIT(e_metric, s->metric = (enum qv_metric)3)
+EDIT(e_index, s->index = (enum qv_node_index)5)
+EDIT(e_nattrs, s->nattrs = 17)
+EDIT(e_name_null, s->name = NULL)
+EDIT(e_name_empty, s->name = "")
+EDIT(e_name_space, s->name = "a b")
+EDIT(e_name_long, s->name = "a12345678901234567890123456789012345678901234567890123456789"
+                            "0123456789")
+EDIT(e_attr_bad, s->attrs[1] = "si/ze")
+EDIT(e_attr_null, s->attrs[1] = NULL)
+EDIT(e_attr_dup, s->attrs[1] = "color")
+EDIT(e_nlist_big, s->index = QV_NODE_IVF; s->nlist = 70000)
+EDIT(e_nprobe, s->index = QV_NODE_IVF; s->nlist = 8; s->nprobe = 9)
+EDIT(e_nlist_flat, s->nlist = 8)
+EDIT(e_nprobe_hnsw, s->index = QV_NODE_HNSW; s->nprobe = 4)
+EDIT(e_pq_m, s->index = QV_NODE_IVF_PQ; s->pq_m = 5; s->pq_nbits = 8)
+EDIT(e_pq_m0, s->index = QV_NODE_IVF_PQ; s->pq_nbits = 8)
+EDIT(e_pq_nbits, s->index = QV_NODE_IVF_PQ; s->pq_m = 4; s->pq_nbits = 6)
+EDIT(e_pq_ivf, s->index = QV_NODE_IVF; s->pq_m = 4)
+EDIT(e_nbits_flat, s->pq_nbits = 4)
+EDIT(e_m_small, s->index = QV_NODE_HNSW; s->hnsw_m = 3)
+EDIT(e_m_big, s->index = QV_NODE_HNSW; s->hnsw_m = 65)
+EDIT(e_efc, s->index = QV_NODE_HNSW; s->ef_construction = 7)
+EDIT(e_efc_m, s->index = QV_NODE_HNSW; s->hnsw_m = 32; s->ef_construction = 16)
+EDIT(e_efs, s->index = QV_NODE_HNSW; s->ef_search = 4097)
+EDIT(e_m_flat, s->hnsw_m = 16)
+EDIT(e_efs_ivf, s->index = QV_NODE_IVF; s->ef_search = 10)
+
+static void test_bad_specs(void)
+{
+    static const struct bad_case cases[] = {
+        { "dim 0", e_dim0, "dim = 0" },
+        { "dim 4097", e_dim_big, "dim = 4097" },
+        { "metric", e_metric, "metric = 3" },
+        { "index", e_index, "index = 5" },
+        { "nattrs", e_nattrs, "nattrs = 17" },
+        { "name NULL", e_name_null, "name is missing" },
+        { "name empty", e_name_empty, "name = \"\"" },
+        { "name space", e_name_space, "byte 1" },
+        { "name long", e_name_long, "name = " },
+        { "attr bad", e_attr_bad, "attrs[1]" },
+        { "attr NULL", e_attr_null, "attrs[1] is missing" },
+        { "attr dup", e_attr_dup, "repeats attrs[0]" },
+        { "nlist", e_nlist_big, "nlist = 70000" },
+        { "nprobe", e_nprobe, "nprobe = 9" },
+        { "nlist flat", e_nlist_flat, "only IVF, IVF_SQ8 and IVF_PQ collections take nlist" },
+        { "nprobe hnsw", e_nprobe_hnsw, "take nprobe" },
+        { "pq_m", e_pq_m, "pq_m = 5" },
+        { "pq_m 0", e_pq_m0, "pq_m = 0" },
+        { "pq_nbits", e_pq_nbits, "pq_nbits = 6" },
+        { "pq_m ivf", e_pq_ivf, "only IVF_PQ collections take pq_m" },
+        { "nbits flat", e_nbits_flat, "take pq_nbits" },
+        { "hnsw_m 3", e_m_small, "hnsw_m = 3" },
+        { "hnsw_m 65", e_m_big, "hnsw_m = 65" },
+        { "efc", e_efc, "ef_construction = 7" },
+        { "efc < m", e_efc_m, "at least hnsw_m (32)" },
+        { "efs", e_efs, "ef_search = 4097" },
+        { "m flat", e_m_flat, "only HNSW collections take hnsw_m" },
+        { "efs ivf", e_efs_ivf, "take ef_search" },
+    };
+    struct qv_node_coll_info info[8];
+    uint32_t n;
+    uint64_t id;
+
+    start(1000, NULL, 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct qv_node_coll_spec s = spec_of("bad", QV_NODE_FLAT);
+        cases[i].edit(&s);
+        qv_clearerr();
+        int rc = qv_node_create_collection(N, &s, &id);
+        if (rc != QV_EINVAL || !strstr(qv_errmsg(), cases[i].needle)) {
+            fprintf(stderr, "\n  %s: rc %d, \"%s\" (wanted \"%s\")\n", cases[i].what, rc,
+                    qv_errmsg(), cases[i].needle);
+            CU_FAIL("bad spec");
+        }
+    }
+    expect_err(qv_node_create_collection(N, NULL, &id), QV_EINVAL, "NULL");
+    CU_ASSERT_EQUAL(qv_node_list(N, info, 8, &n), 0);
+    CU_ASSERT_EQUAL(n, 0);                      /* nothing half-created */
+    create("dup", QV_NODE_FLAT);
+    struct qv_node_coll_spec s = spec_of("dup", QV_NODE_HNSW);
+    expect_err(qv_node_create_collection(N, &s, &id), QV_EEXIST, "name = \"dup\" is in use");
+    char name[16];
+    for (unsigned i = 1; i < 8; i++) {
+        snprintf(name, sizeof name, "c%u", i);
+        create(name, QV_NODE_FLAT);
+    }
+    s = spec_of("ninth", QV_NODE_FLAT);
+    expect_err(qv_node_create_collection(N, &s, &id), QV_ENOSPC, "max_collections");
+    stop();
+
+    /* options */
+    struct qv_node_opts o;
+    qv_node_opts_default(&o);
+    CU_ASSERT_PTR_NULL(qv_node_create(&o));
+    expect_err(qv_errno, QV_EINVAL, "service");
+    o.service = (struct qv_service *)&o;    /* never used: refused first */
+    o.seal_rows = 8;
+    CU_ASSERT_PTR_NULL(qv_node_create(&o));
+    expect_err(qv_errno, QV_EINVAL, "seal_rows = 8");
+    o.seal_rows = 100;
+    o.compact_ratio = 1.5;
+    CU_ASSERT_PTR_NULL(qv_node_create(&o));
+    expect_err(qv_errno, QV_EINVAL, "compact_ratio");
+}
+
+/* ---- answers ---------------------------------------------------------------- */
+
+/* FLAT over 5 sealed segments + a growing one equals brute force, on the
+ * CPU and through a router over the CPU engine. */
+static void test_flat_exact(void)
+{
+    for (int via_router = 0; via_router < 2; via_router++) {
+        struct qv_router *router = NULL;
+        struct qv_engine *cpu = NULL;
+        if (via_router) {
+            struct qv_router_opts ro;
+            qv_router_opts_default(&ro);
+            ro.calibrate = 0;
+            router = qv_router_create(&ro);
+            cpu = qv_engine_cpu_create(NULL);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(router);
+            CU_ASSERT_EQUAL_FATAL(qv_router_add(router, "cpu", cpu, QV_ROUTER_CLEAN_FAIL |
+                                                QV_ROUTER_SYNC | QV_ROUTER_HOST_CORES), 0);
+        }
+        start(512, router, 0);
+        uint64_t c = create("f", QV_NODE_FLAT);
+        for (unsigned at = 0; at < 2800; at += 700)
+            CU_ASSERT_EQUAL_FATAL(upsert_range(c, at, at + 700, NULL), 0);
+        struct qv_node_coll_info info;
+        describe(c, &info);
+        CU_ASSERT_EQUAL(info.rows, 2800);
+        CU_ASSERT_EQUAL(info.segments, 5);      /* 4 seals of 700 + growing */
+        CU_ASSERT_EQUAL(info.sealed, 4);
+        unsigned bad = 0;
+        for (unsigned q = 0; q < NQ; q++) {
+            struct sreq s;
+            float d[20];
+            uint64_t ids[20];
+            CU_ASSERT_EQUAL_FATAL(search(c, query(q), 20, 0, 0, NULL, &s), 0);
+            brute(query(q), 2800, NULL, 20, d, ids);
+            bad += !same_knn(s.dist, s.ids, d, ids, 20);
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+        /* k beyond the rows: the rest is (+inf, NONE) */
+        uint64_t small = create("small", QV_NODE_FLAT);
+        CU_ASSERT_EQUAL(upsert_range(small, 0, 3, NULL), 0);
+        struct sreq s;
+        CU_ASSERT_EQUAL(search(small, query(0), 5, 0, 0, NULL, &s), 0);
+        CU_ASSERT(s.ids[2] != QV_ID_NONE && s.ids[3] == QV_ID_NONE && isinf(s.dist[4]));
+        /* IVF segments on the same engine: attached when swapped in,
+         * detached when compacted away; nprobe = nlist is exact */
+        static uint8_t live[NB];
+        static uint64_t del[NB];
+        unsigned nd = 0;
+        uint64_t v = create("v", QV_NODE_IVF);
+        CU_ASSERT_EQUAL_FATAL(upsert_range(v, 0, 1200, NULL), 0);
+        CU_ASSERT_EQUAL(qv_node_wait_builds(N, v, 10 * SEC), 0);
+        for (unsigned i = 0; i < 1200; i++) {
+            live[i] = i % 3 == 0;
+            if (!live[i])
+                del[nd++] = BASE_ID + i;
+        }
+        CU_ASSERT_EQUAL(qv_node_delete(N, v, nd, del, NULL), (long)nd);
+        CU_ASSERT_EQUAL(qv_node_wait_builds(N, v, 10 * SEC), 0);
+        describe(v, &info);
+        CU_ASSERT_EQUAL(info.dead_rows, 0);
+        CU_ASSERT_EQUAL(info.rows, 400);
+        bad = 0;
+        for (unsigned q = 0; q < NQ; q++) {
+            float d[10];
+            uint64_t ids[10];
+            CU_ASSERT_EQUAL_FATAL(search(v, query(q), 10, 16, 0, NULL, &s), 0);
+            brute(query(q), 1200, live, 10, d, ids);
+            bad += !same_knn(s.dist, s.ids, d, ids, 10);
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+        stop();
+        qv_router_free(router);
+        qv_engine_free(cpu);
+    }
+}
+
+/* IVF: one sealed segment equals a direct IVF built the same way;
+ * recall@10 over 3 segments (2 IVF + growing). */
+static void test_ivf_seal(void)
+{
+    float d2[10];
+    uint64_t i2[10];
+    struct qv_node_coll_info info;
+    struct qv_node_opts no;
+
+    qv_node_opts_default(&no);
+    start(1000, NULL, 0);
+    uint64_t c = create("ivf", QV_NODE_IVF);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 0, 623, NULL), 0);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.trained, 0);
+    CU_ASSERT_EQUAL(info.segments, 1);
+    CU_ASSERT_EQUAL(info.seal_at, 624);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 623, 624, NULL), 0);      /* seals: trains */
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 10 * SEC), 0);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.trained, 1);
+    CU_ASSERT_EQUAL(info.segments, 2);
+    CU_ASSERT_EQUAL(info.sealed, 1);
+    CU_ASSERT_EQUAL(info.pending, 0);
+    CU_ASSERT_EQUAL(info.rows, 624);
+    CU_ASSERT_EQUAL(info.seal_at, 1000);        /* later seals: seal_rows */
+
+    struct qv_ivf_opts io = { .dim = DIM, .metric = QV_METRIC_L2, .encoding = QV_IVF_FLAT,
+                              .nlist = 16, .seed = no.build_seed };
+    struct qv_ivf *ivf = qv_ivf_create(&io);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(ivf);
+    CU_ASSERT_EQUAL_FATAL(qv_ivf_train(ivf, F.base, 624), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_ivf_add(ivf, 624, F.base, NULL), 0);
+    unsigned bad = 0;
+    for (unsigned q = 0; q < NQ; q++) {
+        struct sreq s;
+        CU_ASSERT_EQUAL_FATAL(search(c, query(q), 10, 0, 0, NULL, &s), 0);  /* nprobe 6 */
+        CU_ASSERT_EQUAL(qv_ivf_search(ivf, query(q), 1, 10, 6, NULL, d2, i2), 0);
+        for (unsigned j = 0; j < 10; j++)
+            i2[j] = i2[j] == QV_ID_NONE ? QV_ID_NONE : BASE_ID + i2[j];
+        bad += !same_knn(s.dist, s.ids, d2, i2, 10);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    qv_ivf_free(ivf);
+
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 624, 2500, NULL), 0);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 10 * SEC), 0);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.segments, 3);
+    CU_ASSERT_EQUAL(info.rows, 2500);
+    double r = recall(c, 2500, NULL, 10, 0, 0, 0);
+    printf("\n  IVF nlist 16 nprobe 6, 2 sealed + growing: recall@10 %.3f ", r);
+    CU_ASSERT(r >= 0.9);
+    stop();
+}
+
+/* HNSW: one sealed segment equals a direct HNSW built the same way;
+ * recall@10 over 2 sealed + growing. */
+static void test_hnsw_seal(void)
+{
+    float d2[10];
+    uint64_t i2[10];
+    struct qv_node_coll_info info;
+    struct qv_node_opts no;
+
+    qv_node_opts_default(&no);
+    start(1000, NULL, 0);
+    uint64_t c = create("hnsw", QV_NODE_HNSW);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 0, 1000, NULL), 0);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 10 * SEC), 0);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.segments, 2);
+    CU_ASSERT_EQUAL(info.sealed, 1);
+    CU_ASSERT_EQUAL(info.growing_rows, 0);
+    struct qv_hnsw_opts ho = { .dim = DIM, .metric = QV_METRIC_L2, .M = 8,
+                               .ef_construction = 64, .ef_search = 40,
+                               .seed = no.build_seed, .numa_node = -1,
+                               .hugepages = QV_HUGE_OFF };
+    struct qv_hnsw *h = qv_hnsw_build(&ho, 1000, F.base, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(h);
+    unsigned bad = 0;
+    for (unsigned q = 0; q < NQ; q++) {
+        struct sreq s;
+        CU_ASSERT_EQUAL_FATAL(search(c, query(q), 10, 0, 0, NULL, &s), 0);
+        CU_ASSERT_EQUAL(qv_hnsw_search(h, query(q), 1, 10, 40, NULL, d2, i2), 0);
+        for (unsigned j = 0; j < 10; j++)
+            i2[j] = i2[j] == QV_ID_NONE ? QV_ID_NONE : BASE_ID + i2[j];
+        bad += !same_knn(s.dist, s.ids, d2, i2, 10);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    qv_hnsw_free(h);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 1000, 2000, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 2000, 2600, NULL), 0);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 10 * SEC), 0);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.segments, 3);
+    CU_ASSERT_EQUAL(info.growing_rows, 600);
+    double r = recall(c, 2600, NULL, 10, 0, 0, 0);
+    printf("\n  HNSW M 8 ef 40, 2 sealed + growing: recall@10 %.3f ", r);
+    CU_ASSERT(r >= 0.9);
+    /* ef below k is raised; ef over 4096 refused */
+    struct sreq s;
+    CU_ASSERT_EQUAL(search(c, query(1), 50, 0, 0, NULL, &s), 0);
+    CU_ASSERT(s.ids[49] != QV_ID_NONE);
+    stop();
+}
+
+/* IVF_SQ8 and IVF_PQ seal, train and answer; PQ refine helps. */
+static void test_sq8_pq(void)
+{
+    struct qv_node_coll_info info;
+
+    start(1000, NULL, 0);
+    uint64_t sq = create("sq8", QV_NODE_IVF_SQ8), pq = create("pq", QV_NODE_IVF_PQ);
+    for (unsigned at = 0; at < 2000; at += 1000) {
+        CU_ASSERT_EQUAL_FATAL(upsert_range(sq, at, at + 1000, NULL), 0);
+        CU_ASSERT_EQUAL_FATAL(upsert_range(pq, at, at + 1000, NULL), 0);
+    }
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, sq, 10 * SEC), 0);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, pq, 10 * SEC), 0);
+    describe(pq, &info);
+    CU_ASSERT_EQUAL(info.trained, 1);
+    CU_ASSERT_EQUAL(info.sealed, 2);
+    double rs = recall(sq, 2000, NULL, 10, 0, 0, 0);
+    double rp = recall(pq, 2000, NULL, 10, 0, 0, 0);
+    double rr = recall(pq, 2000, NULL, 10, 0, 0, 8);
+    printf("\n  recall@10: IVF_SQ8 %.3f, IVF_PQ m 8 x 4 bits %.3f, with refine 8 %.3f ",
+           rs, rp, rr);
+    CU_ASSERT(rs >= 0.85);
+    CU_ASSERT(rp >= 0.3);
+    CU_ASSERT(rr >= 0.9);
+    CU_ASSERT(rr > rp);
+    stop();
+}
+
+/* qv_node_seal flushes whatever the growing segment holds; an IVF build
+ * of too few rows to train is a flat segment, and the answers stay exact. */
+static void test_seal(void)
+{
+    struct qv_node_coll_info info;
+    struct sreq s;
+    float d[5];
+    uint64_t ids[5];
+
+    start(1000, NULL, 0);
+    uint64_t f = create("f", QV_NODE_FLAT), v = create("v", QV_NODE_IVF);
+    CU_ASSERT_EQUAL(qv_node_seal(N, f), 0);             /* empty */
+    CU_ASSERT_EQUAL_FATAL(upsert_range(f, 0, 30, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(v, 0, 30, NULL), 0);
+    CU_ASSERT_EQUAL(qv_node_seal(N, f), 1);
+    CU_ASSERT_EQUAL(qv_node_seal(N, v), 1);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, v, 10 * SEC), 0);
+    describe(v, &info);
+    CU_ASSERT_EQUAL(info.segments, 2);
+    CU_ASSERT_EQUAL(info.sealed, 1);
+    CU_ASSERT_EQUAL(info.trained, 0);                   /* 30 rows: a flat segment */
+    CU_ASSERT_EQUAL(info.seal_at, 1000);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(f, 30, 40, NULL), 0);
+    describe(f, &info);
+    CU_ASSERT_EQUAL(info.segments, 2);
+    CU_ASSERT_EQUAL(info.growing_rows, 10);
+    for (unsigned q = 0; q < 5; q++) {
+        brute(query(q), 30, NULL, 5, d, ids);
+        CU_ASSERT_EQUAL(search(v, query(q), 5, 0, 0, NULL, &s), 0);
+        CU_ASSERT(same_knn(s.dist, s.ids, d, ids, 5));
+        brute(query(q), 40, NULL, 5, d, ids);
+        CU_ASSERT_EQUAL(search(f, query(q), 5, 0, 0, NULL, &s), 0);
+        CU_ASSERT(same_knn(s.dist, s.ids, d, ids, 5));
+    }
+    expect_err(qv_node_seal(N, 999), QV_ENOENT, "999");
+    expect_err(qv_node_wait_builds(N, 999, 0), QV_ENOENT, "999");
+    stop();
+}
+
+/* ---- writes ----------------------------------------------------------------- */
+
+/* An upsert of a present id replaces it, before and after a seal. */
+static void test_upsert_replaces(void)
+{
+    float far[DIM];
+    struct sreq s;
+    struct qv_node_coll_info info;
+    float got[DIM];
+    uint8_t found;
+
+    for (unsigned d = 0; d < DIM; d++)
+        far[d] = 5.0f + (float)d;
+    start(600, NULL, 0);
+    uint64_t c = create("h", QV_NODE_HNSW);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 0, 400, NULL), 0);
+    const float *v7 = F.base + 7 * DIM;
+    for (int round = 0; round < 2; round++) {
+        /* id BASE_ID + 7 moves far away: a query at its old place never
+         * sees it; one at the new place finds it at distance 0, once */
+        CU_ASSERT_EQUAL(upsert_one(c, BASE_ID + 7, far, 0, 0), 0);
+        CU_ASSERT_EQUAL(search(c, v7, 50, 0, 0, NULL, &s), 0);
+        for (unsigned j = 0; j < 50; j++)
+            CU_ASSERT(s.ids[j] != BASE_ID + 7);
+        CU_ASSERT_EQUAL(search(c, far, 10, 0, 0, NULL, &s), 0);
+        CU_ASSERT_EQUAL(s.ids[0], BASE_ID + 7);
+        CU_ASSERT_EQUAL(s.dist[0], 0.0f);
+        for (unsigned j = 1; j < 10; j++)
+            CU_ASSERT(s.ids[j] != BASE_ID + 7);
+        CU_ASSERT_EQUAL(qv_node_get(N, c, 1, (uint64_t[]){ BASE_ID + 7 }, DIM, got, &found), 1);
+        CU_ASSERT_EQUAL(memcmp(got, far, sizeof far), 0);
+        /* and back */
+        CU_ASSERT_EQUAL(upsert_one(c, BASE_ID + 7, v7, 0, 0), 0);
+        CU_ASSERT_EQUAL(search(c, v7, 10, 0, 0, NULL, &s), 0);
+        CU_ASSERT_EQUAL(s.ids[0], BASE_ID + 7);
+        describe(c, &info);
+        CU_ASSERT_EQUAL(info.rows, 400 + 200 * (unsigned)round);
+        /* second round: rows sealed into HNSW first */
+        CU_ASSERT_EQUAL_FATAL(upsert_range(c, 400, 600, NULL), 0);
+        CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 10 * SEC), 0);
+        describe(c, &info);
+        CU_ASSERT_EQUAL(info.rows, 600);
+        CU_ASSERT_EQUAL(info.sealed, 1);
+    }
+    stop();
+}
+
+/* Deletes hide ids; a sealed segment that loses half its rows is rebuilt
+ * (compaction) and still hides them. */
+static void test_delete(void)
+{
+    static uint8_t live[NB];
+    static uint64_t del[NB];
+    struct qv_node_coll_info info;
+    uint64_t e0, e1;
+    unsigned nd = 0;
+
+    start(1000, NULL, 0);
+    uint64_t c = create("ivf", QV_NODE_IVF);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 0, 1200, &e0), 0);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 10 * SEC), 0);
+    for (unsigned i = 0; i < 1200; i++)
+        live[i] = 1;
+    /* every 5th row, plus an absent id and a repeat */
+    for (unsigned i = 0; i < 1200; i += 5) {
+        del[nd++] = BASE_ID + i;
+        live[i] = 0;
+    }
+    del[nd++] = 42;
+    del[nd++] = BASE_ID + 5;
+    CU_ASSERT_EQUAL(qv_node_delete(N, c, nd, del, &e1), 240);
+    CU_ASSERT_EQUAL(e1, e0 + 1);
+    CU_ASSERT_EQUAL(qv_node_delete(N, c, 2, del, &e1), 0);      /* nothing: same epoch */
+    CU_ASSERT_EQUAL(e1, e0 + 1);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.rows, 960);
+    CU_ASSERT_EQUAL(info.dead_rows, 240);
+    unsigned bad = 0;
+    for (unsigned q = 0; q < NQ; q++) {
+        struct sreq s;
+        float d[10];
+        uint64_t ids[10];
+        CU_ASSERT_EQUAL_FATAL(search(c, query(q), 10, 16, 0, NULL, &s), 0);   /* all lists */
+        brute(query(q), 1200, live, 10, d, ids);
+        bad += !same_knn(s.dist, s.ids, d, ids, 10);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    /* more than half of the sealed segment gone: rebuilt from its live rows */
+    nd = 0;
+    for (unsigned i = 1; i < 1000; i += 5)
+        for (unsigned j = 0; j < 3; j++) {
+            del[nd++] = BASE_ID + i + j;
+            live[i + j] = 0;
+        }
+    CU_ASSERT_EQUAL(qv_node_delete(N, c, nd, del, NULL), (long)nd);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 10 * SEC), 0);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.rows, 960 - nd);
+    CU_ASSERT_EQUAL(info.dead_rows, 0);         /* compacted (the growing has none) */
+    CU_ASSERT_EQUAL(info.sealed, 1);
+    bad = 0;
+    for (unsigned q = 0; q < NQ; q++) {
+        struct sreq s;
+        float d[10];
+        uint64_t ids[10];
+        CU_ASSERT_EQUAL_FATAL(search(c, query(q), 10, 16, 0, NULL, &s), 0);
+        brute(query(q), 1200, live, 10, d, ids);
+        bad += !same_knn(s.dist, s.ids, d, ids, 10);
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    /* GET after the rebuild: the survivors, not the dead */
+    uint64_t gids[3] = { BASE_ID + 0, BASE_ID + 4, BASE_ID + 1101 };
+    float got[3 * DIM];
+    uint8_t found[3];
+    CU_ASSERT_EQUAL(qv_node_get(N, c, 3, gids, DIM, got, found), 2);
+    CU_ASSERT(!found[0] && found[1] && found[2]);
+    CU_ASSERT_EQUAL(memcmp(got + DIM, F.base + 4 * DIM, DIM * sizeof(float)), 0);
+    CU_ASSERT_EQUAL(got[0], 0.0f);
+    /* delete everything: the sealed segment goes */
+    nd = 0;
+    for (unsigned i = 0; i < 1200; i++)
+        del[nd++] = BASE_ID + i;
+    CU_ASSERT_EQUAL(qv_node_delete(N, c, nd, del, NULL), (long)(info.rows));
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 10 * SEC), 0);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.rows, 0);
+    CU_ASSERT_EQUAL(info.segments, 1);
+    struct sreq s;
+    CU_ASSERT_EQUAL(search(c, query(0), 5, 0, 0, NULL, &s), 0);
+    CU_ASSERT_EQUAL(s.ids[0], QV_ID_NONE);
+    stop();
+}
+
+static void test_get(void)
+{
+    float v[2 * DIM], got[3 * DIM];
+    uint64_t ids[2] = { 10, 20 }, ask[3] = { 20, 30, 10 };
+    int64_t col[2] = { 1, 2 };
+    uint8_t found[3];
+
+    start(1000, NULL, 0);
+    struct qv_node_coll_spec s = spec_of("cos", QV_NODE_FLAT);
+    s.metric = QV_METRIC_COSINE;
+    uint64_t c;
+    CU_ASSERT_EQUAL_FATAL(qv_node_create_collection(N, &s, &c), 0);
+    for (unsigned d = 0; d < 2 * DIM; d++)
+        v[d] = (float)d - 3.5f;                 /* not unit length */
+    struct qv_node_rows r = { .n = 2, .dim = DIM, .nattrs = 2, .ids = ids, .vectors = v,
+                              .attrs = { col, col } };
+    CU_ASSERT_EQUAL_FATAL(qv_node_upsert(N, c, &r, NULL), 0);
+    memset(got, 0xff, sizeof got);
+    CU_ASSERT_EQUAL(qv_node_get(N, c, 3, ask, DIM, got, found), 2);
+    CU_ASSERT(found[0] == 1 && found[1] == 0 && found[2] == 1);
+    CU_ASSERT_EQUAL(memcmp(got, v + DIM, DIM * sizeof(float)), 0);   /* as given */
+    CU_ASSERT_EQUAL(memcmp(got + 2 * DIM, v, DIM * sizeof(float)), 0);
+    for (unsigned d = 0; d < DIM; d++)
+        CU_ASSERT_EQUAL(got[DIM + d], 0.0f);
+    expect_err(qv_node_get(N, c, 3, ask, DIM + 1, got, found), QV_EINVAL, "dim = 17");
+    expect_err(qv_node_get(N, c, 0, ask, DIM, got, found), QV_EINVAL, "n = 0");
+    expect_err(qv_node_get(N, c, 3, NULL, DIM, got, found), QV_EINVAL, "ids is NULL");
+    expect_err(qv_node_get(N, 999, 3, ask, DIM, got, found), QV_ENOENT, "999");
+    /* a cosine search: 1 - cos of the stored vector */
+    struct sreq sr;
+    CU_ASSERT_EQUAL(search(c, v, 2, 0, 0, NULL, &sr), 0);
+    CU_ASSERT_EQUAL(sr.ids[0], 10);
+    CU_ASSERT(fabsf(sr.dist[0]) < 1e-5f);
+    stop();
+}
+
+/* Filters across segments equal brute force over the passing rows. */
+static void test_filters(void)
+{
+    static uint8_t pass[NB];
+    static const char *const filters[] = {
+        "color = 3",
+        "color in (1, 2) and size between 10 and 60",
+        "not color = 0 or size = 99",
+        "size between 200 and 300",             /* nothing passes */
+    };
+
+    start(500, NULL, 0);
+    uint64_t c = create("f", QV_NODE_FLAT), h = create("h", QV_NODE_HNSW);
+    for (unsigned at = 0; at < 1800; at += 700) {     /* 2 sealed + 400 growing */
+        CU_ASSERT_EQUAL_FATAL(upsert_range(c, at, at + 700 < 1800 ? at + 700 : 1800, NULL), 0);
+        CU_ASSERT_EQUAL_FATAL(upsert_range(h, at, at + 700 < 1800 ? at + 700 : 1800, NULL), 0);
+    }
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, h, 10 * SEC), 0);
+    struct qv_node_coll_info info;
+    describe(h, &info);
+    CU_ASSERT_EQUAL(info.segments, 3);
+    CU_ASSERT_EQUAL(info.growing_rows, 400);
+    for (unsigned f = 0; f < 4; f++) {
+        unsigned npass = 0;
+        for (unsigned i = 0; i < 1800; i++) {
+            int64_t col = F.color[i], sz = F.size[i];
+            pass[i] = f == 0 ? col == 3
+                    : f == 1 ? (col == 1 || col == 2) && sz >= 10 && sz <= 60
+                    : f == 2 ? !(col == 0) || sz == 99
+                    : 0;
+            npass += pass[i];
+        }
+        unsigned bad = 0, wrong = 0, hit = 0;
+        for (unsigned q = 0; q < NQ; q++) {
+            struct sreq s, t;
+            float d[10];
+            uint64_t ids[10];
+            CU_ASSERT_EQUAL_FATAL(search(c, query(q), 10, 0, 0, filters[f], &s), 0);
+            CU_ASSERT_EQUAL_FATAL(search(h, query(q), 10, 0, 100, filters[f], &t), 0);
+            brute(query(q), 1800, pass, 10, d, ids);
+            bad += !same_knn(s.dist, s.ids, d, ids, 10);
+            for (unsigned j = 0; j < 10; j++)
+                if (t.ids[j] != QV_ID_NONE)
+                    wrong += !pass[t.ids[j] - BASE_ID];
+            hit += overlap(t.ids, ids, 10);
+        }
+        CU_ASSERT_EQUAL(bad, 0);
+        CU_ASSERT_EQUAL(wrong, 0);
+        if (npass)
+            CU_ASSERT((double)hit / (NQ * 10) >= 0.9);
+    }
+    /* filters the transport must refuse, naming the fault */
+    struct sreq s;
+    expect_err(submit(c, query(0), 5, 0, 0, "colour = 3", &s), QV_EINVAL, "filter");
+    expect_err(submit(c, query(0), 5, 0, 0, "color = ", &s), QV_EINVAL, "filter");
+    char longf[1100];
+    memset(longf, ' ', sizeof longf - 1);
+    longf[sizeof longf - 1] = '\0';
+    expect_err(submit(c, query(0), 5, 0, 0, longf, &s), QV_EINVAL, "longer than 1024");
+    stop();
+}
+
+/* A write bumps the epoch; the cached answer misses afterwards. */
+static void test_epoch_and_cache(void)
+{
+    struct sreq a, b, c2;
+    uint64_t e;
+    float q[DIM];
+
+    start(1000, NULL, 0);
+    uint64_t c = create("f", QV_NODE_FLAT);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 0, 300, &e), 0);
+    CU_ASSERT_EQUAL(e, 1);
+    memcpy(q, query(3), sizeof q);
+    q[0] += 10.0f;                      /* far from everything */
+    CU_ASSERT_EQUAL(search(c, q, 5, 0, 0, NULL, &a), 0);
+    CU_ASSERT_EQUAL(a.r.flags, 0);
+    CU_ASSERT_EQUAL(search(c, q, 5, 0, 0, NULL, &b), 0);
+    CU_ASSERT_EQUAL(b.r.flags, QV_SERVICE_CACHED);
+    CU_ASSERT_EQUAL(upsert_one(c, 77, q, 0, 0), 0);
+    struct qv_node_coll_info info;
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.epoch, 2);
+    CU_ASSERT_EQUAL(search(c, q, 5, 0, 0, NULL, &c2), 0);
+    CU_ASSERT_EQUAL(c2.r.flags, 0);                 /* searched again */
+    CU_ASSERT_EQUAL(c2.ids[0], 77);
+    CU_ASSERT_EQUAL(c2.ids[1], a.ids[0]);
+    CU_ASSERT_EQUAL(qv_node_delete(N, c, 1, (uint64_t[]){ 77 }, &e), 1);
+    CU_ASSERT_EQUAL(e, 3);
+    CU_ASSERT_EQUAL(search(c, q, 5, 0, 0, NULL, &c2), 0);
+    CU_ASSERT_EQUAL(c2.r.flags, 0);
+    CU_ASSERT_EQUAL(c2.ids[0], a.ids[0]);
+    stop();
+}
+
+/* Every UPSERT error names the field and applies nothing; allocation
+ * failures anywhere apply nothing either. */
+static void test_upsert_errors(void)
+{
+    static uint64_t ids[8];
+    static float v[8 * DIM];
+    static int64_t col[8];
+    struct qv_node_coll_info info;
+    uint64_t e;
+
+    start(1000, NULL, 0);
+    uint64_t c = create("f", QV_NODE_FLAT);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 0, 100, &e), 0);
+    for (unsigned i = 0; i < 8; i++)
+        ids[i] = 500 + i;
+    memcpy(v, F.base, sizeof v);
+    struct qv_node_rows ok = { .n = 8, .dim = DIM, .nattrs = 2, .ids = ids, .vectors = v,
+                               .attrs = { col, col } }, r;
+    expect_err(qv_node_upsert(N, c, NULL, NULL), QV_EINVAL, "rows is NULL");
+    r = ok; r.n = 0;
+    expect_err(qv_node_upsert(N, c, &r, NULL), QV_EINVAL, "n = 0");
+    r = ok; r.n = QV_NODE_MAX_UPSERT + 1;
+    expect_err(qv_node_upsert(N, c, &r, NULL), QV_EINVAL, "n = 65537");
+    r = ok; r.dim = 8;
+    expect_err(qv_node_upsert(N, c, &r, NULL), QV_EINVAL, "dim = 8");
+    r = ok; r.nattrs = 1;
+    expect_err(qv_node_upsert(N, c, &r, NULL), QV_EINVAL, "nattrs = 1");
+    r = ok; r.ids = NULL;
+    expect_err(qv_node_upsert(N, c, &r, NULL), QV_EINVAL, "ids is NULL");
+    r = ok; r.vectors = NULL;
+    expect_err(qv_node_upsert(N, c, &r, NULL), QV_EINVAL, "vectors is NULL");
+    r = ok; r.attrs[1] = NULL;
+    expect_err(qv_node_upsert(N, c, &r, NULL), QV_EINVAL, "attribute 1 ('size')");
+    ids[6] = QV_ID_NONE;
+    expect_err(qv_node_upsert(N, c, &ok, NULL), QV_EINVAL, "ids[6] = 2^64-1");
+    ids[6] = 506;
+    v[5 * DIM + 3] = NAN;
+    expect_err(qv_node_upsert(N, c, &ok, NULL), QV_EINVAL, "vectors[5][3]");
+    v[5 * DIM + 3] = INFINITY;
+    expect_err(qv_node_upsert(N, c, &ok, NULL), QV_EINVAL, "vectors[5][3]");
+    v[5 * DIM + 3] = 0.5f;
+    ids[7] = 502;
+    expect_err(qv_node_upsert(N, c, &ok, NULL), QV_EINVAL, "ids[7] = 502 repeats ids[2]");
+    ids[7] = 507;
+    expect_err(qv_node_upsert(N, 424242, &ok, NULL), QV_ENOENT, "424242");
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.rows, 100);
+    CU_ASSERT_EQUAL(info.epoch, 1);
+    expect_err((int)qv_node_delete(N, c, 3, NULL, NULL), QV_EINVAL, "ids is NULL");
+    expect_err((int)qv_node_delete(N, 424242, 1, ids, NULL), QV_ENOENT, "DELETE");
+
+    /* injected allocation failures: nothing applied, until one succeeds
+     * (8 new ids, 2 of them replacing rows 0 and 1) */
+    ids[0] = BASE_ID + 0;
+    ids[1] = BASE_ID + 1;
+    long n, fails = 0;
+    int rc = -1;
+    for (n = 0; n < 1000 && rc != 0; n++) {
+        qv_alloc_fail_after(n);
+        rc = qv_node_upsert(N, c, &ok, &e);
+        qv_alloc_fail_after(-1);
+        if (rc != 0) {
+            fails++;
+            CU_ASSERT_EQUAL(rc, QV_ENOMEM);
+            describe(c, &info);
+            CU_ASSERT_EQUAL(info.rows, 100);
+            CU_ASSERT_EQUAL(info.epoch, 1);
+        }
+    }
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT(fails >= 3);
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.rows, 106);
+    CU_ASSERT_EQUAL(info.epoch, 2);
+    struct sreq s;
+    CU_ASSERT_EQUAL(search(c, F.base, 3, 0, 0, NULL, &s), 0);
+    CU_ASSERT_EQUAL(s.ids[0], BASE_ID + 0);     /* v[0] is base row 0 */
+    CU_ASSERT(s.ids[1] != BASE_ID + 0);
+    /* deletes under failures: all or nothing */
+    rc = -1;
+    for (n = 0; n < 100 && rc < 0; n++) {
+        qv_alloc_fail_after(n);
+        rc = (int)qv_node_delete(N, c, 8, ids, NULL);
+        qv_alloc_fail_after(-1);
+        describe(c, &info);
+        CU_ASSERT_EQUAL(info.rows, rc < 0 ? 106 : 98);
+    }
+    CU_ASSERT_EQUAL(rc, 8);
+    stop();
+}
+
+static void test_search_errors(void)
+{
+    struct sreq s;
+
+    start(1000, NULL, 0);
+    uint64_t f = create("f", QV_NODE_FLAT), v = create("v", QV_NODE_IVF),
+             h = create("h", QV_NODE_HNSW);
+    struct qv_node_search_args a = { .dim = DIM + 1, .k = 5 };
+    memset(&s, 0, sizeof s);
+    expect_err(qv_node_search_prepare(N, f, &a, &s.r), QV_EINVAL, "dim = 17");
+    expect_err(qv_node_search_prepare(N, f, NULL, &s.r), QV_EINVAL, "args");
+    expect_err(qv_node_search_prepare(N, 999, &a, &s.r), QV_ENOENT, "999");
+    expect_err(submit(f, query(0), 0, 0, 0, NULL, &s), QV_EINVAL, "k = 0");
+    expect_err(submit(f, query(0), 1025, 0, 0, NULL, &s), QV_EINVAL, "k = 1025");
+    expect_err(submit(v, query(0), 5, 17, 0, NULL, &s), QV_EINVAL, "nprobe = 17");
+    expect_err(submit(h, query(0), 10, 0, 5, NULL, &s), QV_EINVAL, "ef = 5");
+    expect_err(submit(h, query(0), 10, 0, 4097, NULL, &s), QV_EINVAL, "ef = 4097");
+    /* the other type's parameter is ignored (and zeroed) */
+    CU_ASSERT_EQUAL(submit(f, query(0), 5, 3, 7, NULL, &s), 0);
+    CU_ASSERT(wait_done(&s));
+    CU_ASSERT_EQUAL(s.r.nprobe, 0);
+    CU_ASSERT_EQUAL(s.r.ef, 0);
+    /* a NaN query: the service refuses it */
+    float q[DIM];
+    memcpy(q, query(0), sizeof q);
+    q[2] = NAN;
+    expect_err(submit(f, q, 5, 0, 0, NULL, &s), QV_EINVAL, "query[2]");
+    stop();
+}
+
+/* ---- concurrency ---------------------------------------------------------- */
+
+struct writer {
+    uint64_t coll;
+    unsigned from, to;              /* base rows it owns */
+    unsigned deleted;               /* of them, deleted at the end */
+    int rc;
+    _Atomic int finished;
+};
+
+static _Atomic unsigned searches_done;      /* completed by the searcher */
+
+/* Before its op-th write: let the searcher complete 2 searches per write,
+ * so that writes and searches interleave however the threads are
+ * scheduled (at most 10 s). */
+static void pace(unsigned op)
+{
+    int64_t give_up = qv_now_ns() + 10 * SEC;
+
+    while (atomic_load(&searches_done) < 2 * op && qv_now_ns() < give_up)
+        sched_yield();
+}
+
+/* Upsert its rows in chunks, re-upsert (replace) half of them three
+ * times, delete a tenth. */
+static void *writer_main(void *arg)
+{
+    struct writer *w = arg;
+    uint64_t ids[64];
+    int64_t col[64];
+    unsigned op = 0;
+
+    memset(col, 0, sizeof col);
+    for (int pass = 0; pass < 4 && w->rc == 0; pass++) {
+        for (unsigned at = w->from; at < w->to && w->rc == 0; at += 50) {
+            unsigned n = w->to - at < 50 ? w->to - at : 50;
+            if (pass > 0 && (at / 50) % 2 == (unsigned)pass % 2)
+                continue;
+            for (unsigned i = 0; i < n; i++)
+                ids[i] = BASE_ID + at + i;
+            struct qv_node_rows r = { .n = n, .dim = DIM, .nattrs = 2, .ids = ids,
+                                      .vectors = F.base + (size_t)at * DIM,
+                                      .attrs = { col, col } };
+            pace(op++);
+            w->rc = qv_node_upsert(N, w->coll, &r, NULL);
+        }
+    }
+    for (unsigned at = w->from; at < w->to && w->rc == 0; at += 10) {
+        uint64_t id = BASE_ID + at;
+        pace(op++);
+        long got = qv_node_delete(N, w->coll, 1, &id, NULL);
+        if (got != 1)
+            w->rc = -1;
+        w->deleted++;
+    }
+    atomic_store(&w->finished, 1);
+    return NULL;
+}
+
+static void test_concurrent(void)
+{
+    enum { INFLIGHT = 16 };
+    static struct sreq s[INFLIGHT];
+    static float qbuf[INFLIGHT][DIM];   /* distinct queries: no cache hits */
+    struct writer w[2];
+    pthread_t t[2];
+    unsigned searched = 0, dup = 0, failed = 0, cached = 0, during = 0;
+
+    start(400, NULL, 0);
+    atomic_store(&searches_done, 0);
+    submit_cls = QV_BATCH_BULK;         /* a 1 s budget: slow builds (sanitizers) do
+                                           not time searches out */
+    uint64_t c = create("hc", QV_NODE_HNSW);
+    w[0] = (struct writer){ .coll = c, .from = 0, .to = 1400 };
+    w[1] = (struct writer){ .coll = c, .from = 1400, .to = 2800 };
+    atomic_init(&w[0].finished, 0);
+    atomic_init(&w[1].finished, 0);
+    for (unsigned i = 0; i < 2; i++)
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, writer_main, &w[i]), 0);
+    /* searches with up to 16 in flight while they write */
+    for (unsigned i = 0; i < INFLIGHT; i++)
+        atomic_init(&s[i].done, 1);
+    int64_t until = qv_now_ns() + 20 * SEC;
+    for (unsigned n = 0; qv_now_ns() < until; n++) {
+        struct sreq *r = &s[n % INFLIGHT];
+        while (!atomic_load_explicit(&r->done, memory_order_acquire))
+            sched_yield();
+        if (n >= INFLIGHT) {
+            searched++;
+            if (r->r.status != 0) {
+                failed++;
+                fprintf(stderr, "\n  search %u: status %d\n", n, r->r.status);
+            }
+            cached += (r->r.flags & QV_SERVICE_CACHED) != 0;
+            during += !atomic_load(&w[0].finished) || !atomic_load(&w[1].finished);
+            atomic_store(&searches_done, searched);
+            for (unsigned a = 0; a < 20 && r->r.status == 0; a++)
+                for (unsigned b = a + 1; b < 20; b++)
+                    dup += r->ids[a] != QV_ID_NONE && r->ids[a] == r->ids[b];
+        }
+        for (unsigned d = 0; d < DIM; d++)
+            qbuf[n % INFLIGHT][d] = query(n)[d] + 1e-3f * (float)(n % 997) * (d == n % DIM);
+        int rc = submit(c, qbuf[n % INFLIGHT], 20, 0, 0, NULL, r);
+        if (rc != 0) {
+            atomic_store(&r->done, 1);
+            failed += rc != QV_EBUSY;
+        }
+        if (searched > 2000 && atomic_load(&w[0].finished) && atomic_load(&w[1].finished))
+            break;
+    }
+    for (unsigned i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    for (unsigned i = 0; i < INFLIGHT; i++)
+        CU_ASSERT(wait_done(&s[i]));
+    submit_cls = QV_BATCH_INTERACTIVE;
+    CU_ASSERT_EQUAL(w[0].rc, 0);
+    CU_ASSERT_EQUAL(w[1].rc, 0);
+    CU_ASSERT_EQUAL(dup, 0);
+    CU_ASSERT_EQUAL(failed, 0);
+    CU_ASSERT(searched > 100);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, c, 20 * SEC), 0);
+    struct qv_node_coll_info info;
+    describe(c, &info);
+    CU_ASSERT_EQUAL(info.rows, 2800 - w[0].deleted - w[1].deleted);
+    printf("\n  %u searches (%u cached, %u while writing) with 2 writers' upserts, "
+           "replaces and deletes; %u segments ", searched, cached, during, info.segments);
+    CU_ASSERT(during >= 200);
+    /* counts add up: every live id found by GET, every deleted one not */
+    static uint64_t all[2800];
+    static float got[2800 * DIM];
+    static uint8_t found[2800];
+    for (unsigned i = 0; i < 2800; i++)
+        all[i] = BASE_ID + i;
+    CU_ASSERT_EQUAL(qv_node_get(N, c, 2800, all, DIM, got, found), (long)info.rows);
+    unsigned badget = 0;
+    for (unsigned i = 0; i < 2800; i++)
+        badget += found[i] != (i % 10 != 0) ||
+                  (found[i] && memcmp(got + (size_t)i * DIM, F.base + (size_t)i * DIM,
+                                      DIM * sizeof(float)) != 0);
+    CU_ASSERT_EQUAL(badget, 0);
+    static uint8_t live[2800];
+    for (unsigned i = 0; i < 2800; i++)
+        live[i] = i % 10 != 0;
+    double r = recall(c, 2800, live, 10, 0, 0, 0);
+    printf("recall@10 %.3f ", r);
+    CU_ASSERT(r >= 0.9);
+    stop();
+}
+
+/* ---- drop and free -------------------------------------------------------- */
+
+struct dropper {
+    uint64_t coll;
+    _Atomic int returned;
+    int rc;
+};
+
+static void *drop_main(void *arg)
+{
+    struct dropper *d = arg;
+    d->rc = qv_node_drop_collection(N, d->coll);
+    atomic_store(&d->returned, 1);
+    return NULL;
+}
+
+/* Searches queued for a collection complete (searched) before its drop
+ * returns; later ones are refused. */
+static void test_drop_completes_queued(void)
+{
+    static struct sreq s[20];
+    struct dropper d;
+    pthread_t t;
+
+    start(1000, NULL, 0);
+    uint64_t c = create("f", QV_NODE_FLAT);
+    CU_ASSERT_EQUAL_FATAL(upsert_range(c, 0, 500, NULL), 0);
+    qv_service_pause(SVC);
+    submit_cls = QV_BATCH_BULK;         /* a 1 s budget: searched by then at the latest */
+    for (unsigned i = 0; i < 20; i++)
+        CU_ASSERT_EQUAL(submit(c, query(i), 5, 0, 0, NULL, &s[i]), 0);
+    submit_cls = QV_BATCH_INTERACTIVE;
+    d = (struct dropper){ .coll = c };
+    atomic_init(&d.returned, 0);
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, drop_main, &d), 0);
+    sleep_ns(50 * MS);
+    CU_ASSERT_EQUAL(atomic_load(&d.returned), 0);       /* waits for them */
+    struct qv_node_coll_info info;
+    expect_err(qv_node_describe(N, c, &info), QV_ENOENT, "");   /* gone at once */
+    int64_t t0 = qv_now_ns();
+    qv_service_resume(SVC);
+    pthread_join(t, NULL);
+    CU_ASSERT(qv_now_ns() - t0 < 1500 * MS);
+    CU_ASSERT_EQUAL(d.rc, 0);
+    unsigned ok = 0;
+    for (unsigned i = 0; i < 20; i++)
+        ok += atomic_load(&s[i].done) && s[i].r.status == 0 && s[i].ids[0] != QV_ID_NONE;
+    CU_ASSERT_EQUAL(ok, 20);
+    struct sreq late;
+    memset(&late, 0, sizeof late);
+    late.r = s[0].r;
+    late.r.dist = late.dist;
+    late.r.ids = late.ids;
+    late.r.done_arg = &late;
+    CU_ASSERT_EQUAL(qv_service_submit(SVC, &late.r), QV_ENOENT);
+    stop();
+}
+
+/* Free while builds are queued and running: no leak, no crash. */
+static void test_free_during_build(void)
+{
+    struct qv_mem_stats m0, m1;
+
+    qv_mem_stats(QV_MEM_SERVER, &m0);
+    start(500, NULL, 0);
+    uint64_t h = create("h", QV_NODE_HNSW), v = create("v", QV_NODE_IVF);
+    for (unsigned at = 0; at < 2000; at += 500) {
+        CU_ASSERT_EQUAL_FATAL(upsert_range(h, at, at + 500, NULL), 0);
+        CU_ASSERT_EQUAL_FATAL(upsert_range(v, at, at + 500, NULL), 0);
+    }
+    struct qv_node_coll_info info;
+    describe(h, &info);
+    CU_ASSERT(info.pending >= 1);               /* queued or building */
+    stop();
+    qv_mem_stats(QV_MEM_SERVER, &m1);
+    CU_ASSERT_EQUAL(m1.live_blocks, m0.live_blocks);
+    CU_ASSERT_EQUAL(m1.live_bytes, m0.live_bytes);
+}
+
+static void test_config(void)
+{
+    struct qv_config *cfg = qv_config_defaults();
+    struct qv_node_opts a, d;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    qv_node_opts_default(&d);
+    CU_ASSERT_EQUAL(qv_node_opts_from_config(cfg, &a), 0);
+    CU_ASSERT_EQUAL(a.max_collections, d.max_collections);
+    CU_ASSERT_EQUAL(a.seal_rows, d.seal_rows);
+    CU_ASSERT_EQUAL(a.compact_ratio, d.compact_ratio);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "server", "seal_rows", "8"), QV_ECONFIG);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "server", "seal_rows", "4096"), 0);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "server", "compact_ratio", "0"), 0);
+    CU_ASSERT_EQUAL(qv_node_opts_from_config(cfg, &a), 0);
+    CU_ASSERT_EQUAL(a.seal_rows, 4096);
+    CU_ASSERT_EQUAL(a.compact_ratio, 0.0);
+    qv_config_free(cfg);
+}
+
+int main(void)
+{
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
+        { "create / describe / list / drop every index type", test_create_describe_list_drop },
+        { "bad specs and options are refused, naming the field", test_bad_specs },
+        { "FLAT over sealed segments is exact (CPU and router)", test_flat_exact },
+        { "IVF: a sealed segment equals a direct IVF; recall", test_ivf_seal },
+        { "HNSW: a sealed segment equals a direct HNSW; recall", test_hnsw_seal },
+        { "IVF_SQ8 and IVF_PQ (refine) seal, train and answer", test_sq8_pq },
+        { "seal flushes the growing segment", test_seal },
+        { "upsert of a present id replaces it", test_upsert_replaces },
+        { "deletes hide ids, also after a compacting rebuild", test_delete },
+        { "get returns the stored vectors", test_get },
+        { "filters across segments equal brute force", test_filters },
+        { "a write bumps the epoch and the cached answer misses", test_epoch_and_cache },
+        { "upsert errors name the field; ENOMEM applies nothing", test_upsert_errors },
+        { "search errors name the field", test_search_errors },
+        { "2 writers and searches stay consistent", test_concurrent },
+        { "drop completes the searches queued for it", test_drop_completes_queued },
+        { "free while builds are queued and running", test_free_during_build },
+        { "[server] configuration", test_config },
+    };
+    CU_pSuite s;
+    unsigned fails;
+
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    s = CU_add_suite("node", suite_init, suite_fini);
+    for (size_t i = 0; s && i < sizeof tests / sizeof tests[0]; i++)
+        CU_add_test(s, tests[i].name, tests[i].fn);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    fails = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    CU_cleanup_registry();
+    return fails ? 1 : 0;
+}
