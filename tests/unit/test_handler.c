@@ -10,6 +10,11 @@
  * (FLAT) and recall@10 against the data set's ground truth is 1.  A
  * table of malformed datagrams gets the right status (or none) and the
  * node keeps answering; PING, DESCRIBE, LIST, GET, DELETE, STATS, DROP.
+ *
+ * With QV_TEST_SERVER=UDP_PORT,TCP_PORT in the environment the same tests
+ * run against a quiverd already listening on 127.0.0.1 at those ports
+ * (tests/integration/daemon.sh), and the in-process counters are not
+ * checked.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -54,8 +59,26 @@ static struct {
 static _Alignas(64) uint8_t txb[1 << 20];
 static _Alignas(64) uint8_t rxb[(64u << 20) + 4096];
 
+static int connect_to(uint16_t uport, uint16_t tport)
+{
+    S.ufd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(uport),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    connect(S.ufd, (struct sockaddr *)&a, sizeof a);
+    S.tfd = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_port = htons(tport);
+    if (connect(S.tfd, (struct sockaddr *)&a, sizeof a) != 0)
+        return -1;
+    S.next_id = 1;
+    return 0;
+}
+
 static int suite_init(void)
 {
+    const char *ext = getenv("QV_TEST_SERVER");
+    unsigned up, tp;
+    if (ext && sscanf(ext, "%u,%u", &up, &tp) == 2)
+        return connect_to((uint16_t)up, (uint16_t)tp);
     S.pool = qv_pool_create(2, 0);
     S.cpu = qv_engine_cpu_create(S.pool);
     struct qv_router_opts ro;
@@ -95,16 +118,7 @@ static int suite_init(void)
     if (!S.udp || !S.tcp)
         return -1;
     qv_handler_set_tcp(S.h, S.tcp);
-    S.ufd = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(qv_udp_port(S.udp)),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    connect(S.ufd, (struct sockaddr *)&a, sizeof a);
-    S.tfd = socket(AF_INET, SOCK_STREAM, 0);
-    a.sin_port = htons(qv_tcp_port(S.tcp));
-    if (connect(S.tfd, (struct sockaddr *)&a, sizeof a) != 0)
-        return -1;
-    S.next_id = 1;
-    return 0;
+    return connect_to(qv_udp_port(S.udp), qv_tcp_port(S.tcp));
 }
 
 static int suite_fini(void)
@@ -375,10 +389,12 @@ static void test_malformed(void)
         CU_ASSERT_EQUAL(udp_call(txb, (size_t)pn, &r), 0);
         CU_ASSERT_EQUAL(r.hdr.status, QV_PROTO_OK);
     }
-    struct qv_handler_stats hs;
-    qv_handler_stats(S.h, &hs);
-    CU_ASSERT(hs.malformed >= 5);
-    CU_ASSERT(hs.dropped >= 2);
+    if (S.h) {
+        struct qv_handler_stats hs;
+        qv_handler_stats(S.h, &hs);
+        CU_ASSERT(hs.malformed >= 5);
+        CU_ASSERT(hs.dropped >= 2);
+    }
 }
 
 static void test_get_delete_list_stats_drop(void)

@@ -1,0 +1,85 @@
+#!/bin/bash
+# daemon.sh - quiverd as a real process: start it on free ports with the
+# embedded default engines (CPU, POCL where present, the simulated card),
+# run the request-path suite (test_handler) against it over loopback
+# (siftsmall created and loaded over TCP, searched over UDP and in a TCP
+# batch with recall 1, malformed datagrams, GET / DELETE / LIST / STATS /
+# DROP), check the admin API (/healthz, /metrics, /collections, 404,
+# 405), SIGHUP (reload, still serving), then SIGTERM: it must drain and
+# exit 0 within 20 s.
+#
+# usage: daemon.sh QUIVERD TEST_HANDLER    (meson passes both)
+set -euo pipefail
+quiverd=$1
+client=$2
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "daemon.sh: FAIL: $*" >&2; echo "--- quiverd log ---" >&2; cat "$tmp/log" >&2 || true; exit 1; }
+
+cat > "$tmp/quiver.conf" <<CONF
+[server]
+udp_port = 0
+tcp_port = 0
+admin_port = 0
+CONF
+"$quiverd" -c "$tmp/quiver.conf" --ready-file "$tmp/ready" 2> "$tmp/log" &
+pid=$!
+for _ in $(seq 1 300); do
+    [ -f "$tmp/ready" ] && break
+    kill -0 "$pid" 2>/dev/null || fail "quiverd exited during start"
+    sleep 0.1
+done
+[ -f "$tmp/ready" ] || fail "quiverd not ready after 30 s"
+read -r ready < "$tmp/ready"
+udp=$(sed 's/.*udp=\([0-9]*\).*/\1/' <<< "$ready")
+tcp=$(sed 's/.*tcp=\([0-9]*\).*/\1/' <<< "$ready")
+admin=$(sed 's/.*admin=\([0-9]*\).*/\1/' <<< "$ready")
+echo "daemon.sh: quiverd pid $pid: udp $udp tcp $tcp admin $admin"
+
+QV_TEST_SERVER="$udp,$tcp" "$client" > "$tmp/client.log" 2>&1 ||
+    { cat "$tmp/client.log" >&2; fail "the request-path suite failed against quiverd"; }
+grep -E "asserts" "$tmp/client.log"
+
+python3 - "$admin" <<'PY' || fail "admin API"
+import json, sys, urllib.request, urllib.error
+base = "http://127.0.0.1:%s" % sys.argv[1]
+def get(path, method="GET"):
+    req = urllib.request.Request(base + path, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+st, body = get("/healthz"); assert st == 200 and body == "ok\n", (st, body)
+st, body = get("/metrics"); assert st == 200 and "quiver_service_stage_ns" in body, st
+assert 'stage="end_to_end"' in body
+st, body = get("/collections"); assert st == 200 and isinstance(json.loads(body), list), body
+st, body = get("/engines"); assert st == 200 and json.loads(body)[0]["name"] == "cpu", body
+st, body = get("/stats"); assert st == 200 and json.loads(body)["handler"]["requests"] > 0, body
+st, body = get("/collections/nope"); assert st == 404 and "nope" in body, (st, body)
+st, body = get("/healthz", "POST"); assert st == 405, st
+print("daemon.sh: admin API ok")
+PY
+
+kill -HUP "$pid"
+sleep 0.3
+kill -0 "$pid" 2>/dev/null || fail "quiverd died on SIGHUP"
+grep -q "SIGHUP: reloaded" "$tmp/log" || fail "no reload logged on SIGHUP"
+
+kill -TERM "$pid"
+rc=0
+for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+done
+kill -0 "$pid" 2>/dev/null && fail "quiverd still running 20 s after SIGTERM"
+wait "$pid" || rc=$?
+pid=
+[ "$rc" -eq 0 ] || fail "quiverd exited $rc after SIGTERM"
+grep -q "stopped in" "$tmp/log" || fail "no drain message"
+echo "daemon.sh: SIGTERM drained, exit 0"
