@@ -136,7 +136,7 @@ static int norm_equal(const struct bc_entry *e, const char *text)
 
 struct qv_bitmap_cache *qv_bitmap_cache_create(const struct qv_cache_opts *opts)
 {
-    if (qv__cache_opts_check(opts) < 0)
+    if (qv__cache_opts_check(opts, QV__CACHE_BITMAP) < 0)
         return NULL;
     struct qv_bitmap_cache *bc = qv_calloc(1, sizeof *bc, QV_MEM_CACHE);
     if (!bc) {

@@ -123,8 +123,14 @@ uint64_t qv__cache_key_hash(const struct qv_cache_key *key);
  * set only while no cache is in use. */
 extern uint64_t (*qv__cache_hash_hook)(uint64_t h);
 
-/* Validate opts for `what`; 0 or QV_EINVAL naming the [cache] key. */
-int qv__cache_opts_check(const struct qv_cache_opts *o);
+/* Validate the fields of opts that the caches in `which` (QV__CACHE_*
+ * bits; shards always) use, so that one cache's "off" value (0) never
+ * stops another from being created; 0 or QV_EINVAL naming the [cache]
+ * key. */
+#define QV__CACHE_RESULT 1u         /* policy, entries, bytes */
+#define QV__CACHE_SEMANTIC 2u       /* semantic_entries */
+#define QV__CACHE_BITMAP 4u         /* bitmap_bytes */
+int qv__cache_opts_check(const struct qv_cache_opts *o, unsigned which);
 
 /* The clock of opts (qv_now_ns when NULL). */
 int64_t qv__cache_now(qv_cache_clock_fn clock);

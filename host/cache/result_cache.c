@@ -87,22 +87,27 @@ void qv_cache_opts_default(struct qv_cache_opts *o)
     o->clock = NULL;
 }
 
-int qv__cache_opts_check(const struct qv_cache_opts *o)
+int qv__cache_opts_check(const struct qv_cache_opts *o, unsigned which)
 {
     if (!o)
         return qv_seterr(QV_EINVAL, "cache: no options");
-    if (o->policy != QV_CACHE_LRU && o->policy != QV_CACHE_LFU)
-        return qv_seterr(QV_EINVAL, "[cache] policy = %d: expected lru or lfu", (int)o->policy);
-    if (o->entries < 1)
-        return qv_seterr(QV_EINVAL, "[cache] entries = 0: must be at least 1");
-    if (o->bytes < 1024 || o->bitmap_bytes < 1024)
-        return qv_seterr(QV_EINVAL, "[cache] bytes = %llu, bitmap_bytes = %llu: each must "
-                         "be at least 1024", (unsigned long long)o->bytes,
-                         (unsigned long long)o->bitmap_bytes);
     if (o->shards < 1 || o->shards > 1024)
         return qv_seterr(QV_EINVAL, "[cache] shards = %u: expected 1..1024", o->shards);
-    if (o->semantic_entries < 1)
+    if (which & QV__CACHE_RESULT) {
+        if (o->policy != QV_CACHE_LRU && o->policy != QV_CACHE_LFU)
+            return qv_seterr(QV_EINVAL, "[cache] policy = %d: expected lru or lfu",
+                             (int)o->policy);
+        if (o->entries < 1)
+            return qv_seterr(QV_EINVAL, "[cache] entries = 0: must be at least 1");
+        if (o->bytes < 1024)
+            return qv_seterr(QV_EINVAL, "[cache] bytes = %llu: must be at least 1024",
+                             (unsigned long long)o->bytes);
+    }
+    if ((which & QV__CACHE_SEMANTIC) && o->semantic_entries < 1)
         return qv_seterr(QV_EINVAL, "[cache] semantic_entries = 0: must be at least 1");
+    if ((which & QV__CACHE_BITMAP) && o->bitmap_bytes < 1024)
+        return qv_seterr(QV_EINVAL, "[cache] bitmap_bytes = %llu: must be at least 1024",
+                         (unsigned long long)o->bitmap_bytes);
     return 0;
 }
 
@@ -165,7 +170,11 @@ int qv_cache_opts_from_config(const struct qv_config *cfg, struct qv_cache_opts 
         return rc;
     o->shards = shards > UINT32_MAX ? UINT32_MAX : (uint32_t)shards;
     o->semantic_entries = sem > UINT32_MAX ? UINT32_MAX : (uint32_t)sem;
-    if (qv__cache_opts_check(o) < 0) {
+    /* each cache is checked only when it is on (0 = off: quiver.conf) */
+    unsigned on = (o->entries > 0 && o->bytes > 0 ? QV__CACHE_RESULT : 0) |
+                  (o->semantic_entries > 0 ? QV__CACHE_SEMANTIC : 0) |
+                  (o->bitmap_bytes > 0 ? QV__CACHE_BITMAP : 0);
+    if (qv__cache_opts_check(o, on) < 0) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", qv_errmsg());
         return qv_seterr(QV_ECONFIG, "%s", msg);
@@ -351,7 +360,7 @@ static uint32_t filter_len(const struct qv_cache_key *key)
 
 struct qv_result_cache *qv_result_cache_create(const struct qv_cache_opts *opts)
 {
-    if (qv__cache_opts_check(opts) < 0)
+    if (qv__cache_opts_check(opts, QV__CACHE_RESULT) < 0)
         return NULL;
     struct qv_result_cache *c = qv_calloc(1, sizeof *c, QV_MEM_CACHE);
     if (!c)

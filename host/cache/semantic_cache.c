@@ -97,7 +97,7 @@ static int check_args(const struct qv_cache_key *key, enum qv_metric metric)
 
 struct qv_semantic_cache *qv_semantic_cache_create(const struct qv_cache_opts *opts)
 {
-    if (qv__cache_opts_check(opts) < 0)
+    if (qv__cache_opts_check(opts, QV__CACHE_SEMANTIC) < 0)
         return NULL;
     struct qv_semantic_cache *sc = qv_calloc(1, sizeof *sc, QV_MEM_CACHE);
     if (!sc) {

@@ -212,6 +212,12 @@ const struct qv_conf_key qv_conf_schema[] = {
       "TCP threads" },
     { "server", "auth_key_file", QV_CONF_STRING, "none", 0, 0, NULL,
       "file holding the HMAC key requests must be signed with; none = no auth" },
+    { "server", "replay_entries", QV_CONF_INT, "65536", 1, 16777216, NULL,
+      "write answers kept to answer a retried write without applying it again" },
+    { "server", "replay_bytes", QV_CONF_SIZE, "16M", 4096, 64 * GIB, NULL,
+      "memory for the kept write answers" },
+    { "server", "replay_ttl_ms", QV_CONF_INT, "30000", 1, 86400000, NULL,
+      "how long a write's answer is kept for its retries, in ms" },
     { NULL, NULL, 0, NULL, 0, 0, NULL, NULL },
 };
 

@@ -20,6 +20,13 @@
  * brings the count to 0 answers.  So when every query completed inside
  * submit (cache hits, refusals) start_search answers synchronously, and
  * otherwise exactly one `done` does, from the dispatcher.
+ *
+ * Writes.  CREATE, DROP, UPSERT and DELETE go through run_request: the
+ * replay table (replay_int.h) answers a repeat of (carrier, peer, request
+ * id) with the stored bytes, or BUSY while the first copy is still being
+ * applied; a new write runs (run_sync) and its answer is stored unless it
+ * is BUSY / UNAVAILABLE or there is none (quiver/handler.h, "Retried
+ * writes").
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -29,22 +36,28 @@
 #include <json-c/json.h>
 
 #include "quiver/alloc.h"
+#include "quiver/config.h"
 #include "quiver/errors.h"
 #include "quiver/handler.h"
 #include "quiver/node.h"
 #include "quiver/proto.h"
 #include "quiver/service.h"
 #include "quiver/timeutil.h"
+#include "replay_int.h"
 
 #define SMALL_ANSWER 4096u          /* TCP answers of fixed size */
+#define REPLAY_ENTRIES 65536u       /* defaults of the replay table */
+#define REPLAY_BYTES (16u << 20)
+#define REPLAY_TTL_MS 30000u
 #define ERR_ANSWER (QV_PROTO_HDR_SIZE + 2 + QV_PROTO_MAX_REASON + 2 + 256 + 2 * 8 + \
                     QV_PROTO_TAG_SIZE + 64)
 
 struct qv_handler {
     struct qv_handler_opts o;
     _Atomic(struct qv_tcp *) tcp;
+    struct qv_replay *replay;       /* write answers (replay_int.h) */
     uint8_t udp_scratch[QV_UDP_MAX_WORKERS][QV_PROTO_SCRATCH_UDP];
-    _Atomic uint64_t st_req, st_bad, st_drop, st_search, st_err;
+    _Atomic uint64_t st_req, st_bad, st_drop, st_search, st_err, st_replayed, st_rbusy;
 };
 
 /* An answer being written. */
@@ -53,6 +66,7 @@ struct ans {
     size_t cap;
     int64_t len;
     int tcp;                        /* buf is ours to allocate (TCP) */
+    enum qv_proto_status status;    /* of the answer (ans_error sets it) */
 };
 
 /* One query of a search context. */
@@ -154,6 +168,7 @@ static void ans_error(struct qv_handler *h, struct ans *a, const struct qv_proto
                       enum qv_proto_status st, const char *reason)
 {
     st_inc(&h->st_err);
+    a->status = st;
     a->len = -1;
     if (ans_room(a, ERR_ANSWER) == 0)
         a->len = qv_proto_encode_error(a->buf, a->cap, req, st, reason);
@@ -417,6 +432,46 @@ static void run_sync(struct qv_handler *h, const struct qv_proto_req *r, struct 
     }
 }
 
+/* ---- writes behind the replay table ---------------------------------------- */
+
+static int is_write(unsigned op)
+{
+    return op == QV_PROTO_OP_CREATE || op == QV_PROTO_OP_DROP || op == QV_PROTO_OP_UPSERT ||
+           op == QV_PROTO_OP_DELETE;
+}
+
+/* run_sync, with writes answered once per (carrier, peer, request id). */
+static void run_request(struct qv_handler *h, const struct qv_proto_req *r, struct ans *a,
+                        int carrier, const struct sockaddr_storage *peer, socklen_t peer_len)
+{
+    if (!is_write(r->hdr.opcode))
+        return run_sync(h, r, a);
+    struct qv_replay_key k;
+    qv__replay_key(&k, carrier, peer, peer_len, r->hdr.request_id);
+    if (ans_room(a, SMALL_ANSWER))
+        return ans_error(h, a, &r->hdr, QV_PROTO_INTERNAL, "no memory for the answer");
+    size_t len = 0;
+    int v = qv__replay_begin(h->replay, &k, qv_now_ns(), a->buf, a->cap, &len);
+    if (v == QV_REPLAY_HIT) {
+        st_inc(&h->st_replayed);
+        a->len = (int64_t)len;          /* as first sent: signed already */
+        return;
+    }
+    if (v == QV_REPLAY_BUSY) {
+        char why[160];
+        st_inc(&h->st_rbusy);
+        snprintf(why, sizeof why, "request id %llu: the first copy of this write is still "
+                 "being applied; retry", (unsigned long long)r->hdr.request_id);
+        return ans_error(h, a, &r->hdr, QV_PROTO_BUSY, why);
+    }
+    if (v != QV_REPLAY_NEW)
+        return ans_fail(h, a, &r->hdr, v);
+    a->status = QV_PROTO_OK;
+    run_sync(h, r, a);
+    int keep = a->len > 0 && a->status != QV_PROTO_BUSY && a->status != QV_PROTO_UNAVAILABLE;
+    qv__replay_end(h->replay, &k, qv_now_ns(), a->buf, keep ? (size_t)a->len : 0, keep);
+}
+
 /* ---- searches ------------------------------------------------------------------ */
 
 /* Encode the search answer of ctx into a. */
@@ -647,7 +702,7 @@ static enum qv_udp_verdict on_datagram(void *arg, struct qv_udp_slot *slot)
         if (start_search(h, &r, &a, 0, slot, none, slot->rx_ns))
             return QV_UDP_ASYNC;
     } else {
-        run_sync(h, &r, &a);
+        run_request(h, &r, &a, QV_PROTO_UDP, &slot->peer, slot->peer_len);
     }
     slot->tx_len = a.len > 0 ? (uint32_t)a.len : 0;
     return a.len > 0 ? QV_UDP_REPLY : QV_UDP_DROP;
@@ -704,7 +759,7 @@ static enum qv_tcp_verdict on_message(void *arg, struct qv_tcp_msg *m)
                 return QV_TCP_ASYNC;
             }
         } else {
-            run_sync(h, &r, &a);
+            run_request(h, &r, &a, QV_PROTO_TCP, m->peer, m->peer_len);
         }
         qv_free(scratch);
     }
@@ -718,6 +773,14 @@ static enum qv_tcp_verdict on_message(void *arg, struct qv_tcp_msg *m)
 }
 
 /* ---- life cycle ------------------------------------------------------------------ */
+
+int qv_handler_opts_from_config(const struct qv_config *cfg, struct qv_handler_opts *o)
+{
+    o->replay_entries = (uint64_t)qv_config_int(cfg, "server", "replay_entries");
+    o->replay_bytes = (uint64_t)qv_config_size(cfg, "server", "replay_bytes");
+    o->replay_ttl_ms = (uint64_t)qv_config_int(cfg, "server", "replay_ttl_ms");
+    return 0;
+}
 
 struct qv_handler *qv_handler_create(const struct qv_handler_opts *o)
 {
@@ -733,11 +796,29 @@ struct qv_handler *qv_handler_create(const struct qv_handler_opts *o)
     h->o = *o;
     if (!h->o.started_ns)
         h->o.started_ns = qv_now_ns();
+    h->replay = qv__replay_create(o->replay_entries ? o->replay_entries : REPLAY_ENTRIES,
+                                  o->replay_bytes ? o->replay_bytes : REPLAY_BYTES,
+                                  o->replay_ttl_ms ? o->replay_ttl_ms : REPLAY_TTL_MS);
+    if (!h->replay) {
+        /* name the handler's field, not the table's */
+        int code = qv_errno;
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", qv_errmsg());
+        qv_free(h);
+        if (code == QV_EINVAL && strncmp(msg, "replay: ", 8) == 0)
+            qv_seterr(code, "handler: replay_%s", msg + 8);
+        else
+            qv_seterr(code, "handler: %s", msg);
+        return NULL;
+    }
     return h;
 }
 
 void qv_handler_free(struct qv_handler *h)
 {
+    if (!h)
+        return;
+    qv__replay_free(h->replay);
     qv_free(h);
 }
 
@@ -763,4 +844,9 @@ void qv_handler_stats(const struct qv_handler *h, struct qv_handler_stats *out)
     out->dropped = atomic_load_explicit(&h->st_drop, memory_order_relaxed);
     out->searches = atomic_load_explicit(&h->st_search, memory_order_relaxed);
     out->errors = atomic_load_explicit(&h->st_err, memory_order_relaxed);
+    out->replayed = atomic_load_explicit(&h->st_replayed, memory_order_relaxed);
+    out->replay_busy = atomic_load_explicit(&h->st_rbusy, memory_order_relaxed);
+    struct qv_replay_stats rs;
+    qv__replay_stats(h->replay, &rs);
+    out->replay_entries = rs.entries;
 }

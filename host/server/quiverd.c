@@ -316,6 +316,7 @@ static int start(struct daemon *d)
         return qv_errno;
     struct qv_handler_opts ho = { .node = d->node, .service = d->svc,
                                   .key = d->have_key ? &d->key : NULL };
+    qv_handler_opts_from_config(cfg, &ho);
     d->h = qv_handler_create(&ho);
     if (!d->h)
         return qv_errno;

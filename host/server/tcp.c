@@ -61,6 +61,8 @@ struct conn {
     uint32_t events;                /* epoll interest now */
     int closing;                    /* close once the queue is written */
     int64_t last_io;
+    struct sockaddr_storage peer;   /* from accept */
+    socklen_t peer_len;
 };
 
 struct rec {
@@ -302,7 +304,8 @@ static int process(struct worker *w, uint32_t c)
         if (f > 0 || need > have)
             break;
         struct qv_tcp_msg m = { .data = C->rbuf + off, .len = (uint32_t)need,
-                                .ref = { w->idx, c, C->gen }, .rx_ns = C->last_io };
+                                .ref = { w->idx, c, C->gen }, .rx_ns = C->last_io,
+                                .peer = &C->peer, .peer_len = C->peer_len };
         st_add(w, S_MSG, 1);
         enum qv_tcp_verdict v = t->h.on_message(t->h.arg, &m);
         off += need;
@@ -419,7 +422,10 @@ static void settle(struct worker *w, uint32_t c)
 static void accept_all(struct worker *w)
 {
     for (;;) {
-        int fd = accept4(w->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t peer_len = sizeof peer;
+        int fd = accept4(w->lfd, (struct sockaddr *)&peer, &peer_len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
         if (w->nfree == 0) {
@@ -434,6 +440,8 @@ static void accept_all(struct worker *w)
         C->fd = fd;
         C->events = EPOLLIN;
         C->last_io = qv_now_ns();
+        C->peer = peer;
+        C->peer_len = peer_len;
         struct epoll_event e = { .events = EPOLLIN, .data.u64 = c };
         if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
             close(fd);

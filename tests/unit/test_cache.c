@@ -756,9 +756,26 @@ static void test_opts(void)
         CU_ASSERT_EQUAL(o.policy, QV_CACHE_LFU);
         CU_ASSERT_EQUAL(o.ttl_ms, 250);
         CU_ASSERT_EQUAL(o.bytes, 1ULL << 20);
+        /* 0 turns one cache off (quiver.conf); the others are still
+         * checked, and still created */
+        if (qv_config_set(cfg, "cache", "semantic_entries", "0") == 0) {
+            CU_ASSERT_EQUAL(qv_cache_opts_from_config(cfg, &o), 0);
+            CU_ASSERT_EQUAL(o.semantic_entries, 0);
+            struct qv_result_cache *rc = qv_result_cache_create(&o);
+            CU_ASSERT_PTR_NOT_NULL(rc);
+            qv_result_cache_free(rc);
+            CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "semantic_entries", "16"), 0);
+        }
         if (qv_config_set(cfg, "cache", "entries", "0") == 0) {
+            CU_ASSERT_EQUAL(qv_cache_opts_from_config(cfg, &o), 0);
+            CU_ASSERT_EQUAL(o.entries, 0);
+            struct qv_semantic_cache *sc = qv_semantic_cache_create(&o);
+            CU_ASSERT_PTR_NOT_NULL(sc);
+            qv_semantic_cache_free(sc);
+            CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "entries", "10"), 0);
+            CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "bytes", "100"), 0);
             CU_ASSERT_EQUAL(qv_cache_opts_from_config(cfg, &o), QV_ECONFIG);
-            CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "entries"));
+            CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "[cache] bytes = 100"));
         }
     } else {
         printf("\n    [cache] keys not in the schema yet: defaults only ");

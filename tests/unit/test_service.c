@@ -998,6 +998,56 @@ static void test_config(void)
     qv_config_free(cfg);
 }
 
+/* Each cache is off on its own: semantic_entries = 0 with a result cache,
+ * entries = 0 with a semantic cache, both 0; a bad value of a cache that
+ * is on still names its key. */
+static void test_config_caches_off(void)
+{
+    struct qv_service_opts o;
+    struct qv_service_stats st;
+    struct qv_config *cfg = qv_config_defaults();
+    struct qv_service *s;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(cfg);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "semantic_entries", "0"), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_service_opts_from_config(cfg, &o), 0);
+    CU_ASSERT_EQUAL(o.cache.semantic_entries, 0);
+    CU_ASSERT(o.cache.entries > 0);
+    s = qv_service_create(&o);
+    CU_ASSERT_PTR_NOT_NULL(s);
+    if (s) {
+        /* the result cache is there: a lookup counts a miss or a hit */
+        CU_ASSERT_EQUAL(add(s, C_FLAT), 0);
+        struct treq a, b;
+        treq_init(&a, C_FLAT, query(3), 10);
+        CU_ASSERT_EQUAL(submit(s, &a), 0);
+        CU_ASSERT(wait_all(&a, 1));
+        treq_init(&b, C_FLAT, query(3), 10);
+        CU_ASSERT_EQUAL(submit(s, &b), 0);
+        CU_ASSERT(wait_all(&b, 1));
+        qv_service_stats(s, &st);
+        CU_ASSERT_EQUAL(st.result_hits, 1);
+        qv_service_free(s);
+    }
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "semantic_entries", "64"), 0);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "entries", "0"), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_service_opts_from_config(cfg, &o), 0);
+    s = qv_service_create(&o);
+    CU_ASSERT_PTR_NOT_NULL(s);
+    qv_service_free(s);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "semantic_entries", "0"), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_service_opts_from_config(cfg, &o), 0);
+    s = qv_service_create(&o);
+    CU_ASSERT_PTR_NOT_NULL(s);
+    qv_service_free(s);
+    /* a cache that is on is still checked */
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "entries", "10"), 0);
+    CU_ASSERT_EQUAL(qv_config_set(cfg, "cache", "bytes", "100"), 0);
+    CU_ASSERT_EQUAL(qv_service_opts_from_config(cfg, &o), QV_ECONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "[cache] bytes = 100"));
+    qv_config_free(cfg);
+}
+
 /* ---- custom collections, retirement ---------------------------------- */
 
 enum { C_CUSTOM = 7 };
@@ -1141,6 +1191,7 @@ int main(void)
         { "the cost model grows with n and follows observations", test_cost_model },
         { "metrics: stage histograms, cache counters, engine gauges", test_metrics },
         { "[service] configuration", test_config },
+        { "[cache] each cache can be off on its own", test_config_caches_off },
         { "prefetch: every waiting request, backed off where nothing copies",
           test_prefetch },
         { "custom collections: callback, text groups; retire drains",

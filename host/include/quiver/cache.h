@@ -61,7 +61,10 @@ void qv_cache_opts_default(struct qv_cache_opts *o);
  * qv_cache_opts_from_config - defaults, overridden by the [cache] keys
  * policy (lru|lfu), entries, bytes, ttl_ms, shards, semantic_entries,
  * bitmap_bytes.  A key the schema does not (yet) declare keeps its
- * default.  Returns 0 or QV_ECONFIG (message names the key and the fix).
+ * default.  Each cache can be off on its own: entries = 0 or bytes = 0
+ * (result), semantic_entries = 0, bitmap_bytes = 0; only the keys of the
+ * caches that are on are checked (each create checks its own).  Returns
+ * 0 or QV_ECONFIG (message names the key and the fix).
  */
 int qv_cache_opts_from_config(const struct qv_config *cfg, struct qv_cache_opts *o);
 

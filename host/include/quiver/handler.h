@@ -28,10 +28,28 @@
  * else INTERNAL, each with the message of the failing call as reason.
  * A datagram truncated by the transport is answered BAD_REQUEST "use TCP".
  *
- * Not yet: the 30 s cache of write answers that makes a retried write
- * idempotent (docs/PROTOCOL.md); until it lands a retried UPSERT is
- * applied again (same ids and vectors: the same end state) and a retried
- * DELETE counts 0.
+ * Retried writes (docs/PROTOCOL.md "Request ids, retries, idempotency").
+ * The answer of every write (CREATE, DROP, UPSERT, DELETE) is kept for
+ * replay_ttl_ms (30 s) keyed by (carrier, client address and port,
+ * request id), and a repeat within that time is answered with those
+ * bytes instead of being applied again: a retried UPSERT does not bump
+ * the epoch twice, a retried DELETE answers the first count, a retried
+ * CREATE the first id (not EXISTS).  The RETRY flag is informational: the
+ * key is the request id.  Rules:
+ *   - a repeat that arrives while the first copy is still being applied
+ *     is answered BUSY ("still being applied; retry"), never applied and
+ *     never waited for (writes run on the transport's thread); its retry
+ *     gets the stored answer;
+ *   - answers are kept whether OK or a failure with a status, except BUSY
+ *     and UNAVAILABLE (nothing was applied and the client is told to
+ *     retry: the retry is applied anew) and a write that got no answer;
+ *   - the same request id from another address or port (another client,
+ *     or a new TCP connection of the same client) is another request;
+ *   - the table is bounded ([server] replay_entries, replay_bytes):
+ *     under pressure the oldest stored answers go first, and a repeat
+ *     whose answer was evicted is applied again.  When every entry of a
+ *     stripe is a write in progress a new write is answered BUSY.
+ * Design: host/server/replay_int.h.
  */
 #ifndef QUIVER_HANDLER_H
 #define QUIVER_HANDLER_H
@@ -42,6 +60,7 @@
 #include "quiver/tcp.h"
 #include "quiver/udp.h"
 
+struct qv_config;
 struct qv_node;
 struct qv_service;
 struct qv_proto_key;
@@ -52,9 +71,19 @@ struct qv_handler_opts {
     struct qv_service *service;         /* borrowed, required */
     const struct qv_proto_key *key;     /* borrowed or NULL: no auth */
     int64_t started_ns;                 /* PING's uptime base; 0 = now */
+    /* The write-answer table (above); 0 = the default. */
+    uint64_t replay_entries;            /* 1..16777216; 65536 */
+    uint64_t replay_bytes;              /* >= 4096; 16 MiB */
+    uint64_t replay_ttl_ms;             /* 1..86400000; 30000 */
 };
 
-/* NULL with qv_errno QV_EINVAL (node or service missing) or QV_ENOMEM. */
+/* Set the replay_* fields of o from the [server] keys replay_entries,
+ * replay_bytes, replay_ttl_ms (validated at load); other fields are left
+ * alone.  Returns 0. */
+int qv_handler_opts_from_config(const struct qv_config *cfg, struct qv_handler_opts *o);
+
+/* NULL with qv_errno QV_EINVAL (node or service missing, a replay_* value
+ * out of range: the message names it) or QV_ENOMEM. */
 struct qv_handler *qv_handler_create(const struct qv_handler_opts *o);
 void qv_handler_free(struct qv_handler *h);
 
@@ -77,6 +106,10 @@ struct qv_handler_stats {
     uint64_t dropped;                   /* not answered (codec said drop) */
     uint64_t searches;                  /* queries submitted */
     uint64_t errors;                    /* answered with a status != OK */
+    uint64_t replayed;                  /* writes answered from the table */
+    uint64_t replay_busy;               /* repeats of a write in progress */
+    uint64_t replay_entries;            /* answers (and writes in progress)
+                                           held now */
 };
 void qv_handler_stats(const struct qv_handler *h, struct qv_handler_stats *out);
 

@@ -51,6 +51,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #define QV_TCP_MAX_WORKERS 64u
 #define QV_TCP_MAX_CONNS 65536u
@@ -74,6 +75,9 @@ struct qv_tcp_msg {
     uint32_t len;
     struct qv_tcp_ref ref;          /* for qv_tcp_reply */
     int64_t rx_ns;                  /* when its last byte was read */
+    const struct sockaddr_storage *peer;    /* the client, as accept()
+                                       gave it (valid during the call) */
+    socklen_t peer_len;
     void *resp;                     /* REPLY / CLOSE: qv_malloc'ed answer */
     uint32_t resp_len;
 };
