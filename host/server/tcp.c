@@ -37,6 +37,7 @@
 #include "quiver/errors.h"
 #include "quiver/tcp.h"
 #include "quiver/timeutil.h"
+#include "sock_int.h"
 
 #define TCP_RBUF0 (64u << 10)
 #define TCP_EVENTS 64
@@ -135,43 +136,6 @@ static int check_opts(const struct qv_tcp_opts *o)
     if (o->max_pending_bytes < 1)
         return qv_seterr(QV_EINVAL, "tcp: max_pending_bytes must be >= 1");
     return 0;
-}
-
-static int listen_socket(const struct qv_tcp_opts *o, uint16_t port)
-{
-    const char *a = o->bind_addr ? o->bind_addr : "0.0.0.0";
-    struct sockaddr_storage ss;
-    socklen_t len;
-    int one = 1;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, a, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);
-        len = sizeof *v4;
-    } else if (inet_pton(AF_INET6, a, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(port);
-        len = sizeof *v6;
-    } else {
-        return qv_seterr(QV_EINVAL, "tcp: bind address '%s' is not an IPv4 or IPv6 literal", a);
-    }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return qv_seterr(-errno, "tcp: socket: %s", strerror(errno));
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one)) {
-        int e = errno;
-        close(fd);
-        return qv_seterr(-e, "tcp: setsockopt: %s", strerror(e));
-    }
-    if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, o->backlog) != 0) {
-        int e = errno;
-        close(fd);
-        return qv_seterr(-e, "tcp: bind/listen %s port %u: %s", a, port, strerror(e));
-    }
-    return fd;
 }
 
 /* ---- connections ----------------------------------------------------------- */
@@ -615,16 +579,12 @@ static int worker_init(struct qv_tcp *t, struct worker *w, unsigned idx)
     w->t = t;
     w->idx = idx;
     w->lfd = w->efd = w->epfd = -1;
-    w->lfd = listen_socket(o, idx == 0 ? o->port : t->port);
+    w->lfd = qv__sock_bind("tcp", SOCK_STREAM, o->bind_addr, idx == 0 ? o->port : t->port, 0,
+                           0, o->backlog);
     if (w->lfd < 0)
         return w->lfd;
-    if (idx == 0) {
-        struct sockaddr_storage ss;
-        socklen_t len = sizeof ss;
-        getsockname(w->lfd, (struct sockaddr *)&ss, &len);
-        t->port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
-                                          : ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    }
+    if (idx == 0)
+        t->port = qv__sock_port(w->lfd);
     w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (w->efd < 0 || w->epfd < 0)

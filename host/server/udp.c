@@ -43,6 +43,7 @@
 #include "quiver/errors.h"
 #include "quiver/timeutil.h"
 #include "quiver/udp.h"
+#include "sock_int.h"
 
 #define UDP_EPOLL_MS 100            /* longest sleep while nothing happens */
 
@@ -112,67 +113,6 @@ static int check_opts(const struct qv_udp_opts *o)
     if (o->rcvbuf < 0 || o->sndbuf < 0)
         return qv_seterr(QV_EINVAL, "udp: rcvbuf / sndbuf must be >= 0");
     return 0;
-}
-
-/* Parse bind_addr:port into ss.  0 or QV_EINVAL. */
-static int make_addr(const struct qv_udp_opts *o, uint16_t port, struct sockaddr_storage *ss,
-                     socklen_t *len)
-{
-    const char *a = o->bind_addr ? o->bind_addr : "0.0.0.0";
-    memset(ss, 0, sizeof *ss);
-    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, a, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);
-        *len = sizeof *v4;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, a, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(port);
-        *len = sizeof *v6;
-        return 0;
-    }
-    return qv_seterr(QV_EINVAL, "udp: bind address '%s' is not an IPv4 or IPv6 literal", a);
-}
-
-/* A socket bound to bind_addr:port with SO_REUSEPORT; its fd or < 0. */
-static int open_socket(const struct qv_udp_opts *o, uint16_t port)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = 0;
-    int one = 1;
-    if (make_addr(o, port, &ss, &len))
-        return QV_EINVAL;
-    int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return qv_seterr(-errno, "udp: socket: %s", strerror(errno));
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) ||
-        (o->rcvbuf && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &o->rcvbuf, sizeof o->rcvbuf)) ||
-        (o->sndbuf && setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &o->sndbuf, sizeof o->sndbuf))) {
-        int e = errno;
-        close(fd);
-        return qv_seterr(-e, "udp: setsockopt: %s", strerror(e));
-    }
-    if (bind(fd, (struct sockaddr *)&ss, len) != 0) {
-        int e = errno;
-        close(fd);
-        return qv_seterr(-e, "udp: bind %s port %u: %s", o->bind_addr ? o->bind_addr : "0.0.0.0",
-                         port, strerror(e));
-    }
-    return fd;
-}
-
-static uint16_t bound_port(int fd)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
-        return 0;
-    if (ss.ss_family == AF_INET)
-        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 }
 
 /* ---- the worker --------------------------------------------------------- */
@@ -387,11 +327,12 @@ static int worker_init(struct qv_udp *u, struct udp_worker *w, unsigned idx)
     w->u = u;
     w->idx = idx;
     w->fd = w->efd = w->epfd = -1;
-    w->fd = open_socket(o, idx == 0 ? o->port : u->port);
+    w->fd = qv__sock_bind("udp", SOCK_DGRAM, o->bind_addr, idx == 0 ? o->port : u->port,
+                          o->rcvbuf, o->sndbuf, 0);
     if (w->fd < 0)
         return w->fd;
     if (idx == 0)
-        u->port = bound_port(w->fd);
+        u->port = qv__sock_port(w->fd);
     w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (w->efd < 0 || w->epfd < 0)
