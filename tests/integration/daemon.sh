@@ -8,10 +8,13 @@
 # 405), SIGHUP (reload, still serving), then SIGTERM: it must drain and
 # exit 0 within 20 s.
 #
-# usage: daemon.sh QUIVERD TEST_HANDLER    (meson passes both)
+# Then libquiver's suite (test_client) runs against it the same way.
+#
+# usage: daemon.sh QUIVERD TEST_HANDLER [TEST_CLIENT]    (meson passes all)
 set -euo pipefail
 quiverd=$1
 client=$2
+libclient=${3:-}
 tmp=$(mktemp -d)
 pid=
 cleanup() {
@@ -44,6 +47,11 @@ echo "daemon.sh: quiverd pid $pid: udp $udp tcp $tcp admin $admin"
 QV_TEST_SERVER="$udp,$tcp" "$client" > "$tmp/client.log" 2>&1 ||
     { cat "$tmp/client.log" >&2; fail "the request-path suite failed against quiverd"; }
 grep -E "asserts" "$tmp/client.log"
+if [ -n "$libclient" ]; then
+    QV_TEST_SERVER="$udp,$tcp" "$libclient" > "$tmp/libclient.log" 2>&1 ||
+        { cat "$tmp/libclient.log" >&2; fail "libquiver's suite failed against quiverd"; }
+    grep -E "asserts" "$tmp/libclient.log"
+fi
 
 python3 - "$admin" <<'PY' || fail "admin API"
 import json, sys, urllib.request, urllib.error

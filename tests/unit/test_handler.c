@@ -43,15 +43,11 @@
 #include "quiver/udp.h"
 #include "quiver/vecio.h"
 
+#include "server_fixture.h"
+
 static struct {
-    struct qv_pool *pool;
-    struct qv_engine *cpu;
-    struct qv_router *router;
-    struct qv_service *svc;
-    struct qv_node *node;
-    struct qv_handler *h;
-    struct qv_udp *udp;
-    struct qv_tcp *tcp;
+    struct qv_test_server srv;
+    struct qv_handler *h;           /* in process only; NULL with QV_TEST_SERVER */
     int ufd, tfd;
     uint64_t next_id;
 } S;
@@ -79,60 +75,17 @@ static int suite_init(void)
     unsigned up, tp;
     if (ext && sscanf(ext, "%u,%u", &up, &tp) == 2)
         return connect_to((uint16_t)up, (uint16_t)tp);
-    S.pool = qv_pool_create(2, 0);
-    S.cpu = qv_engine_cpu_create(S.pool);
-    struct qv_router_opts ro;
-    qv_router_opts_default(&ro);
-    ro.calibrate = 0;
-    S.router = qv_router_create(&ro);
-    if (!S.pool || !S.cpu || !S.router ||
-        qv_router_add(S.router, "cpu", S.cpu,
-                      QV_ROUTER_CLEAN_FAIL | QV_ROUTER_SYNC | QV_ROUTER_HOST_CORES))
+    if (qv_test_server_start(&S.srv, NULL))
         return -1;
-    struct qv_service_opts so;
-    qv_service_opts_default(&so);
-    so.router = S.router;
-    S.svc = qv_service_create(&so);
-    struct qv_node_opts no;
-    qv_node_opts_default(&no);
-    no.service = S.svc;
-    no.engine = qv_router_engine(S.router);
-    no.pool = S.pool;
-    S.node = S.svc ? qv_node_create(&no) : NULL;
-    struct qv_handler_opts ho = { .node = S.node, .service = S.svc };
-    S.h = S.node ? qv_handler_create(&ho) : NULL;
-    if (!S.h)
-        return -1;
-    struct qv_udp_opts uo;
-    qv_udp_opts_default(&uo);
-    uo.bind_addr = "127.0.0.1";
-    uo.user_size = qv_handler_udp_user_size();
-    uo.slots = 256;
-    struct qv_udp_handler uh = qv_handler_udp(S.h);
-    S.udp = qv_udp_start(&uo, &uh);
-    struct qv_tcp_opts to;
-    qv_tcp_opts_default(&to);
-    to.bind_addr = "127.0.0.1";
-    struct qv_tcp_handler th = qv_handler_tcp(S.h);
-    S.tcp = qv_tcp_start(&to, &th);
-    if (!S.udp || !S.tcp)
-        return -1;
-    qv_handler_set_tcp(S.h, S.tcp);
-    return connect_to(qv_udp_port(S.udp), qv_tcp_port(S.tcp));
+    S.h = S.srv.h;
+    return connect_to(S.srv.udp_port, S.srv.tcp_port);
 }
 
 static int suite_fini(void)
 {
     close(S.ufd);
     close(S.tfd);
-    qv_udp_stop(S.udp);
-    qv_tcp_stop(S.tcp);
-    qv_node_free(S.node);
-    qv_service_free(S.svc);
-    qv_handler_free(S.h);
-    qv_router_free(S.router);
-    qv_engine_free(S.cpu);
-    qv_pool_free(S.pool);
+    qv_test_server_stop(&S.srv);
     return 0;
 }
 

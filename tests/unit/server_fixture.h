@@ -1,0 +1,35 @@
+/*
+ * server_fixture.h - quiverd's request path in one process, for the
+ * suites that talk to it over loopback (test_handler, test_client): a
+ * pool of 2 threads, the CPU engine behind a router (no calibration),
+ * the query service, the node, the request handler, and the kernel UDP
+ * and TCP transports bound to 127.0.0.1 on ephemeral ports.
+ */
+#ifndef QV_TEST_SERVER_FIXTURE_H
+#define QV_TEST_SERVER_FIXTURE_H
+
+#include <stdint.h>
+
+struct qv_proto_key;
+
+struct qv_test_server {
+    struct qv_pool *pool;
+    struct qv_engine *cpu;
+    struct qv_router *router;
+    struct qv_service *svc;
+    struct qv_node *node;
+    struct qv_handler *h;
+    struct qv_udp *udp;
+    struct qv_tcp *tcp;
+    uint16_t udp_port, tcp_port;
+};
+
+/* Start the stack into *s (zeroed first); key (borrowed, must outlive the
+ * server) or NULL: no auth.  Returns 0, or -1 with what is started
+ * stopped again. */
+int qv_test_server_start(struct qv_test_server *s, const struct qv_proto_key *key);
+
+/* Stop and free everything; a zeroed *s is a no-op. */
+void qv_test_server_stop(struct qv_test_server *s);
+
+#endif
