@@ -14,7 +14,7 @@
 
 #include "server_fixture.h"
 
-int qv_test_server_start(struct qv_test_server *s, const struct qv_proto_key *key)
+int qv_test_server_start(struct qv_test_server *s, const struct qv_handler_opts *hopts)
 {
     memset(s, 0, sizeof *s);
     s->pool = qv_pool_create(2, 0);
@@ -37,7 +37,11 @@ int qv_test_server_start(struct qv_test_server *s, const struct qv_proto_key *ke
     no.engine = qv_router_engine(s->router);
     no.pool = s->pool;
     s->node = s->svc ? qv_node_create(&no) : NULL;
-    struct qv_handler_opts ho = { .node = s->node, .service = s->svc, .key = key };
+    struct qv_handler_opts ho = { 0 };
+    if (hopts)
+        ho = *hopts;
+    ho.node = s->node;
+    ho.service = s->svc;
     s->h = s->node ? qv_handler_create(&ho) : NULL;
     if (!s->h)
         goto fail;

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-struct qv_proto_key;
+struct qv_handler_opts;
 
 struct qv_test_server {
     struct qv_pool *pool;
@@ -24,10 +24,11 @@ struct qv_test_server {
     uint16_t udp_port, tcp_port;
 };
 
-/* Start the stack into *s (zeroed first); key (borrowed, must outlive the
- * server) or NULL: no auth.  Returns 0, or -1 with what is started
- * stopped again. */
-int qv_test_server_start(struct qv_test_server *s, const struct qv_proto_key *key);
+/* Start the stack into *s (zeroed first).  ho (NULL: defaults) gives the
+ * handler's options but node and service, which the fixture fills: the
+ * auth key (borrowed, must outlive the server), the replay table's size
+ * and TTL.  Returns 0, or -1 with what is started stopped again. */
+int qv_test_server_start(struct qv_test_server *s, const struct qv_handler_opts *ho);
 
 /* Stop and free everything; a zeroed *s is a no-op. */
 void qv_test_server_stop(struct qv_test_server *s);

@@ -39,6 +39,7 @@
 #include "quiver/proto.h"
 #include "quiver/vecio.h"
 
+#include "quiver/handler.h"
 #include "server_fixture.h"
 
 static struct {
@@ -465,7 +466,8 @@ static void test_auth(void)
     struct qv_proto_key pk;
     CU_ASSERT_EQUAL_FATAL(qv_proto_key_init(&pk, key, 32), 0);
     struct qv_test_server ks;
-    CU_ASSERT_EQUAL_FATAL(qv_test_server_start(&ks, &pk), 0);
+    struct qv_handler_opts ho = { .key = &pk };
+    CU_ASSERT_EQUAL_FATAL(qv_test_server_start(&ks, &ho), 0);
 
     struct qv_client *plain = qv_client_connect("127.0.0.1", ks.udp_port, ks.tcp_port, NULL);
     CU_ASSERT_FATAL(plain != NULL);

@@ -38,6 +38,8 @@
 #include "quiver/tcp.h"
 #include "quiver/udp.h"
 
+#include "server_fixture.h"
+
 #define TTL_MS 400u
 #define ENTRIES 8u
 
@@ -187,14 +189,8 @@ static void test_table_errors(void)
 /* ---- the request path ------------------------------------------------------------ */
 
 static struct {
-    struct qv_pool *pool;
-    struct qv_engine *cpu;
-    struct qv_router *router;
-    struct qv_service *svc;
-    struct qv_node *node;
+    struct qv_test_server srv;
     struct qv_handler *h;
-    struct qv_udp *udp;
-    struct qv_tcp *tcp;
     struct sockaddr_in ua, ta;
     uint64_t next_id;
 } S;
@@ -204,64 +200,21 @@ static _Alignas(64) uint8_t rxb[1 << 16];
 
 static int suite_init(void)
 {
-    S.pool = qv_pool_create(2, 0);
-    S.cpu = qv_engine_cpu_create(S.pool);
-    struct qv_router_opts ro;
-    qv_router_opts_default(&ro);
-    ro.calibrate = 0;
-    S.router = qv_router_create(&ro);
-    if (!S.pool || !S.cpu || !S.router ||
-        qv_router_add(S.router, "cpu", S.cpu,
-                      QV_ROUTER_CLEAN_FAIL | QV_ROUTER_SYNC | QV_ROUTER_HOST_CORES))
+    struct qv_handler_opts ho = { .replay_entries = ENTRIES, .replay_ttl_ms = TTL_MS };
+    if (qv_test_server_start(&S.srv, &ho))
         return -1;
-    struct qv_service_opts so;
-    qv_service_opts_default(&so);
-    so.router = S.router;
-    S.svc = qv_service_create(&so);
-    struct qv_node_opts no;
-    qv_node_opts_default(&no);
-    no.service = S.svc;
-    no.engine = qv_router_engine(S.router);
-    no.pool = S.pool;
-    S.node = S.svc ? qv_node_create(&no) : NULL;
-    struct qv_handler_opts ho = { .node = S.node, .service = S.svc,
-                                  .replay_entries = ENTRIES, .replay_ttl_ms = TTL_MS };
-    S.h = S.node ? qv_handler_create(&ho) : NULL;
-    if (!S.h)
-        return -1;
-    struct qv_udp_opts uo;
-    qv_udp_opts_default(&uo);
-    uo.bind_addr = "127.0.0.1";
-    uo.user_size = qv_handler_udp_user_size();
-    uo.slots = 256;
-    struct qv_udp_handler uh = qv_handler_udp(S.h);
-    S.udp = qv_udp_start(&uo, &uh);
-    struct qv_tcp_opts to;
-    qv_tcp_opts_default(&to);
-    to.bind_addr = "127.0.0.1";
-    struct qv_tcp_handler th = qv_handler_tcp(S.h);
-    S.tcp = qv_tcp_start(&to, &th);
-    if (!S.udp || !S.tcp)
-        return -1;
-    qv_handler_set_tcp(S.h, S.tcp);
-    S.ua = (struct sockaddr_in){ .sin_family = AF_INET, .sin_port = htons(qv_udp_port(S.udp)),
+    S.h = S.srv.h;
+    S.ua = (struct sockaddr_in){ .sin_family = AF_INET, .sin_port = htons(S.srv.udp_port),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     S.ta = S.ua;
-    S.ta.sin_port = htons(qv_tcp_port(S.tcp));
+    S.ta.sin_port = htons(S.srv.tcp_port);
     S.next_id = 1000;
     return 0;
 }
 
 static int suite_fini(void)
 {
-    qv_udp_stop(S.udp);
-    qv_tcp_stop(S.tcp);
-    qv_node_free(S.node);
-    qv_service_free(S.svc);
-    qv_handler_free(S.h);
-    qv_router_free(S.router);
-    qv_engine_free(S.cpu);
-    qv_pool_free(S.pool);
+    qv_test_server_stop(&S.srv);
     return 0;
 }
 
