@@ -382,7 +382,10 @@ static void test_online_correction(void)
     CU_ASSERT(sa->units >= 1);              /* ties go to the first */
     CU_ASSERT(sb->units >= 25);
     CU_ASSERT(sa->ewma[QV_WU_FLAT][bk] > 1.5f);
-    CU_ASSERT(sb->ewma[QV_WU_FLAT][bk] < 1.5f);
+    /* relative, not absolute: b's own factor rises too when the host is
+     * loaded (observed = wall time to the poll that returned it; a CI run
+     * under ASan beside two compilers read b at 1.5) */
+    CU_ASSERT(sa->ewma[QV_WU_FLAT][bk] > 2.0f * sb->ewma[QV_WU_FLAT][bk]);
     CU_ASSERT(sa->observed_ns > 2 * sa->predicted_ns);
     qv_router_free(r);
     fake_free(&a->base);
