@@ -1,0 +1,100 @@
+#!/bin/bash
+# quiverctl.sh - the command-line client against a real quiverd: start it
+# on free ports (--ready-file), then through quiverctl: create a flat
+# collection for siftsmall, load base.fvecs, describe (10000 rows),
+# search query row 0 with --json and check the ids against groundtruth
+# row 0, list, stats, ping, the error and usage exit codes (an unknown
+# name exits 1 naming it; a bad flag exits 2), drop; then SIGTERM: quiverd
+# must exit 0.
+#
+# usage: quiverctl.sh QUIVERD QUIVERCTL    (meson passes both; QV_DATA_DIR
+# from the test environment)
+set -euo pipefail
+quiverd=$1
+ctl=$2
+data=${QV_DATA_DIR:?QV_DATA_DIR is not set}/siftsmall
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "quiverctl.sh: FAIL: $*" >&2; echo "--- quiverd log ---" >&2; cat "$tmp/log" >&2 || true; exit 1; }
+
+cat > "$tmp/quiver.conf" <<CONF
+[server]
+udp_port = 0
+tcp_port = 0
+admin_port = 0
+CONF
+"$quiverd" -c "$tmp/quiver.conf" --ready-file "$tmp/ready" 2> "$tmp/log" &
+pid=$!
+for _ in $(seq 1 300); do
+    [ -f "$tmp/ready" ] && break
+    kill -0 "$pid" 2>/dev/null || fail "quiverd exited during start"
+    sleep 0.1
+done
+[ -f "$tmp/ready" ] || fail "quiverd not ready after 30 s"
+read -r ready < "$tmp/ready"
+udp=$(sed 's/.*udp=\([0-9]*\).*/\1/' <<< "$ready")
+tcp=$(sed 's/.*tcp=\([0-9]*\).*/\1/' <<< "$ready")
+echo "quiverctl.sh: quiverd pid $pid: udp $udp tcp $tcp"
+
+q() { "$ctl" --server "127.0.0.1:$udp:$tcp" "$@"; }
+
+q ping || fail "ping"
+q create sift --dim 128 --metric l2 --index flat || fail "create"
+q load sift "$data/base.fvecs" --batch-bytes 1048576 2> "$tmp/progress" || fail "load"
+grep -q "100%" "$tmp/progress" || fail "load: no 100% progress line: $(cat "$tmp/progress")"
+q describe sift | tee "$tmp/describe" || fail "describe"
+grep -Eq "^rows: +10000$" "$tmp/describe" || fail "describe does not show 10000 rows"
+q --json describe sift | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["rows"] == 10000 and d["dim"] == 128, d' ||
+    fail "describe --json"
+
+q --json search sift --query-file "$data/query.fvecs" --row 0 --k 10 > "$tmp/search.json" || fail "search"
+python3 - "$tmp/search.json" "$data/groundtruth.ivecs" <<'PY' || fail "search ids differ from the ground truth"
+import json, struct, sys
+got = json.load(open(sys.argv[1]))["ids"]
+with open(sys.argv[2], "rb") as f:
+    (d,) = struct.unpack("<i", f.read(4))
+    gt = list(struct.unpack("<%di" % d, f.read(4 * d)))[:10]
+assert got == gt, (got, gt)
+print("quiverctl.sh: search row 0 = ground truth", got)
+PY
+q search sift --query-file "$data/query.fvecs" --row 0 --k 3 || fail "search (human)"
+
+q list | tee "$tmp/list" || fail "list"
+grep -q "sift" "$tmp/list" || fail "list does not show sift"
+q --json list | python3 -c 'import json,sys; l=json.load(sys.stdin); assert [c["name"] for c in l] == ["sift"], l' ||
+    fail "list --json"
+q stats > /dev/null || fail "stats"
+q --json stats sift | python3 -c 'import json,sys; json.load(sys.stdin)' || fail "stats sift --json"
+
+rc=0; q describe no_such_coll 2> "$tmp/err" || rc=$?
+[ "$rc" -eq 1 ] || fail "describe of an unknown name exited $rc, not 1"
+[ "$(wc -l < "$tmp/err")" -eq 1 ] || fail "describe of an unknown name: not one line: $(cat "$tmp/err")"
+grep -q "no_such_coll" "$tmp/err" || fail "the error does not name the collection: $(cat "$tmp/err")"
+rc=0; q create sift --dim 128 2> "$tmp/err" || rc=$?
+[ "$rc" -eq 1 ] || fail "create of an existing name exited $rc, not 1"
+echo "quiverctl.sh: create twice: $(cat "$tmp/err")"
+rc=0; q create other --dim 0 2> /dev/null || rc=$?
+[ "$rc" -eq 2 ] || fail "a usage error exited $rc, not 2"
+rc=0; q frobnicate 2> /dev/null || rc=$?
+[ "$rc" -eq 2 ] || fail "an unknown command exited $rc, not 2"
+
+q drop sift || fail "drop"
+rc=0; q describe sift 2> /dev/null || rc=$?
+[ "$rc" -eq 1 ] || fail "sift still there after drop"
+
+kill -TERM "$pid"
+rc=0
+for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+done
+kill -0 "$pid" 2>/dev/null && fail "quiverd still running 20 s after SIGTERM"
+wait "$pid" || rc=$?
+pid=
+[ "$rc" -eq 0 ] || fail "quiverd exited $rc after SIGTERM"
+echo "quiverctl.sh: ok"
