@@ -11,6 +11,8 @@
  *   bench_fpga.c         `fpga`: the FPGA engine on a simulated card: NOP
  *                        round trip, a flat scan's modelled device time
  *                        beside the CPU engine's measured time
+ *   bench_net.c          `net`: a running quiverd over UDP/TCP (libquiver):
+ *                        recall, QPS, open-loop tail latency
  *   bench_peak_avx512.c  the peak loops with zmm registers (own library,
  *   bench_peak_avx2.c    compiled with only its ISA's flags; STYLE rule 11)
  *
@@ -81,6 +83,10 @@ double qv__bench_quantile(const double *sorted, size_t n, double q);
  * QV_ENGINES_SLOW_CARD), qv_engines_fpga_open. */
 struct qv_config;
 struct qv_engine;
+
+/* `net`: a running quiverd measured through libquiver (bench_net.c). */
+int qv__bench_net_main(int argc, char **argv);
+extern const char qv__bench_net_usage[];
 
 /* `fpga`: the FPGA figures (bench_fpga.c). */
 int qv__bench_fpga_main(int argc, char **argv);

@@ -31,6 +31,8 @@ static const char main_usage[] =
     "  peak      measure fp32 FMA peak (GFLOP/s) and DRAM read bandwidth\n"
     "  fpga      the FPGA engine on a simulated card: submission cost, and a\n"
     "            flat scan's modelled device time beside the CPU's\n"
+    "  net       a running quiverd over the network (libquiver): load,\n"
+    "            then open- or closed-loop UDP searches: recall, QPS, tail\n"
     "  help      this text; `quiverbench help COMMAND` or\n"
     "            `quiverbench COMMAND --help` for a command's flags\n"
     "\n"
@@ -47,6 +49,7 @@ static const struct bench_cmd bench_cmds[] = {
     { "gen",     qv__bench_gen_main,     qv__bench_gen_usage },
     { "peak",    qv__bench_peak_main,    qv__bench_peak_usage },
     { "fpga",    qv__bench_fpga_main,    qv__bench_fpga_usage },
+    { "net",     qv__bench_net_main,     qv__bench_net_usage },
 };
 
 #define N_CMDS (sizeof(bench_cmds) / sizeof(bench_cmds[0]))

@@ -1,0 +1,123 @@
+#!/bin/bash
+# run_net.sh - quiverbench net against a real quiverd on loopback.
+#
+# Starts quiverd on free ports with a temporary configuration (as
+# tests/integration/daemon.sh does; seal_rows lowered so siftsmall's 10 000
+# rows seal into segments whose flat / HNSW indexes get built), then on
+# ../shared/data/siftsmall:
+#   1. flat and hnsw at a low open-loop rate (RATE0/s for DUR s);
+#   2. for each, steps the open-loop rate up (RATES) and reports the
+#      highest rate whose p99 (measured from the intended send time) stays
+#      under P99_US;
+# prints one table and stops quiverd (SIGTERM).
+#
+# usage: bench/run_net.sh [BUILD_DIR]     (default build; env: DATA, RATE0,
+#        DUR, RATES, P99_US, INDEXES)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+builddir=${1:-$here/build}
+quiverd=$builddir/host/server/quiverd
+bench=$builddir/client/quiverbench
+data=${DATA:-$here/../shared/data/siftsmall}
+rate0=${RATE0:-2000}
+dur=${DUR:-3}
+rates=${RATES:-"4000 8000 12000 16000"}
+p99_limit=${P99_US:-1000}
+indexes=${INDEXES:-"flat hnsw"}
+for f in "$quiverd" "$bench"; do
+    [ -x "$f" ] || { echo "run_net.sh: $f not built" >&2; exit 1; }
+done
+[ -f "$data/base.fvecs" ] || { echo "run_net.sh: no $data/base.fvecs" >&2; exit 1; }
+
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "run_net.sh: FAIL: $*" >&2; echo "--- quiverd log ---" >&2; tail -20 "$tmp/log" >&2 || true; exit 1; }
+
+cat > "$tmp/quiver.conf" <<CONF
+[server]
+udp_port = 0
+tcp_port = 0
+admin_port = 0
+seal_rows = 2500
+CONF
+"$quiverd" -c "$tmp/quiver.conf" --ready-file "$tmp/ready" 2> "$tmp/log" &
+pid=$!
+for _ in $(seq 1 300); do
+    [ -f "$tmp/ready" ] && break
+    kill -0 "$pid" 2>/dev/null || fail "quiverd exited during start"
+    sleep 0.1
+done
+[ -f "$tmp/ready" ] || fail "quiverd not ready after 30 s"
+read -r ready < "$tmp/ready"
+udp=$(sed 's/.*udp=\([0-9]*\).*/\1/' <<< "$ready")
+tcp=$(sed 's/.*tcp=\([0-9]*\).*/\1/' <<< "$ready")
+echo "run_net.sh: quiverd pid $pid on udp $udp tcp $tcp; data $data" >&2
+
+# one run: INDEX RATE -> one JSON line appended to $tmp/results
+run() {
+    local index=$1 rate=$2 out
+    out=$("$bench" net --server "127.0.0.1:$udp:$tcp" --data "$data" --index "$index" \
+          --k 10 --rate "$rate" --duration "$dur" --json) || fail "quiverbench net $index $rate"
+    echo "$index $rate $out" >> "$tmp/results"
+    echo "$out"
+}
+
+: > "$tmp/results"
+declare -A best
+for index in $indexes; do
+    best[$index]=none
+    echo "run_net.sh: $index at $rate0/s" >&2
+    run "$index" "$rate0" > /dev/null
+    p99=$(tail -1 "$tmp/results" | sed 's/.*"p99_us":\([0-9.e+-]*\).*/\1/')
+    awk -v p="$p99" -v l="$p99_limit" 'BEGIN { exit !(p < l) }' && best[$index]=$rate0
+    for r in $rates; do
+        echo "run_net.sh: $index at $r/s" >&2
+        run "$index" "$r" > /dev/null
+        p99=$(tail -1 "$tmp/results" | sed 's/.*"p99_us":\([0-9.e+-]*\).*/\1/')
+        if awk -v p="$p99" -v l="$p99_limit" 'BEGIN { exit !(p < l) }'; then
+            best[$index]=$r
+        else
+            break       # the tail has passed the limit: higher rates only worsen it
+        fi
+    done
+done
+
+python3 - "$tmp/results" "$p99_limit" "$indexes" \
+    "$(for i in $indexes; do printf '%s=%s ' "$i" "${best[$i]}"; done)" <<'PY'
+import json, sys
+rows = []
+for line in open(sys.argv[1]):
+    index, rate, js = line.split(" ", 2)
+    rows.append((index, float(rate), json.loads(js)))
+limit = float(sys.argv[2])
+best = dict(kv.split("=") for kv in sys.argv[4].split())
+print("%-6s %8s %9s %9s %8s %9s %9s %9s %9s %5s %5s" % (
+    "index", "rate", "offered", "qps", "recall", "p50_us", "p95_us", "p99_us", "p999_us",
+    "tmo", "err"))
+for index, rate, j in rows:
+    print("%-6s %8.0f %9.1f %9.1f %8.4f %9.1f %9.1f %9.1f %9.1f %5d %5d%s" % (
+        index, rate, j["offered_qps"], j["qps"], j["recall_at_k"], j["p50_us"], j["p95_us"],
+        j["p99_us"], j["p999_us"], j["timeouts"], j["errors"],
+        "  p99>%gus" % limit if j["p99_us"] >= limit else ""))
+for index in sys.argv[3].split():
+    b = best[index]
+    print("highest open-loop rate with p99 < %g us: %s %s" % (
+        limit, index, b + "/s" if b != "none" else "none of the rates tried"))
+PY
+
+kill -TERM "$pid"
+for _ in $(seq 1 200); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+done
+kill -0 "$pid" 2>/dev/null && fail "quiverd still running 20 s after SIGTERM"
+rc=0
+wait "$pid" || rc=$?
+pid=
+[ "$rc" -eq 0 ] || fail "quiverd exited $rc after SIGTERM"
+echo "run_net.sh: quiverd stopped" >&2
