@@ -44,6 +44,11 @@ udp_port = 0
 tcp_port = 0
 admin_port = 0
 seal_rows = 2500
+[cache]
+# the queries cycle through query.fvecs: with the caches on, every pass
+# after the first would be answered from memory and measure the cache
+entries = 0
+semantic_entries = 0
 CONF
 "$quiverd" -c "$tmp/quiver.conf" --ready-file "$tmp/ready" 2> "$tmp/log" &
 pid=$!

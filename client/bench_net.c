@@ -92,6 +92,7 @@ struct net_rec {
     uint32_t qidx;
     int rc;
     uint32_t n;
+    uint8_t cached;             /* answered from the server's result cache */
 };
 
 struct net_run {
@@ -121,6 +122,7 @@ static void net_done(void *arg, int rc, const struct qv_client_hits *hits, const
         uint32_t n = hits->n < r->k ? hits->n : r->k;
         memcpy(r->ids + i * r->k, hits->ids, n * sizeof(uint64_t));
         q->n = n;
+        q->cached = hits->cached || hits->approximate;
     }
     r->completed++;
     if (q->done > r->last_done)
@@ -589,7 +591,7 @@ int qv__bench_net_main(int argc, char **argv)
     lat = malloc((run.nrec ? run.nrec : 1) * sizeof *lat);
     if (lat == NULL)
         goto oom;
-    size_t nlat = 0, timeouts = 0, errors = 0;
+    size_t nlat = 0, timeouts = 0, errors = 0, cached = 0;
     double recall_sum = 0;
     for (size_t i = 0; i < run.nrec; i++) {
         struct net_rec *q = &run.rec[i];
@@ -602,6 +604,7 @@ int qv__bench_net_main(int argc, char **argv)
             continue;
         }
         lat[nlat++] = (double)(q->done - q->t0) * 1e-3;
+        cached += q->cached;
         const int32_t *truth = qv_vecfile_row(&gt, q->qidx);
         uint32_t hit = 0;
         for (uint32_t x = 0; x < q->n; x++)
@@ -647,6 +650,8 @@ int qv__bench_net_main(int argc, char **argv)
         json_object_object_add(j, "timeouts", json_object_new_int64((int64_t)timeouts));
         json_object_object_add(j, "errors", json_object_new_int64((int64_t)errors));
         json_object_object_add(j, "udp_retries", json_object_new_int64((int64_t)cs.udp_retries));
+        json_object_object_add(j, "cached_share",
+                               json_object_new_double(nlat ? (double)cached / (double)nlat : 0));
         json_object_object_add(j, "load_s", json_object_new_double(load_s));
         json_object_object_add(j, "sealed_segments", json_object_new_int64(sealed));
         json_object_object_add(j, "server", json_object_new_string(host));
@@ -662,11 +667,13 @@ int qv__bench_net_main(int argc, char **argv)
             printf("net           %s k=%u on %s:%u (UDP), closed loop %llu in flight for "
                    "%.2f s (%zu sent)\n", a.index, k, host, udp,
                    (unsigned long long)a.inflight, a.duration, run.nrec);
-        printf("%10s %12s %12s %10s %10s %10s %10s %9s %7s %8s\n", "recall@k", "offered_qps",
-               "qps", "p50_us", "p95_us", "p99_us", "p999_us", "timeouts", "errors", "retries");
-        printf("%10.4f %12.1f %12.1f %10.1f %10.1f %10.1f %10.1f %9zu %7zu %8llu\n", recall,
-               offered, qps, p50, p95, p99, p999, timeouts, errors,
-               (unsigned long long)cs.udp_retries);
+        printf("%10s %12s %12s %10s %10s %10s %10s %9s %7s %8s %7s\n", "recall@k",
+               "offered_qps", "qps", "p50_us", "p95_us", "p99_us", "p999_us", "timeouts",
+               "errors", "retries", "cached");
+        printf("%10.4f %12.1f %12.1f %10.1f %10.1f %10.1f %10.1f %9zu %7zu %8llu %6.1f%%\n",
+               recall, offered, qps, p50, p95, p99, p999, timeouts, errors,
+               (unsigned long long)cs.udp_retries,
+               nlat ? 100.0 * (double)cached / (double)nlat : 0.0);
     }
     ret = QV_BENCH_EXIT_OK;
     goto out;
