@@ -9,10 +9,17 @@
 #   2. for each, steps the open-loop rate up (RATES) and reports the
 #      highest rate whose p99 (measured from the intended send time) stays
 #      under P99_US;
-# prints one table and stops quiverd (SIGTERM).
+#   3. the peer at the same load: quiverd's flat collection closed loop
+#      with one query in flight beside Milvus Lite serving the same data
+#      over its own API (bench/compare_milvus.py, FLAT), when a virtual
+#      environment with pymilvus and milvus-lite exists at MILVUS_VENV
+#      (default BUILD_DIR/venv-milvus; make it with
+#        python3 -m venv build/venv-milvus
+#        build/venv-milvus/bin/pip install pymilvus milvus-lite);
+# prints the tables and stops quiverd (SIGTERM).
 #
 # usage: bench/run_net.sh [BUILD_DIR]     (default build; env: DATA, RATE0,
-#        DUR, RATES, P99_US, INDEXES)
+#        DUR, RATES, P99_US, INDEXES, MILVUS_VENV)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 builddir=${1:-$here/build}
@@ -113,6 +120,37 @@ for index in sys.argv[3].split():
     b = best[index]
     print("highest open-loop rate with p99 < %g us: %s %s" % (
         limit, index, b + "/s" if b != "none" else "none of the rates tried"))
+PY
+
+# the peer, at the same load: one query in flight, closed loop
+mvenv=${MILVUS_VENV:-$builddir/venv-milvus}
+echo "run_net.sh: flat, 1 in flight (closed loop)" >&2
+qv=$("$bench" net --server "127.0.0.1:$udp:$tcp" --data "$data" --index flat --k 10 \
+     --inflight 1 --duration "$dur" --json) || fail "quiverbench net --inflight 1"
+if [ -x "$mvenv/bin/python" ]; then
+    echo "run_net.sh: Milvus Lite, same data, 1 in flight" >&2
+    mv=$("$mvenv/bin/python" "$here/bench/compare_milvus.py" --data "$data" --k 10) ||
+        fail "compare_milvus.py"
+else
+    mv=""
+    echo "run_net.sh: no $mvenv/bin/python: Milvus Lite skipped (see the header)" >&2
+fi
+python3 - "$qv" "$mv" <<'PY'
+import json, sys
+rows = [("quiverd (UDP)", json.loads(sys.argv[1]))]
+if sys.argv[2]:
+    rows.append(("Milvus Lite", json.loads(sys.argv[2])))
+print()
+print("same load: one query in flight, closed loop, flat (exact), k 10")
+print("%-14s %8s %9s %9s %9s %9s %9s" % ("server", "recall", "qps", "p50_us", "p95_us",
+                                           "p99_us", "p999_us"))
+for name, j in rows:
+    print("%-14s %8.4f %9.1f %9.1f %9.1f %9.1f %9.1f" % (name, j["recall_at_k"], j["qps"],
+          j["p50_us"], j["p95_us"], j["p99_us"], j["p999_us"]))
+if len(rows) == 2:
+    a, b = rows[0][1], rows[1][1]
+    print("Milvus Lite / quiverd: p50 %.1fx, p99 %.1fx" % (b["p50_us"] / a["p50_us"],
+                                                           b["p99_us"] / a["p99_us"]))
 PY
 
 kill -TERM "$pid"
