@@ -37,11 +37,8 @@ done
 [ -f "$data/base.fvecs" ] || { echo "run_net.sh: no $data/base.fvecs" >&2; exit 1; }
 
 tmp=$(mktemp -d)
-pid=
-cleanup() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
-    rm -rf "$tmp"
-}
+. "$here/scripts/quiverd-lib.sh"
+cleanup() { qv_kill; rm -rf "$tmp"; }
 trap cleanup EXIT
 fail() { echo "run_net.sh: FAIL: $*" >&2; echo "--- quiverd log ---" >&2; tail -20 "$tmp/log" >&2 || true; exit 1; }
 
@@ -57,17 +54,8 @@ seal_rows = 2500
 entries = 0
 semantic_entries = 0
 CONF
-"$quiverd" -c "$tmp/quiver.conf" --ready-file "$tmp/ready" 2> "$tmp/log" &
-pid=$!
-for _ in $(seq 1 300); do
-    [ -f "$tmp/ready" ] && break
-    kill -0 "$pid" 2>/dev/null || fail "quiverd exited during start"
-    sleep 0.1
-done
-[ -f "$tmp/ready" ] || fail "quiverd not ready after 30 s"
-read -r ready < "$tmp/ready"
-udp=$(sed 's/.*udp=\([0-9]*\).*/\1/' <<< "$ready")
-tcp=$(sed 's/.*tcp=\([0-9]*\).*/\1/' <<< "$ready")
+qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" || fail "quiverd did not start"
+pid=$QV_PID udp=$QV_UDP tcp=$QV_TCP
 echo "run_net.sh: quiverd pid $pid on udp $udp tcp $tcp; data $data" >&2
 
 # one run: INDEX RATE -> one JSON line appended to $tmp/results
@@ -153,14 +141,5 @@ if len(rows) == 2:
                                                            b["p99_us"] / a["p99_us"]))
 PY
 
-kill -TERM "$pid"
-for _ in $(seq 1 200); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-done
-kill -0 "$pid" 2>/dev/null && fail "quiverd still running 20 s after SIGTERM"
-rc=0
-wait "$pid" || rc=$?
-pid=
-[ "$rc" -eq 0 ] || fail "quiverd exited $rc after SIGTERM"
+qv_stop || fail "quiverd did not drain and exit 0 on SIGTERM"
 echo "run_net.sh: quiverd stopped" >&2

@@ -13,27 +13,11 @@ DATA=${1:-${QV_DATA_DIR:-../shared/data}}
 [ -f build/build.ninja ] || meson setup build --buildtype=release
 ninja -C build
 tmp=$(mktemp -d)
-pid=
-stop() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        wait "$pid" || true
-    fi
-    rm -rf "$tmp"
-}
-trap stop EXIT
-./build/host/server/quiverd -c conf/quiver.conf --ready-file "$tmp/ready" &
-pid=$!
-for _ in $(seq 1 300); do
-    [ -f "$tmp/ready" ] && break
-    kill -0 "$pid" 2>/dev/null || { echo "demo: quiverd did not start" >&2; exit 1; }
-    sleep 0.1
-done
-[ -f "$tmp/ready" ] || { echo "demo: quiverd not ready after 30 s" >&2; exit 1; }
-echo "demo: quiverd serving ($(cat "$tmp/ready"))"
+. scripts/quiverd-lib.sh
+trap 'qv_kill; rm -rf "$tmp"' EXIT
+qv_start ./build/host/server/quiverd conf/quiver.conf "$tmp" || exit 1
+echo "demo: quiverd serving (udp $QV_UDP, tcp $QV_TCP, admin http://127.0.0.1:$QV_ADMIN)"
 ./build/client/quiverbench net --conf conf/quiver.conf --data "$DATA/siftsmall" \
     --index flat --k 10 --rate 2000 --duration 5
-kill -TERM "$pid"
-wait "$pid"
-echo "demo: quiverd drained and exited $?"
-pid=
+qv_stop
+echo "demo: quiverd drained and exited 0"

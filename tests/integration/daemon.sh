@@ -16,11 +16,8 @@ quiverd=$1
 client=$2
 libclient=${3:-}
 tmp=$(mktemp -d)
-pid=
-cleanup() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
-    rm -rf "$tmp"
-}
+. "$(dirname "$0")/../../scripts/quiverd-lib.sh"
+cleanup() { qv_kill; rm -rf "$tmp"; }
 trap cleanup EXIT
 fail() { echo "daemon.sh: FAIL: $*" >&2; echo "--- quiverd log ---" >&2; cat "$tmp/log" >&2 || true; exit 1; }
 
@@ -30,18 +27,8 @@ udp_port = 0
 tcp_port = 0
 admin_port = 0
 CONF
-"$quiverd" -c "$tmp/quiver.conf" --ready-file "$tmp/ready" 2> "$tmp/log" &
-pid=$!
-for _ in $(seq 1 300); do
-    [ -f "$tmp/ready" ] && break
-    kill -0 "$pid" 2>/dev/null || fail "quiverd exited during start"
-    sleep 0.1
-done
-[ -f "$tmp/ready" ] || fail "quiverd not ready after 30 s"
-read -r ready < "$tmp/ready"
-udp=$(sed 's/.*udp=\([0-9]*\).*/\1/' <<< "$ready")
-tcp=$(sed 's/.*tcp=\([0-9]*\).*/\1/' <<< "$ready")
-admin=$(sed 's/.*admin=\([0-9]*\).*/\1/' <<< "$ready")
+qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" || fail "quiverd did not start"
+pid=$QV_PID udp=$QV_UDP tcp=$QV_TCP admin=$QV_ADMIN
 echo "daemon.sh: quiverd pid $pid: udp $udp tcp $tcp admin $admin"
 
 QV_TEST_SERVER="$udp,$tcp" "$client" > "$tmp/client.log" 2>&1 ||
@@ -79,15 +66,6 @@ sleep 0.3
 kill -0 "$pid" 2>/dev/null || fail "quiverd died on SIGHUP"
 grep -q "SIGHUP: reloaded" "$tmp/log" || fail "no reload logged on SIGHUP"
 
-kill -TERM "$pid"
-rc=0
-for _ in $(seq 1 200); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-done
-kill -0 "$pid" 2>/dev/null && fail "quiverd still running 20 s after SIGTERM"
-wait "$pid" || rc=$?
-pid=
-[ "$rc" -eq 0 ] || fail "quiverd exited $rc after SIGTERM"
+qv_stop || fail "quiverd did not drain and exit 0 on SIGTERM"
 grep -q "stopped in" "$tmp/log" || fail "no drain message"
 echo "daemon.sh: SIGTERM drained, exit 0"
