@@ -55,7 +55,7 @@ entries = 0
 semantic_entries = 0
 CONF
 qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" || fail "quiverd did not start"
-pid=$QV_PID udp=$QV_UDP tcp=$QV_TCP
+pid=$QV_PID udp=$QV_UDP tcp=$QV_TCP admin=$QV_ADMIN
 echo "run_net.sh: quiverd pid $pid on udp $udp tcp $tcp; data $data" >&2
 
 # one run: INDEX RATE -> one JSON line appended to $tmp/results
@@ -114,7 +114,8 @@ PY
 mvenv=${MILVUS_VENV:-$builddir/venv-milvus}
 echo "run_net.sh: flat, 1 in flight (closed loop)" >&2
 qv=$("$bench" net --server "127.0.0.1:$udp:$tcp" --data "$data" --index flat --k 10 \
-     --inflight 1 --duration "$dur" --json) || fail "quiverbench net --inflight 1"
+     --inflight 1 --duration "$dur" --admin "127.0.0.1:$admin" --json) ||
+    fail "quiverbench net --inflight 1"
 if [ -x "$mvenv/bin/python" ]; then
     echo "run_net.sh: Milvus Lite, same data, 1 in flight" >&2
     mv=$("$mvenv/bin/python" "$here/bench/compare_milvus.py" --data "$data" --k 10) ||
@@ -135,6 +136,10 @@ print("%-14s %8s %9s %9s %9s %9s %9s" % ("server", "recall", "qps", "p50_us", "p
 for name, j in rows:
     print("%-14s %8.4f %9.1f %9.1f %9.1f %9.1f %9.1f" % (name, j["recall_at_k"], j["qps"],
           j["p50_us"], j["p95_us"], j["p99_us"], j["p999_us"]))
+st = rows[0][1].get("server_stages", {})
+if st:
+    print("quiverd's time per query by stage (its /metrics, p50 / p99 us): " +
+          ", ".join("%s %.1f / %.1f" % (k, v["p50_us"], v["p99_us"]) for k, v in st.items()))
 if len(rows) == 2:
     a, b = rows[0][1], rows[1][1]
     print("Milvus Lite / quiverd: p50 %.1fx, p99 %.1fx" % (b["p50_us"] / a["p50_us"],

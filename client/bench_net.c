@@ -28,8 +28,11 @@
  * us over the answered queries, timeouts and errors; --json prints one
  * line.  The collection is dropped at the end unless --keep.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,10 +80,14 @@ const char qv__bench_net_usage[] =
     "  --duration S    seconds of load (default 5)\n"
     "  --timeout-ms T  UDP wait per try (default 200; 3 tries)\n"
     "  --json          one JSON object on one line\n"
-    "  --keep          do not drop the collection at the end\n";
+    "  --keep          do not drop the collection at the end\n"
+    "  --admin HOST:PORT  quiverd's admin API: also print the server's time\n"
+    "                  per stage for this collection (its /metrics summaries:\n"
+    "                  p50/p99 since the collection was created, warm-up\n"
+    "                  included)\n";
 
 struct net_args {
-    const char *server, *conf, *data, *index;
+    const char *server, *conf, *data, *index, *admin;
     uint64_t nlist, nprobe, m, nbits, ef, k, inflight, timeout_ms;
     double rate, duration;
     int json, keep;
@@ -163,6 +170,76 @@ static int open_in(struct qv_vecfile *vf, const char *dir, const char *name)
     return 0;
 }
 
+/* ---- the server's stages (admin /metrics) ---------------------------------- */
+
+#define NET_STAGES 6
+static const char *const net_stage[NET_STAGES] = { "queue_wait", "search", "distance",
+                                                   "traversal", "respond", "end_to_end" };
+
+/* GET http://HOST:PORT/metrics into a malloc'ed NUL-terminated string, or
+ * NULL (a message on stderr). */
+static char *net_metrics(const char *admin)
+{
+    char host[256];
+    unsigned port = 0;
+    if (sscanf(admin, "%255[^:]:%u", host, &port) != 2 || port == 0 || port > 65535) {
+        fprintf(stderr, "quiverbench net: --admin %s: expected HOST:PORT\n", admin);
+        return NULL;
+    }
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 || fd < 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        fprintf(stderr, "quiverbench net: --admin %s: cannot connect (%s)\n", admin,
+                strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    char req[300];
+    int n = snprintf(req, sizeof req, "GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n", host);
+    if (send(fd, req, (size_t)n, 0) != n) {
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 1 << 20, len = 0;
+    char *buf = malloc(cap);
+    ssize_t r;
+    while (buf && (r = recv(fd, buf + len, cap - 1 - len, 0)) > 0) {
+        len += (size_t)r;
+        if (len + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = nb;
+        }
+    }
+    close(fd);
+    if (buf)
+        buf[len] = 0;
+    return buf;
+}
+
+/* The stage summaries of collection coll: p50 and p99 in us (-1: absent). */
+static void net_stages(const char *text, uint64_t coll, double p50[NET_STAGES],
+                       double p99[NET_STAGES])
+{
+    for (int i = 0; i < NET_STAGES; i++) {
+        p50[i] = p99[i] = -1;
+        for (int q = 0; q < 2; q++) {
+            char key[200];
+            snprintf(key, sizeof key, "quiver_service_stage_ns{collection=\"%llu\",stage=\"%s\","
+                     "quantile=\"%s\"} ", (unsigned long long)coll, net_stage[i],
+                     q ? "0.99" : "0.5");
+            const char *at = text ? strstr(text, key) : NULL;
+            if (at)
+                (q ? p99 : p50)[i] = strtod(at + strlen(key), NULL) / 1000.0;
+        }
+    }
+}
+
 static int parse_args(int argc, char **argv, struct net_args *a)
 {
     const char *u = qv__bench_net_usage;
@@ -194,6 +271,8 @@ static int parse_args(int argc, char **argv, struct net_args *a)
             a->conf = v;
         else if (strcmp(f, "--data") == 0)
             a->data = v;
+        else if (strcmp(f, "--admin") == 0)
+            a->admin = v;
         else if (strcmp(f, "--index") == 0)
             a->index = v;
         else if (strcmp(f, "--nlist") == 0)
@@ -624,6 +703,16 @@ int qv__bench_net_main(int argc, char **argv)
     double p50 = qv__bench_quantile(lat, nlat, 0.50), p95 = qv__bench_quantile(lat, nlat, 0.95);
     double p99 = qv__bench_quantile(lat, nlat, 0.99);
     double p999 = qv__bench_quantile(lat, nlat, 0.999);
+    double sp50[NET_STAGES], sp99[NET_STAGES];
+    int have_stages = 0;
+    if (a.admin) {
+        char *mt = net_metrics(a.admin);
+        if (mt) {
+            net_stages(mt, coll, sp50, sp99);
+            have_stages = 1;
+            free(mt);
+        }
+    }
     struct qv_client_stats cs;
     qv_client_stats(c, &cs);
 
@@ -655,6 +744,18 @@ int qv__bench_net_main(int argc, char **argv)
         json_object_object_add(j, "load_s", json_object_new_double(load_s));
         json_object_object_add(j, "sealed_segments", json_object_new_int64(sealed));
         json_object_object_add(j, "server", json_object_new_string(host));
+        if (have_stages) {
+            struct json_object *st = json_object_new_object();
+            for (int i = 0; i < NET_STAGES; i++) {
+                if (sp50[i] < 0)
+                    continue;
+                struct json_object *so = json_object_new_object();
+                json_object_object_add(so, "p50_us", json_object_new_double(sp50[i]));
+                json_object_object_add(so, "p99_us", json_object_new_double(sp99[i]));
+                json_object_object_add(st, net_stage[i], so);
+            }
+            json_object_object_add(j, "server_stages", st);
+        }
         printf("%s\n", json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN |
                                                       JSON_C_TO_STRING_NOSLASHESCAPE));
         json_object_put(j);
@@ -674,6 +775,13 @@ int qv__bench_net_main(int argc, char **argv)
                recall, offered, qps, p50, p95, p99, p999, timeouts, errors,
                (unsigned long long)cs.udp_retries,
                nlat ? 100.0 * (double)cached / (double)nlat : 0.0);
+        if (have_stages) {
+            printf("server stages (quiverd /metrics, this collection since its creation):\n");
+            printf("%-12s %10s %10s\n", "stage", "p50_us", "p99_us");
+            for (int i = 0; i < NET_STAGES; i++)
+                if (sp50[i] >= 0)
+                    printf("%-12s %10.1f %10.1f\n", net_stage[i], sp50[i], sp99[i]);
+        }
     }
     ret = QV_BENCH_EXIT_OK;
     goto out;
