@@ -34,8 +34,11 @@
  *   0 in every attribute.  Not atomic: rows acknowledged before a failure
  *   stay applied (the error says how many).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <math.h>
@@ -67,6 +70,8 @@ static const char ctl_usage_text[] =
     "                           TCP_PORT omitted: the configuration's tcp_port)\n"
     "  --conf FILE              a quiver.conf to take the server address from\n"
     "  --json                   print one JSON document per command\n"
+    "  --admin HOST:PORT        quiverd's admin HTTP API, for engines (default:\n"
+    "                           [server] admin_bind, admin_port of --conf)\n"
     "\n"
     "commands:\n"
     "  create NAME --dim D [--metric l2|ip|cosine] [--index flat|ivf|ivf_sq8|ivfpq|hnsw]\n"
@@ -80,12 +85,15 @@ static const char ctl_usage_text[] =
     "         [--k K] [--nprobe P] [--ef E] [--filter TEXT]\n"
     "  stats [NAME]\n"
     "  ping\n"
+    "  engines                  the router's engines (admin API: GET /engines)\n"
     "\n"
     "exit status: 0 ok, 1 error (one line on stderr), 2 usage error\n";
 
 struct ctl {
     char host[256];
     uint16_t udp_port, tcp_port;
+    char admin_host[256];
+    uint16_t admin_port;
     bool json;
     struct qv_client_opts opts;
     struct qv_client *client;
@@ -221,6 +229,9 @@ static int ctl_load_conf(struct ctl *x, const char *path)
     snprintf(x->host, sizeof(x->host), "%s", bind);
     x->udp_port = (uint16_t)qv_config_int(cfg, "server", "udp_port");
     x->tcp_port = (uint16_t)qv_config_int(cfg, "server", "tcp_port");
+    const char *ab = qv_config_string(cfg, "server", "admin_bind");
+    snprintf(x->admin_host, sizeof(x->admin_host), "%s", !strcmp(ab, "0.0.0.0") ? "127.0.0.1" : ab);
+    x->admin_port = (uint16_t)qv_config_int(cfg, "server", "admin_port");
     qv_config_free(cfg);
     return CTL_EXIT_OK;
 }
@@ -882,6 +893,95 @@ static int ctl_cmd_ping(struct ctl *x, int argc, char **argv)
     return CTL_EXIT_OK;
 }
 
+/* GET path from the admin API into a malloc'ed NUL-terminated body; the
+ * HTTP status into *status.  NULL with an error line on failure. */
+static char *ctl_http_get(struct ctl *x, const char *path, int *status)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(x->admin_port) };
+    if (x->admin_port == 0 || inet_pton(AF_INET, x->admin_host, &sa.sin_addr) != 1) {
+        ctl_error(x, "admin API %s:%u: give --admin IPv4:PORT", x->admin_host, x->admin_port);
+        return NULL;
+    }
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        ctl_error(x, "cannot reach the admin API at %s:%u: %s", x->admin_host, x->admin_port,
+                  strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path,
+                     x->admin_host);
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+    ssize_t r;
+    if (buf && send(fd, req, (size_t)n, 0) == n)
+        while ((r = recv(fd, buf + len, cap - 1 - len, 0)) > 0) {
+            len += (size_t)r;
+            if (len + 1 == cap) {
+                char *nb = realloc(buf, cap *= 2);
+                if (!nb)
+                    break;
+                buf = nb;
+            }
+        }
+    close(fd);
+    if (!buf)
+        return NULL;
+    buf[len] = 0;
+    *status = 0;
+    sscanf(buf, "HTTP/1.%*d %d", status);
+    char *body = strstr(buf, "\r\n\r\n");
+    if (!body) {
+        free(buf);
+        ctl_error(x, "the admin API at %s:%u answered no HTTP", x->admin_host, x->admin_port);
+        return NULL;
+    }
+    memmove(buf, body + 4, strlen(body + 4) + 1);
+    return buf;
+}
+
+static int ctl_cmd_engines(struct ctl *x, int argc, char **argv)
+{
+    optind = 0;
+    static const struct option lo[] = { { NULL, 0, NULL, 0 } };
+    if (getopt_long(argc, argv, "", lo, NULL) != -1)
+        return ctl_usage(NULL);
+    if (argc != optind)
+        return ctl_usage("engines: takes no arguments");
+    int status = 0;
+    char *body = ctl_http_get(x, "/engines", &status);
+    if (!body)
+        return CTL_EXIT_ERROR;
+    struct json_object *j = json_tokener_parse(body);
+    free(body);
+    if (status != 200 || !j || !json_object_is_type(j, json_type_array)) {
+        if (j)
+            json_object_put(j);
+        return ctl_error(x, "GET /engines at %s:%u answered HTTP %d", x->admin_host,
+                         x->admin_port, status);
+    }
+    if (x->json)
+        return ctl_print_json(j);
+    printf("%-8s %10s %9s %-10s %10s %12s %13s\n", "engine", "units", "failures", "breaker",
+           "busy_ms", "flat_gflops", "flat_mem_gbps");
+    for (size_t i = 0; i < json_object_array_length(j); i++) {
+        struct json_object *e = json_object_array_get_idx(j, i), *v;
+#define F(k) (json_object_object_get_ex(e, k, &v) ? v : NULL)
+        printf("%-8s %10lld %9lld %-10s %10lld %12.1f %13.1f\n",
+               json_object_get_string(F("name")), (long long)json_object_get_int64(F("units")),
+               (long long)json_object_get_int64(F("failures")),
+               json_object_get_string(F("breaker")),
+               (long long)json_object_get_int64(F("busy_ms")),
+               json_object_get_double(F("flat_gflops")),
+               json_object_get_double(F("flat_mem_gbps")));
+#undef F
+    }
+    json_object_put(j);
+    return CTL_EXIT_OK;
+}
+
 /* ---- main ----------------------------------------------------------- */
 
 static const struct {
@@ -896,26 +996,29 @@ static const struct {
     { "search", ctl_cmd_search },
     { "stats", ctl_cmd_stats },
     { "ping", ctl_cmd_ping },
+    { "engines", ctl_cmd_engines },
 };
 
 int main(int argc, char **argv)
 {
-    enum { O_SERVER = 1, O_CONF, O_JSON, O_HELP };
+    enum { O_SERVER = 1, O_CONF, O_JSON, O_HELP, O_ADMIN };
     static const struct option lo[] = {
         { "server", required_argument, NULL, O_SERVER },
         { "conf", required_argument, NULL, O_CONF },
         { "json", no_argument, NULL, O_JSON },
+        { "admin", required_argument, NULL, O_ADMIN },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
     };
     struct ctl x = { 0 };
-    const char *server = NULL, *conf = NULL;
+    const char *server = NULL, *conf = NULL, *admin = NULL;
     int o;
     while ((o = getopt_long(argc, argv, "+h", lo, NULL)) != -1) {
         switch (o) {
         case O_SERVER: server = optarg; break;
         case O_CONF: conf = optarg; break;
         case O_JSON: x.json = true; break;
+        case O_ADMIN: admin = optarg; break;
         case O_HELP: case 'h': fputs(ctl_usage_text, stdout); return CTL_EXIT_OK;
         default: return ctl_usage(NULL);
         }
@@ -928,6 +1031,14 @@ int main(int argc, char **argv)
     if (server && !ctl_parse_server(&x, server))
         return ctl_usage("--server %s: expected HOST:UDP_PORT[:TCP_PORT] (ports 1..65535)",
                          server);
+    if (admin) {
+        unsigned p = 0;
+        char h[256];
+        if (sscanf(admin, "%255[^:]:%u", h, &p) != 2 || p == 0 || p > 65535)
+            return ctl_usage("--admin %s: expected HOST:PORT", admin);
+        snprintf(x.admin_host, sizeof x.admin_host, "%s", h);
+        x.admin_port = (uint16_t)p;
+    }
     qv_client_opts_default(&x.opts);
 
     char **cargv = argv + optind;

@@ -71,6 +71,11 @@ rc=0; q create other --dim 0 2> /dev/null || rc=$?
 rc=0; q frobnicate 2> /dev/null || rc=$?
 [ "$rc" -eq 2 ] || fail "an unknown command exited $rc, not 2"
 
+q --admin "127.0.0.1:$QV_ADMIN" engines | tee "$tmp/engines" || fail "engines"
+grep -q "^cpu " "$tmp/engines" || fail "engines: no cpu row"
+q --admin "127.0.0.1:$QV_ADMIN" --json engines | python3 -c 'import json,sys; assert json.load(sys.stdin)[0]["name"] == "cpu"' ||
+    fail "engines --json"
+
 q drop sift || fail "drop"
 rc=0; q describe sift 2> /dev/null || rc=$?
 [ "$rc" -eq 1 ] || fail "sift still there after drop"
