@@ -49,6 +49,7 @@ static struct {
     struct qv_test_server srv;
     struct qv_handler *h;           /* in process only; NULL with QV_TEST_SERVER */
     int ufd, tfd;
+    uint16_t tport;
     uint64_t next_id;
 } S;
 
@@ -62,6 +63,7 @@ static int connect_to(uint16_t uport, uint16_t tport)
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     connect(S.ufd, (struct sockaddr *)&a, sizeof a);
     S.tfd = socket(AF_INET, SOCK_STREAM, 0);
+    S.tport = tport;
     a.sin_port = htons(tport);
     if (connect(S.tfd, (struct sockaddr *)&a, sizeof a) != 0)
         return -1;
@@ -350,6 +352,134 @@ static void test_malformed(void)
     }
 }
 
+/* ---- malformed TCP frames ----------------------------------------------------- */
+
+static int tcp_dial(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(S.tport),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* One answer frame on fd: its status (raw header field), -1 on EOF,
+ * -2 on timeout. */
+static int tcp_status(int fd)
+{
+    uint8_t h[QV_PROTO_HDR_SIZE];
+    size_t got = 0;
+    while (got < sizeof h) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (poll(&p, 1, 5000) <= 0)
+            return -2;
+        ssize_t n = recv(fd, h + got, sizeof h - got, 0);
+        if (n <= 0)
+            return -1;
+        got += (size_t)n;
+    }
+    uint32_t body;
+    uint16_t st, flags;
+    memcpy(&body, h + 24, 4);
+    memcpy(&flags, h + 4, 2);
+    memcpy(&st, h + 6, 2);
+    size_t left = body + ((flags & QV_PROTO_F_AUTH) ? QV_PROTO_TAG_SIZE : 0);
+    while (left) {
+        uint8_t tmp[4096];
+        ssize_t n = recv(fd, tmp, left < sizeof tmp ? left : sizeof tmp, 0);
+        if (n <= 0)
+            return -1;
+        left -= (size_t)n;
+    }
+    return st;
+}
+
+/* The connection is closed by the server within 5 s. */
+static int tcp_closed(int fd)
+{
+    uint8_t b[256];
+    for (;;) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (poll(&p, 1, 5000) <= 0)
+            return 0;
+        ssize_t n = recv(fd, b, sizeof b, 0);
+        if (n <= 0)
+            return 1;
+    }
+}
+
+static int tcp_ping_ok(int fd)
+{
+    int64_t n = qv_proto_encode_empty_req(txb, sizeof txb, QV_PROTO_OP_PING, rid(), 0);
+    send(fd, txb, (size_t)n, MSG_NOSIGNAL);
+    return tcp_status(fd) == QV_PROTO_OK;
+}
+
+/* Each bad frame on a connection of its own: the frames the stream's
+ * framing survives are answered BAD_REQUEST and the connection keeps
+ * serving; those it cannot survive are answered (or not) and closed;
+ * the node serves new connections and UDP throughout. */
+static void test_malformed_tcp(void)
+{
+    static float q[128];
+    struct qv_proto_search s = { .dim = 128, .k = 10, .nq = 1, .queries = q };
+    enum { KEEPS, CLOSES };
+    struct { const char *what; int mutate, outcome; } cases[] = {
+        { "unknown opcode", 1, KEEPS },
+        { "k = 0", 2, KEEPS },
+        { "NaN in the query", 3, KEEPS },
+        { "wrong magic", 4, CLOSES },
+        { "wrong version", 5, CLOSES },
+        { "body over 64 MiB", 6, CLOSES },
+        { "stream ends inside a message", 7, CLOSES },
+    };
+    for (unsigned c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int fd = tcp_dial();
+        CU_ASSERT_FATAL(fd >= 0);
+        memset(q, 0, sizeof q);
+        s.k = 10;
+        if (cases[c].mutate == 2)
+            s.k = 0;
+        if (cases[c].mutate == 3)
+            q[7] = NAN;
+        int64_t n = qv_proto_encode_search(txb, sizeof txb, rid(), coll ? coll : 1, &s);
+        size_t len = (size_t)n;
+        uint32_t huge = (64u << 20) + 1;
+        switch (cases[c].mutate) {
+        case 1: txb[3] = 0x7E; break;
+        case 4: txb[0] ^= 0xFF; break;
+        case 5: txb[2] = 7; break;
+        case 6: memcpy(txb + 24, &huge, 4); len = QV_PROTO_HDR_SIZE; break;
+        case 7: len = QV_PROTO_HDR_SIZE + 10; break;
+        }
+        send(fd, txb, len, MSG_NOSIGNAL);
+        if (cases[c].mutate == 7)
+            shutdown(fd, SHUT_WR);
+        if (cases[c].outcome == KEEPS) {
+            int st = tcp_status(fd);
+            if (st != QV_PROTO_BAD_REQUEST)
+                fprintf(stderr, "tcp case %s: status %d\n", cases[c].what, st);
+            CU_ASSERT_EQUAL(st, QV_PROTO_BAD_REQUEST);
+            CU_ASSERT(tcp_ping_ok(fd));
+        } else {
+            int closed = tcp_closed(fd);
+            if (!closed)
+                fprintf(stderr, "tcp case %s: still open\n", cases[c].what);
+            CU_ASSERT(closed);
+        }
+        close(fd);
+        int fd2 = tcp_dial();
+        CU_ASSERT(fd2 >= 0 && tcp_ping_ok(fd2));
+        close(fd2);
+    }
+    struct qv_proto_resp r;
+    int64_t pn = qv_proto_encode_empty_req(txb, sizeof txb, QV_PROTO_OP_PING, rid(), 0);
+    CU_ASSERT_EQUAL(udp_call(txb, (size_t)pn, &r), 0);
+}
+
 static void test_get_delete_list_stats_drop(void)
 {
     struct qv_proto_resp r;
@@ -403,6 +533,8 @@ int main(void)
     CU_add_test(s, "create and load siftsmall over TCP", test_create_and_load);
     CU_add_test(s, "search over UDP and in one TCP batch: recall 1", test_search_udp_and_batch_tcp);
     CU_add_test(s, "malformed datagrams answered or dropped; still serving", test_malformed);
+    CU_add_test(s, "malformed TCP frames: answered and kept, or closed; still serving",
+                test_malformed_tcp);
     CU_add_test(s, "get, delete, list, stats, drop", test_get_delete_list_stats_drop);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
