@@ -28,7 +28,7 @@ bench=$builddir/client/quiverbench
 data=${DATA:-$here/../shared/data/siftsmall}
 rate0=${RATE0:-2000}
 dur=${DUR:-3}
-rates=${RATES:-"4000 8000 12000 16000"}
+rates=${RATES:-"4000 8000 16000 24000 32000 48000"}
 p99_limit=${P99_US:-1000}
 indexes=${INDEXES:-"flat hnsw"}
 for f in "$quiverd" "$bench"; do
