@@ -20,8 +20,8 @@
  *
  * Admin API (host/server/admin.c): GET /healthz, GET /metrics
  * (Prometheus text from the service's registry), GET /stats (JSON),
- * GET /engines (JSON), GET /collections, GET /collections/NAME,
- * DELETE /collections/NAME.
+ * GET /engines (JSON), GET /collections, POST /collections (JSON body:
+ * the CREATE fields), GET /collections/NAME, DELETE /collections/NAME.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -247,6 +248,98 @@ static int r_collection(void *arg, const struct qv_admin_req *req, struct qv_adm
     return json_answer(resp, 200, coll_json(&info));
 }
 
+/* POST /collections: {"name", "dim", "metric", "index", and the index's
+ * parameters as in docs/PROTOCOL.md CREATE ("nlist", "nprobe", "pq_m",
+ * "pq_nbits", "hnsw_m", "ef_construction", "ef_search"), "attributes":
+ * [names]}; 201 with the collection, 400 naming the field, 409 when the
+ * name is taken. */
+static int r_create(void *arg, const struct qv_admin_req *req, struct qv_admin_resp *resp)
+{
+    struct daemon *d = arg;
+    static const char *const ints[] = { "dim", "nlist", "nprobe", "pq_m", "pq_nbits",
+                                        "hnsw_m", "ef_construction", "ef_search" };
+    uint32_t v[8] = { 0 };
+    struct json_object *j = json_tokener_parse(req->body), *x;
+    struct qv_node_coll_spec s = { 0 };
+    int rc = 0;
+    if (!j || !json_object_is_type(j, json_type_object)) {
+        rc = qv_admin_error(resp, 400, "the body must be a JSON object, e.g. "
+                            "{\"name\": \"sift\", \"dim\": 128}");
+        goto out;
+    }
+    if (!json_object_object_get_ex(j, "name", &x) || !json_object_is_type(x, json_type_string)) {
+        rc = qv_admin_error(resp, 400, "\"name\": a string is required");
+        goto out;
+    }
+    s.name = json_object_get_string(x);
+    for (unsigned i = 0; i < 8; i++) {
+        if (!json_object_object_get_ex(j, ints[i], &x))
+            continue;
+        int64_t n = json_object_get_int64(x);
+        if (!json_object_is_type(x, json_type_int) || n < 0 || n > UINT32_MAX) {
+            rc = qv_admin_error(resp, 400, "\"%s\": a non-negative integer is required",
+                                ints[i]);
+            goto out;
+        }
+        v[i] = (uint32_t)n;
+    }
+    s.dim = v[0], s.nlist = v[1], s.nprobe = v[2], s.pq_m = v[3], s.pq_nbits = v[4];
+    s.hnsw_m = v[5], s.ef_construction = v[6], s.ef_search = v[7];
+    s.metric = QV_METRIC_L2;
+    if (json_object_object_get_ex(j, "metric", &x)) {
+        int m = qv_metric_parse(json_object_get_string(x));
+        if (m < 0) {
+            rc = qv_admin_error(resp, 400, "\"metric\": %s: use l2, ip or cosine",
+                                json_object_get_string(x));
+            goto out;
+        }
+        s.metric = (enum qv_metric)m;
+    }
+    s.index = QV_NODE_FLAT;
+    if (json_object_object_get_ex(j, "index", &x)) {
+        const char *t = json_object_get_string(x);
+        int found = 0;
+        for (int t2 = 0; t2 < QV_NODE_INDEX__COUNT; t2++)
+            if (strcasecmp(t, qv_node_index_name((enum qv_node_index)t2)) == 0) {
+                s.index = (enum qv_node_index)t2;
+                found = 1;
+            }
+        if (!found) {
+            rc = qv_admin_error(resp, 400, "\"index\": %s: use flat, ivf, ivf_sq8, ivf_pq "
+                                "or hnsw", t);
+            goto out;
+        }
+    }
+    if (json_object_object_get_ex(j, "attributes", &x)) {
+        size_t n = json_object_is_type(x, json_type_array) ? json_object_array_length(x) : 0;
+        if (!json_object_is_type(x, json_type_array) || n > QV_NODE_MAX_ATTRS) {
+            rc = qv_admin_error(resp, 400, "\"attributes\": an array of at most %u names",
+                                QV_NODE_MAX_ATTRS);
+            goto out;
+        }
+        s.nattrs = (uint32_t)n;
+        for (size_t i = 0; i < n; i++)
+            s.attrs[i] = json_object_get_string(json_object_array_get_idx(x, i));
+    }
+    uint64_t id;
+    int cr = qv_node_create_collection(d->node, &s, &id);
+    if (cr) {
+        rc = qv_admin_error(resp, cr == QV_EEXIST ? 409 : cr == QV_EINVAL ? 400 : 500, "%s",
+                            qv_errmsg());
+        goto out;
+    }
+    struct qv_node_coll_info info;
+    if (qv_node_describe(d->node, id, &info) != 0) {
+        rc = qv_admin_error(resp, 500, "%s", qv_errmsg());
+        goto out;
+    }
+    rc = json_answer(resp, 201, coll_json(&info));
+out:
+    if (j)
+        json_object_put(j);
+    return rc;
+}
+
 /* ---- start and stop ----------------------------------------------------------------- */
 
 static int load_key(struct daemon *d)
@@ -348,6 +441,7 @@ static int start(struct daemon *d)
         { "GET", "/stats", 0, r_stats, d },
         { "GET", "/engines", 0, r_engines, d },
         { "GET", "/collections", 0, r_collections, d },
+        { "POST", "/collections", 0, r_create, d },
         { "GET", "/collections/", 1, r_collection, d },
         { "DELETE", "/collections/", 1, r_collection, d },
     };

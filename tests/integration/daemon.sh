@@ -58,6 +58,21 @@ st, body = get("/engines"); assert st == 200 and json.loads(body)[0]["name"] == 
 st, body = get("/stats"); assert st == 200 and json.loads(body)["handler"]["requests"] > 0, body
 st, body = get("/collections/nope"); assert st == 404 and "nope" in body, (st, body)
 st, body = get("/healthz", "POST"); assert st == 405, st
+def post(path, doc):
+    req = urllib.request.Request(base + path, data=json.dumps(doc).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+st, body = post("/collections", {"name": "viahttp", "dim": 8, "index": "hnsw", "metric": "ip",
+                                 "attributes": ["color"]})
+assert st == 201 and json.loads(body)["index"] == "hnsw", (st, body)
+st, body = post("/collections", {"name": "viahttp", "dim": 8}); assert st == 409, (st, body)
+st, body = post("/collections", {"name": "bad", "dim": 0}); assert st == 400 and "dim" in body, body
+st, body = post("/collections", {"name": "bad", "dim": "x"}); assert st == 400 and "dim" in body, body
+st, body = post("/collections", {"dim": 8}); assert st == 400 and "name" in body, body
+st, body = get("/collections/viahttp", "DELETE"); assert st == 200, (st, body)
 print("daemon.sh: admin API ok")
 PY
 
