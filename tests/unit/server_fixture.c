@@ -1,12 +1,20 @@
 /*
  * server_fixture.c - see server_fixture.h.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <CUnit/Basic.h>
 
 #include "quiver/engine.h"
 #include "quiver/handler.h"
 #include "quiver/node.h"
 #include "quiver/pool.h"
+#include "quiver/proto.h"
 #include "quiver/router.h"
 #include "quiver/service.h"
 #include "quiver/tcp.h"
@@ -82,4 +90,49 @@ void qv_test_server_stop(struct qv_test_server *s)
     qv_engine_free(s->cpu);
     qv_pool_free(s->pool);
     memset(s, 0, sizeof *s);
+}
+
+/* One PING over a socket of type (SOCK_DGRAM / SOCK_STREAM) to port: the
+ * answer's status, or -1 when none came within 5 s. */
+static int ping_status(int type, uint16_t port, uint64_t request_id)
+{
+    _Alignas(8) uint8_t msg[64], ans[256];
+    int64_t n = qv_proto_encode_empty_req(msg, sizeof msg, QV_PROTO_OP_PING, request_id, 0);
+    int fd = socket(AF_INET, type, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    int st = -1;
+    if (n > 0 && fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        send(fd, msg, (size_t)n, MSG_NOSIGNAL) == n) {
+        size_t got = 0;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        while (got < QV_PROTO_HDR_SIZE && poll(&p, 1, 5000) == 1) {
+            ssize_t r = recv(fd, ans + got, sizeof ans - got, 0);
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+        struct qv_proto_resp resp;
+        struct qv_proto_err err;
+        if (got >= QV_PROTO_HDR_SIZE &&
+            qv_proto_decode_response(ans, got, type == SOCK_DGRAM ? QV_PROTO_UDP : QV_PROTO_TCP,
+                                     NULL, &resp, &err) == 0 &&
+            resp.hdr.request_id == request_id && resp.hdr.opcode == QV_PROTO_OP_PING)
+            st = resp.hdr.status;
+    }
+    if (fd >= 0)
+        close(fd);
+    return st;
+}
+
+void qv_test_server_check(const struct qv_test_server *s)
+{
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s->h);
+    CU_ASSERT(s->udp_port != 0 && s->tcp_port != 0);
+    struct qv_handler_stats before, after;
+    qv_handler_stats(s->h, &before);
+    CU_ASSERT_EQUAL(ping_status(SOCK_DGRAM, s->udp_port, 0x51), QV_PROTO_OK);
+    CU_ASSERT_EQUAL(ping_status(SOCK_STREAM, s->tcp_port, 0x52), QV_PROTO_OK);
+    qv_handler_stats(s->h, &after);
+    CU_ASSERT_EQUAL(after.requests - before.requests, 2);
 }

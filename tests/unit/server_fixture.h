@@ -30,6 +30,11 @@ struct qv_test_server {
  * and TTL.  Returns 0, or -1 with what is started stopped again. */
 int qv_test_server_start(struct qv_test_server *s, const struct qv_handler_opts *ho);
 
+/* CUnit assertions (call inside a test) that the started stack serves:
+ * both ports bound, a PING answered OK over UDP and over TCP, and the
+ * handler counted exactly those two requests. */
+void qv_test_server_check(const struct qv_test_server *s);
+
 /* Stop and free everything; a zeroed *s is a no-op. */
 void qv_test_server_stop(struct qv_test_server *s);
 

@@ -168,6 +168,13 @@ static int open_sift(void)
     return qv_vecfile_open(&G, path, QV_VEC_IVECS);
 }
 
+/* In process: the fixture's stack answers over both carriers. */
+static void test_fixture_serves(void)
+{
+    if (S.h)
+        qv_test_server_check(&S.srv);
+}
+
 static void test_create_and_load(void)
 {
     struct qv_proto_resp r;
@@ -530,6 +537,7 @@ int main(void)
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 2;
     s = CU_add_suite("handler", suite_init, suite_fini);
+    CU_add_test(s, "the in-process server answers PING over UDP and TCP", test_fixture_serves);
     CU_add_test(s, "create and load siftsmall over TCP", test_create_and_load);
     CU_add_test(s, "search over UDP and in one TCP batch: recall 1", test_search_udp_and_batch_tcp);
     CU_add_test(s, "malformed datagrams answered or dropped; still serving", test_malformed);
