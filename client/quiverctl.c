@@ -394,17 +394,34 @@ static int ctl_cmd_create(struct ctl *x, int argc, char **argv)
     return CTL_EXIT_OK;
 }
 
-/* Commands whose only argument is NAME: drop, describe. */
-static int ctl_one_name(int argc, char **argv, const char **name)
+/* Commands without options and with at least min, at most max (<= 1)
+ * NAME arguments: drop, describe (one), stats (at most one), list, ping,
+ * engines (none).  *name = the NAME or NULL. */
+static int ctl_plain_args(int argc, char **argv, int min, int max, const char **name)
 {
+    *name = NULL;
     optind = 0;
     static const struct option lo[] = { { NULL, 0, NULL, 0 } };
     if (getopt_long(argc, argv, "", lo, NULL) != -1)
         return ctl_usage(NULL);
-    if (argc - optind != 1)
-        return ctl_usage("%s: expected one NAME", argv[0]);
-    *name = argv[optind];
+    int n = argc - optind;
+    if (n < min || n > max)
+        return ctl_usage(max == 0 ? "%s: takes no arguments"
+                         : min == 1 ? "%s: expected one NAME"
+                                    : "%s: expected at most one NAME", argv[0]);
+    *name = n ? argv[optind] : NULL;
     return CTL_EXIT_OK;
+}
+
+static int ctl_one_name(int argc, char **argv, const char **name)
+{
+    return ctl_plain_args(argc, argv, 1, 1, name);
+}
+
+static int ctl_no_args(int argc, char **argv)
+{
+    const char *none;
+    return ctl_plain_args(argc, argv, 0, 0, &none);
 }
 
 static int ctl_cmd_drop(struct ctl *x, int argc, char **argv)
@@ -468,12 +485,8 @@ static int ctl_cmd_describe(struct ctl *x, int argc, char **argv)
 
 static int ctl_cmd_list(struct ctl *x, int argc, char **argv)
 {
-    optind = 0;
-    static const struct option lo[] = { { NULL, 0, NULL, 0 } };
-    if (getopt_long(argc, argv, "", lo, NULL) != -1)
-        return ctl_usage(NULL);
-    if (argc != optind)
-        return ctl_usage("list: takes no arguments");
+    if (ctl_no_args(argc, argv))
+        return CTL_EXIT_USAGE;
     int rc = ctl_connect(x);
     if (rc)
         return rc;
@@ -837,13 +850,9 @@ static void ctl_print_flat(struct json_object *o, char *path, size_t len, size_t
 
 static int ctl_cmd_stats(struct ctl *x, int argc, char **argv)
 {
-    optind = 0;
-    static const struct option lo[] = { { NULL, 0, NULL, 0 } };
-    if (getopt_long(argc, argv, "", lo, NULL) != -1)
-        return ctl_usage(NULL);
-    if (argc - optind > 1)
-        return ctl_usage("stats: expected at most one NAME");
-    const char *name = argc > optind ? argv[optind] : NULL;
+    const char *name = NULL;
+    if (ctl_plain_args(argc, argv, 0, 1, &name))
+        return CTL_EXIT_USAGE;
     uint64_t id = 0;
     int rc;
     if ((rc = ctl_connect(x)) || (name && (rc = ctl_lookup(x, name, &id))))
@@ -865,12 +874,8 @@ static int ctl_cmd_stats(struct ctl *x, int argc, char **argv)
 
 static int ctl_cmd_ping(struct ctl *x, int argc, char **argv)
 {
-    optind = 0;
-    static const struct option lo[] = { { NULL, 0, NULL, 0 } };
-    if (getopt_long(argc, argv, "", lo, NULL) != -1)
-        return ctl_usage(NULL);
-    if (argc != optind)
-        return ctl_usage("ping: takes no arguments");
+    if (ctl_no_args(argc, argv))
+        return CTL_EXIT_USAGE;
     int rc = ctl_connect(x);
     if (rc)
         return rc;
@@ -944,12 +949,8 @@ static char *ctl_http_get(struct ctl *x, const char *path, int *status)
 
 static int ctl_cmd_engines(struct ctl *x, int argc, char **argv)
 {
-    optind = 0;
-    static const struct option lo[] = { { NULL, 0, NULL, 0 } };
-    if (getopt_long(argc, argv, "", lo, NULL) != -1)
-        return ctl_usage(NULL);
-    if (argc != optind)
-        return ctl_usage("engines: takes no arguments");
+    if (ctl_no_args(argc, argv))
+        return CTL_EXIT_USAGE;
     int status = 0;
     char *body = ctl_http_get(x, "/engines", &status);
     if (!body)
