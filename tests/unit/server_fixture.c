@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include "quiver/service.h"
 #include "quiver/tcp.h"
 #include "quiver/udp.h"
+#include "quiver/vecio.h"
 
 #include "server_fixture.h"
 
@@ -135,4 +138,22 @@ void qv_test_server_check(const struct qv_test_server *s)
     CU_ASSERT_EQUAL(ping_status(SOCK_STREAM, s->tcp_port, 0x52), QV_PROTO_OK);
     qv_handler_stats(s->h, &after);
     CU_ASSERT_EQUAL(after.requests - before.requests, 2);
+}
+
+int qv_test_open_siftsmall(struct qv_vecfile *base, struct qv_vecfile *query,
+                           struct qv_vecfile *truth)
+{
+    static const char *const name[3] = { "base.fvecs", "query.fvecs", "groundtruth.ivecs" };
+    static const enum qv_vec_kind kind[3] = { QV_VEC_FVECS, QV_VEC_FVECS, QV_VEC_IVECS };
+    struct qv_vecfile *out[3] = { base, query, truth };
+    const char *dir = getenv("QV_DATA_DIR");
+    char path[4096];
+    if (!dir)
+        return -1;
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/siftsmall/%s", dir, name[i]);
+        if (qv_vecfile_open(out[i], path, kind[i]))
+            return -1;
+    }
+    return 0;
 }

@@ -35,6 +35,12 @@ int qv_test_server_start(struct qv_test_server *s, const struct qv_handler_opts 
  * handler counted exactly those two requests. */
 void qv_test_server_check(const struct qv_test_server *s);
 
+/* Open $QV_DATA_DIR/siftsmall's base, query and ground-truth files.  0,
+ * or -1 (QV_DATA_DIR unset, a file missing or damaged). */
+struct qv_vecfile;
+int qv_test_open_siftsmall(struct qv_vecfile *base, struct qv_vecfile *query,
+                           struct qv_vecfile *truth);
+
 /* Stop and free everything; a zeroed *s is a no-op. */
 void qv_test_server_stop(struct qv_test_server *s);
 

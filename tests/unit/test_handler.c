@@ -154,18 +154,7 @@ static uint64_t coll;
 
 static int open_sift(void)
 {
-    const char *dir = getenv("QV_DATA_DIR");
-    char path[4096];
-    if (!dir)
-        return -1;
-    snprintf(path, sizeof path, "%s/siftsmall/base.fvecs", dir);
-    if (qv_vecfile_open(&B, path, QV_VEC_FVECS))
-        return -1;
-    snprintf(path, sizeof path, "%s/siftsmall/query.fvecs", dir);
-    if (qv_vecfile_open(&Q, path, QV_VEC_FVECS))
-        return -1;
-    snprintf(path, sizeof path, "%s/siftsmall/groundtruth.ivecs", dir);
-    return qv_vecfile_open(&G, path, QV_VEC_IVECS);
+    return qv_test_open_siftsmall(&B, &Q, &G);
 }
 
 /* In process: the fixture's stack answers over both carriers. */
