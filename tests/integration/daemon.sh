@@ -8,7 +8,10 @@
 # 405), SIGHUP (reload, still serving), then SIGTERM: it must drain and
 # exit 0 within 20 s.
 #
-# Then libquiver's suite (test_client) runs against it the same way.
+# Then libquiver's suite (test_client) runs against it the same way: its
+# recall tests load siftsmall into IVF, IVF-SQ8, IVF-PQ and HNSW
+# collections (seal_rows = 10000: one sealed segment each) and check the
+# daemon's answers over UDP equal an index built offline.
 #
 # usage: daemon.sh QUIVERD TEST_HANDLER [TEST_CLIENT]    (meson passes all)
 set -euo pipefail
@@ -25,6 +28,7 @@ cat > "$tmp/quiver.conf" <<CONF
 [server]
 udp_port = 0
 tcp_port = 0
+seal_rows = 10000
 admin_port = 0
 CONF
 qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" || fail "quiverd did not start"
@@ -37,7 +41,7 @@ grep -E "asserts" "$tmp/client.log"
 if [ -n "$libclient" ]; then
     QV_TEST_SERVER="$udp,$tcp" "$libclient" > "$tmp/libclient.log" 2>&1 ||
         { cat "$tmp/libclient.log" >&2; fail "libquiver's suite failed against quiverd"; }
-    grep -E "asserts" "$tmp/libclient.log"
+    grep -E "asserts|over the network" "$tmp/libclient.log"
 fi
 
 python3 - "$admin" <<'PY' || fail "admin API"

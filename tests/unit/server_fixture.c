@@ -45,6 +45,7 @@ int qv_test_server_start(struct qv_test_server *s, const struct qv_handler_opts 
     struct qv_node_opts no;
     qv_node_opts_default(&no);
     no.service = s->svc;
+    no.seal_rows = 10000;   /* siftsmall seals into one segment (test_client) */
     no.engine = qv_router_engine(s->router);
     no.pool = s->pool;
     s->node = s->svc ? qv_node_create(&no) : NULL;

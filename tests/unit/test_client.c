@@ -7,7 +7,10 @@
  * progress callback sees each), searched one query at a time over UDP
  * (recall@10 = 1 for FLAT), as one SEARCH_BATCH over TCP (the same
  * answers) and as 200 async searches in flight (each completed exactly
- * once, with the same answers); DESCRIBE, LIST, lookup, GET, DELETE,
+ * once, with the same answers); for IVF, IVF-SQ8, IVF-PQ and HNSW,
+ * the answers over UDP are the ids an index built offline with the same
+ * parameters and seed gives (so recall over the network = offline);
+ * DESCRIBE, LIST, lookup, GET, DELETE,
  * STATS, DROP; the server's errors reach the caller with its reason;
  * auth (a keyed server refuses an unkeyed client, accepts a keyed one);
  * retries: a silent port times out after exactly the configured tries in
@@ -40,6 +43,10 @@
 #include "quiver/vecio.h"
 
 #include "quiver/handler.h"
+#include "quiver/hnsw.h"
+#include "quiver/ivf.h"
+#include "quiver/ivfpq.h"
+#include "quiver/node.h"
 #include "server_fixture.h"
 
 static struct {
@@ -666,6 +673,199 @@ static void test_retry_flag_and_duplicates(void)
     close(F.fd);
 }
 
+/* ---- recall over the network equals offline, per index type ---------------- */
+
+/*
+ * For IVF, IVF-SQ8, IVF-PQ and HNSW: create a collection over the
+ * network (nlist 0: the node seals at 10 000 rows, exactly siftsmall,
+ * with nlist = sqrt(rows) = 100; the server runs with seal_rows = 10000,
+ * so HNSW seals there too), load siftsmall (ids = row numbers), wait
+ * until its one sealed segment is built, search the 100 queries one by
+ * one over UDP, and build the same index here offline (the parameters
+ * DESCRIBE reports, the node's build seed, one thread, keys = row
+ * numbers), searched one query at a time with the same nprobe / ef.
+ * The answers must be the same ids in the same order, so the recall is
+ * the same; both recalls are printed.
+ */
+static long stat_field(const char *json, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(json, pat);
+    return p ? strtol(p + strlen(pat), NULL, 10) : -1;
+}
+
+static int wait_built(uint64_t id)
+{
+    int64_t until = ms_now() + 180000;
+    while (ms_now() < until) {
+        char *js = NULL;
+        if (qv_client_stats_json(S.c, id, &js) != 0)
+            return -1;
+        /* JSON of json-c: "key": value, spaces after the colon */
+        char *q = js, *w = js;
+        for (; *q; q++)
+            if (*q != ' ')
+                *w++ = *q;
+        *w = '\0';
+        int done = stat_field(js, "pending_builds") == 0 && stat_field(js, "sealed") == 1 &&
+                   stat_field(js, "growing_rows") == 0;
+        free(js);
+        if (done)
+            return 0;
+        struct timespec ts = { 0, 20 * 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
+struct offline {
+    struct qv_ivf *ivf;
+    struct qv_ivfpq *pq;
+    struct qv_hnsw *hnsw;
+};
+
+static int offline_build(struct offline *o, const struct qv_client_collection *d,
+                         const float *vec, const uint64_t *keys)
+{
+    struct qv_node_opts no;
+    qv_node_opts_default(&no);
+    memset(o, 0, sizeof *o);
+    switch (d->index) {
+    case QV_CLIENT_IVF:
+    case QV_CLIENT_IVF_SQ8: {
+        struct qv_ivf_opts io = {
+            .dim = d->dim, .metric = QV_METRIC_L2, .nlist = d->nlist, .seed = no.build_seed,
+            .encoding = d->index == QV_CLIENT_IVF_SQ8 ? QV_IVF_SQ8 : QV_IVF_FLAT,
+        };
+        o->ivf = qv_ivf_create(&io);
+        return o->ivf && qv_ivf_train(o->ivf, vec, B.n) == 0 &&
+               qv_ivf_add(o->ivf, B.n, vec, keys) == 0 ? 0 : -1;
+    }
+    case QV_CLIENT_IVF_PQ: {
+        struct qv_ivfpq_opts po = {
+            .dim = d->dim, .metric = QV_METRIC_L2, .nlist = d->nlist, .m = d->pq_m,
+            .nbits = d->pq_nbits, .seed = no.build_seed,
+        };
+        o->pq = qv_ivfpq_create(&po);
+        return o->pq && qv_ivfpq_train(o->pq, vec, B.n) == 0 &&
+               qv_ivfpq_add(o->pq, B.n, vec, keys) == 0 ? 0 : -1;
+    }
+    case QV_CLIENT_HNSW: {
+        struct qv_hnsw_opts ho = {
+            .dim = d->dim, .metric = QV_METRIC_L2, .M = d->hnsw_m,
+            .ef_construction = d->ef_construction, .ef_search = d->ef_search,
+            .seed = no.build_seed, .numa_node = -1, .hugepages = QV_HUGE_OFF,
+        };
+        o->hnsw = qv_hnsw_build(&ho, B.n, vec, keys);
+        return o->hnsw ? 0 : -1;
+    }
+    default:
+        return -1;
+    }
+}
+
+static int offline_search(const struct offline *o, const float *q, uint32_t nprobe,
+                          uint32_t ef, uint64_t *ids)
+{
+    float d[10];
+    if (o->ivf)
+        return qv_ivf_search(o->ivf, q, 1, 10, nprobe, NULL, d, ids);
+    if (o->pq)
+        return qv_ivfpq_search(o->pq, q, 1, 10, nprobe, 0, NULL, d, ids);
+    return qv_hnsw_search(o->hnsw, q, 1, 10, ef, NULL, d, ids);
+}
+
+static void offline_free(struct offline *o)
+{
+    qv_ivf_free(o->ivf);
+    qv_ivfpq_free(o->pq);
+    qv_hnsw_free(o->hnsw);
+}
+
+static void recall_equals_offline(enum qv_client_index index, const char *name)
+{
+    struct qv_client_create cr = { .name = name, .dim = B.dim, .metric = QV_CLIENT_L2,
+                                   .index = index };
+    if (index == QV_CLIENT_IVF_PQ) {
+        cr.pq_m = 16;
+        cr.pq_nbits = 8;
+    }
+    if (index == QV_CLIENT_HNSW) {
+        cr.hnsw_m = 16;
+        cr.ef_construction = 100;
+        cr.ef_search = 32;
+    }
+    uint64_t id = 0;
+    CU_ASSERT_EQUAL_FATAL(qv_client_create(S.c, &cr, &id), 0);
+    uint64_t *keys = malloc(B.n * sizeof *keys);
+    float *vec = malloc(B.n * B.dim * sizeof *vec);
+    CU_ASSERT_FATAL(keys && vec);
+    for (uint64_t i = 0; i < B.n; i++)
+        keys[i] = i;
+    qv_vecfile_read_f32(&B, 0, B.n, vec);
+    struct qv_client_rows rows = { .n = B.n, .dim = B.dim, .ids = keys, .vectors = vec };
+    CU_ASSERT_EQUAL_FATAL(qv_client_upsert(S.c, id, &rows, NULL, NULL, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(wait_built(id), 0);
+    struct qv_client_collection d;
+    CU_ASSERT_EQUAL_FATAL(qv_client_describe(S.c, id, &d), 0);
+    CU_ASSERT_EQUAL(d.rows, B.n);
+    CU_ASSERT_EQUAL(d.trained, 1);
+    if (index != QV_CLIENT_HNSW)
+        CU_ASSERT_EQUAL(d.nlist, 100);
+
+    struct offline off;
+    CU_ASSERT_EQUAL_FATAL(offline_build(&off, &d, vec, keys), 0);
+    struct qv_client_search_params p = { .nprobe = 8, .ef = 32 };
+    double rnet = 0, roff = 0;
+    unsigned same = 0, ok = 0;
+    for (unsigned i = 0; i < Q.n && i < 100; i++) {
+        const float *q = qv_vecfile_row(&Q, i);
+        uint64_t a[10], b[10];
+        uint32_t n = 0;
+        memset(b, 0xff, sizeof b);
+        if (qv_client_search(S.c, id, q, Q.dim, 10, &p, a, NULL, &n) != 0) {
+            fprintf(stderr, "%s: search %u: %s\n", name, i, qv_client_errmsg(S.c));
+            continue;
+        }
+        ok += n == 10 && offline_search(&off, q, p.nprobe, p.ef, b) == 0;
+        rnet += recall_of(a, n, i);
+        roff += recall_of(b, 10, i);
+        same += n == 10 && memcmp(a, b, sizeof a) == 0;
+    }
+    printf("\n    %-8s recall@10 over the network %.4f, offline %.4f, same answers %u/100 ",
+           name, rnet / 100, roff / 100, same);
+    CU_ASSERT_EQUAL(ok, 100);
+    CU_ASSERT_EQUAL(same, 100);
+    CU_ASSERT_DOUBLE_EQUAL(rnet, roff, 1e-9);
+    /* an approximate index, not an exact scan in disguise */
+    CU_ASSERT(rnet / 100 > 0.5 && rnet / 100 < 1.0);
+    offline_free(&off);
+    CU_ASSERT_EQUAL(qv_client_drop(S.c, id), 0);
+    free(keys);
+    free(vec);
+}
+
+static void test_recall_offline_ivf(void)
+{
+    recall_equals_offline(QV_CLIENT_IVF, "eq_ivf");
+}
+
+static void test_recall_offline_sq8(void)
+{
+    recall_equals_offline(QV_CLIENT_IVF_SQ8, "eq_ivf_sq8");
+}
+
+static void test_recall_offline_pq(void)
+{
+    recall_equals_offline(QV_CLIENT_IVF_PQ, "eq_ivf_pq");
+}
+
+static void test_recall_offline_hnsw(void)
+{
+    recall_equals_offline(QV_CLIENT_HNSW, "eq_hnsw");
+}
+
 int main(void)
 {
     CU_pSuite s;
@@ -679,6 +879,10 @@ int main(void)
     CU_add_test(s, "search over UDP (recall 1), batch over TCP, same answers",
                 test_search_sync_udp_and_batch);
     CU_add_test(s, "200 async searches, each completed once", test_search_async_200);
+    CU_add_test(s, "IVF over the network = offline", test_recall_offline_ivf);
+    CU_add_test(s, "IVF-SQ8 over the network = offline", test_recall_offline_sq8);
+    CU_add_test(s, "IVF-PQ over the network = offline", test_recall_offline_pq);
+    CU_add_test(s, "HNSW over the network = offline", test_recall_offline_hnsw);
     CU_add_test(s, "list, lookup, get, delete, stats, ping, drop",
                 test_describe_list_get_delete_drop);
     CU_add_test(s, "server errors with their reasons", test_server_errors);
