@@ -72,6 +72,8 @@ static const char ctl_usage_text[] =
     "  --json                   print one JSON document per command\n"
     "  --admin HOST:PORT        quiverd's admin HTTP API, for engines (default:\n"
     "                           [server] admin_bind, admin_port of --conf)\n"
+    "  --key-file FILE          sign requests with this auth key (the server's\n"
+    "                           [server] auth_key_file; default: that key of --conf)\n"
     "\n"
     "commands:\n"
     "  create NAME --dim D [--metric l2|ip|cosine] [--index flat|ivf|ivf_sq8|ivfpq|hnsw]\n"
@@ -98,6 +100,8 @@ struct ctl {
     struct qv_client_opts opts;
     struct qv_client *client;
     const char *cmd;            /* the command word, for messages */
+    char conf_key[4096];        /* [server] auth_key_file of --conf, "" = none */
+    unsigned char key[1024];    /* the auth key in use (opts.key) */
 };
 
 /* ---- messages ------------------------------------------------------- */
@@ -232,7 +236,28 @@ static int ctl_load_conf(struct ctl *x, const char *path)
     const char *ab = qv_config_string(cfg, "server", "admin_bind");
     snprintf(x->admin_host, sizeof(x->admin_host), "%s", !strcmp(ab, "0.0.0.0") ? "127.0.0.1" : ab);
     x->admin_port = (uint16_t)qv_config_int(cfg, "server", "admin_port");
+    const char *kf = qv_config_string(cfg, "server", "auth_key_file");
+    if (strcmp(kf, "none") != 0)
+        snprintf(x->conf_key, sizeof x->conf_key, "%s", kf);
     qv_config_free(cfg);
+    return CTL_EXIT_OK;
+}
+
+/* The auth key of path (trailing newlines stripped, as quiverd reads it)
+ * into x->opts; libquiver checks its length at connect. */
+static int ctl_read_key(struct ctl *x, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "quiverctl: --key-file %s: %s\n", path, strerror(errno));
+        return CTL_EXIT_ERROR;
+    }
+    size_t n = fread(x->key, 1, sizeof x->key, f);
+    fclose(f);
+    while (n && (x->key[n - 1] == '\n' || x->key[n - 1] == '\r'))
+        n--;
+    x->opts.key = x->key;
+    x->opts.key_len = n;
     return CTL_EXIT_OK;
 }
 
@@ -1002,17 +1027,18 @@ static const struct {
 
 int main(int argc, char **argv)
 {
-    enum { O_SERVER = 1, O_CONF, O_JSON, O_HELP, O_ADMIN };
+    enum { O_SERVER = 1, O_CONF, O_JSON, O_HELP, O_ADMIN, O_KEY };
     static const struct option lo[] = {
         { "server", required_argument, NULL, O_SERVER },
         { "conf", required_argument, NULL, O_CONF },
         { "json", no_argument, NULL, O_JSON },
         { "admin", required_argument, NULL, O_ADMIN },
+        { "key-file", required_argument, NULL, O_KEY },
         { "help", no_argument, NULL, O_HELP },
         { NULL, 0, NULL, 0 },
     };
     struct ctl x = { 0 };
-    const char *server = NULL, *conf = NULL, *admin = NULL;
+    const char *server = NULL, *conf = NULL, *admin = NULL, *keyfile = NULL;
     int o;
     while ((o = getopt_long(argc, argv, "+h", lo, NULL)) != -1) {
         switch (o) {
@@ -1020,6 +1046,7 @@ int main(int argc, char **argv)
         case O_CONF: conf = optarg; break;
         case O_JSON: x.json = true; break;
         case O_ADMIN: admin = optarg; break;
+        case O_KEY: keyfile = optarg; break;
         case O_HELP: case 'h': fputs(ctl_usage_text, stdout); return CTL_EXIT_OK;
         default: return ctl_usage(NULL);
         }
@@ -1041,6 +1068,10 @@ int main(int argc, char **argv)
         x.admin_port = (uint16_t)p;
     }
     qv_client_opts_default(&x.opts);
+    if (!keyfile && x.conf_key[0])
+        keyfile = x.conf_key;
+    if (keyfile && (rc = ctl_read_key(&x, keyfile)) != 0)
+        return rc;
 
     char **cargv = argv + optind;
     int cargc = argc - optind;

@@ -934,6 +934,28 @@ int qv_config_enum(const struct qv_config *cfg, const char *section, const char 
     return get_val(cfg, __func__, section, key, QV_CONF_ENUM, QV_CONF_ENUM)->v.e;
 }
 
+int qv_config_format(const struct qv_config *cfg, const char *section, const char *key,
+                     char *buf, size_t cap)
+{
+    const struct conf_val *v = get_val(cfg, __func__, section, key, -1, -1);
+    const struct qv_conf_key *k = &qv_conf_schema[v - cfg->vals];
+
+    switch (k->type) {
+    case QV_CONF_INT:
+        return snprintf(buf, cap, "%lld", (long long)v->v.i);
+    case QV_CONF_SIZE:
+        return snprintf(buf, cap, "%llu", (unsigned long long)v->v.u);
+    case QV_CONF_DOUBLE:
+        return snprintf(buf, cap, "%.17g", v->v.d);
+    case QV_CONF_BOOL:
+        return snprintf(buf, cap, "%s", v->v.b ? "true" : "false");
+    case QV_CONF_STRING:
+    case QV_CONF_ENUM:
+        break;
+    }
+    return snprintf(buf, cap, "%s", v->text ? v->text : k->def);
+}
+
 const char *qv_config_origin(const struct qv_config *cfg, const char *section, const char *key)
 {
     const struct conf_val *v = get_val(cfg, __func__, section, key, -1, -1);

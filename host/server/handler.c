@@ -54,6 +54,7 @@
 
 struct qv_handler {
     struct qv_handler_opts o;
+    _Atomic(const struct qv_proto_key *) key;   /* o.key, then qv_handler_set_key */
     _Atomic(struct qv_tcp *) tcp;
     struct qv_replay *replay;       /* write answers (replay_int.h) */
     uint8_t udp_scratch[QV_UDP_MAX_WORKERS][QV_PROTO_SCRATCH_UDP];
@@ -155,10 +156,18 @@ static int ans_room(struct ans *a, size_t need)
     return a->buf ? 0 : QV_ENOMEM;
 }
 
+/* The key in force (NULL: no auth); it can change between two calls
+ * (qv_handler_set_key), never under one. */
+static const struct qv_proto_key *hkey(struct qv_handler *h)
+{
+    return atomic_load_explicit(&h->key, memory_order_acquire);
+}
+
 static void ans_sign(struct qv_handler *h, struct ans *a)
 {
-    if (h->o.key && a->len > 0) {
-        int64_t n = qv_proto_sign(a->buf, a->cap, (size_t)a->len, h->o.key);
+    const struct qv_proto_key *key = hkey(h);
+    if (key && a->len > 0) {
+        int64_t n = qv_proto_sign(a->buf, a->cap, (size_t)a->len, key);
         if (n > 0)
             a->len = n;
     }
@@ -682,7 +691,7 @@ static enum qv_udp_verdict on_datagram(void *arg, struct qv_udp_slot *slot)
         slot->tx_len = a.len > 0 ? (uint32_t)a.len : 0;
         return a.len > 0 ? QV_UDP_REPLY : QV_UDP_DROP;
     }
-    struct qv_proto_rx rx = { .carrier = QV_PROTO_UDP, .key = h->o.key,
+    struct qv_proto_rx rx = { .carrier = QV_PROTO_UDP, .key = hkey(h),
                               .scratch = h->udp_scratch[slot->worker % QV_UDP_MAX_WORKERS],
                               .scratch_cap = QV_PROTO_SCRATCH_UDP };
     if (qv_proto_decode_request(slot->rx, slot->rx_len, &rx, &r, &err) != 0) {
@@ -730,7 +739,7 @@ static enum qv_tcp_verdict on_message(void *arg, struct qv_tcp_msg *m)
         if (scap && !(scratch = qv_malloc(scap, QV_MEM_SERVER)))
             scap = 0;                   /* decode reports INTERNAL */
     }
-    struct qv_proto_rx rx = { .carrier = QV_PROTO_TCP, .key = h->o.key, .scratch = scratch,
+    struct qv_proto_rx rx = { .carrier = QV_PROTO_TCP, .key = hkey(h), .scratch = scratch,
                               .scratch_cap = scap };
     if (qv_proto_decode_request(m->data, m->len, &rx, &r, &err) != 0) {
         qv_free(scratch);
@@ -794,6 +803,7 @@ struct qv_handler *qv_handler_create(const struct qv_handler_opts *o)
         return NULL;
     }
     h->o = *o;
+    atomic_init(&h->key, o->key);
     if (!h->o.started_ns)
         h->o.started_ns = qv_now_ns();
     h->replay = qv__replay_create(o->replay_entries ? o->replay_entries : REPLAY_ENTRIES,
@@ -812,6 +822,11 @@ struct qv_handler *qv_handler_create(const struct qv_handler_opts *o)
         return NULL;
     }
     return h;
+}
+
+void qv_handler_set_key(struct qv_handler *h, const struct qv_proto_key *key)
+{
+    atomic_store_explicit(&h->key, key, memory_order_release);
 }
 
 void qv_handler_free(struct qv_handler *h)

@@ -15,8 +15,9 @@
  * sigwaitinfo: SIGTERM / SIGINT drain and exit 0 (the admin API stops,
  * the transports stop receiving and wait for the answers in flight, the
  * store waits for its builds, the service completes every queued query);
- * SIGHUP reloads what can change without a restart (today [log] level)
- * from the same file.  A start that fails exits 1 with the reason.
+ * SIGHUP reloads from the same file what can change without a restart
+ * ([log] level, [server] auth_key_file: reload() says why only those) and
+ * names every other changed key as waiting for a restart.  A start that fails exits 1 with the reason.
  *
  * Admin API (host/server/admin.c): GET /healthz, GET /metrics
  * (Prometheus text from the service's registry), GET /stats (JSON),
@@ -60,8 +61,9 @@ struct daemon {
     struct qv_engines *engines;
     struct qv_service *svc;
     struct qv_node *node;
-    struct qv_proto_key key;
-    int have_key;
+    struct dkey *keys;              /* every key set, newest first (handler.h) */
+    int auth;                       /* the handler has keys->k in force */
+    int log_level;                  /* [log] level in force */
     struct qv_handler *h;
     struct qv_udp *udp;
     struct qv_tcp *tcp;
@@ -73,6 +75,15 @@ static const char usage[] =
     "  -c, --conf FILE   configuration (conf/quiver.conf documents every key);\n"
     "                    default: the built-in defaults\n"
     "  --ready-file FILE once serving, write \"udp=P tcp=P admin=P pid=N\" there\n";
+
+/* An auth key as read from [server] auth_key_file: prepared for the
+ * handler, and the raw bytes, to tell a rotated file from the same one. */
+struct dkey {
+    struct qv_proto_key k;
+    unsigned char raw[1024];
+    size_t len;
+    struct dkey *next;
+};
 
 /* ---- admin routes -------------------------------------------------------------- */
 
@@ -342,26 +353,46 @@ out:
 
 /* ---- start and stop ----------------------------------------------------------------- */
 
-static int load_key(struct daemon *d)
+/* The key of [server] auth_key_file in cfg into a new *out (NULL when
+ * the key is "none").  0, or the error (qv_errno set) naming the file. */
+static int read_key(const struct qv_config *cfg, struct dkey **out)
 {
-    const char *path = qv_config_string(d->cfg, "server", "auth_key_file");
+    const char *path = qv_config_string(cfg, "server", "auth_key_file");
+    *out = NULL;
     if (strcmp(path, "none") == 0)
         return 0;
+    struct dkey *k = qv_calloc(1, sizeof *k, QV_MEM_SERVER);
+    if (!k)
+        return qv_seterr(QV_ENOMEM, "[server] auth_key_file %s: no memory", path);
     FILE *f = fopen(path, "rb");
-    if (!f)
+    if (!f) {
+        qv_free(k);
         return qv_seterr(QV_EIO, "[server] auth_key_file %s: %s", path, strerror(errno));
-    unsigned char key[1024];
-    size_t n = fread(key, 1, sizeof key, f);
+    }
+    size_t n = fread(k->raw, 1, sizeof k->raw, f);
     fclose(f);
-    while (n && (key[n - 1] == '\n' || key[n - 1] == '\r'))
+    while (n && (k->raw[n - 1] == '\n' || k->raw[n - 1] == '\r'))
         n--;
-    int rc = qv_proto_key_init(&d->key, key, n);
-    memset(key, 0, sizeof key);
-    if (rc)
+    k->len = n;
+    if (qv_proto_key_init(&k->k, k->raw, n) != 0) {
+        memset(k, 0, sizeof *k);
+        qv_free(k);
         return qv_seterr(QV_ECONFIG, "[server] auth_key_file %s: the key has %zu bytes; "
                          "use at least 16 (32 random bytes are best)", path, n);
-    d->have_key = 1;
+    }
+    *out = k;
     return 0;
+}
+
+static void keys_free(struct daemon *d)
+{
+    while (d->keys) {
+        struct dkey *k = d->keys;
+        d->keys = k->next;
+        qv_proto_key_fini(&k->k);
+        memset(k, 0, sizeof *k);
+        qv_free(k);
+    }
 }
 
 static unsigned worker_threads(const struct qv_config *cfg)
@@ -405,10 +436,12 @@ static int start(struct daemon *d)
     d->node = qv_node_create(&no);
     if (!d->node)
         return qv_errno;
-    if (load_key(d))
+    if (read_key(cfg, &d->keys))
         return qv_errno;
+    d->auth = d->keys != NULL;
+    d->log_level = qv_log_level_parse(qv_config_string(cfg, "log", "level"));
     struct qv_handler_opts ho = { .node = d->node, .service = d->svc,
-                                  .key = d->have_key ? &d->key : NULL };
+                                  .key = d->keys ? &d->keys->k : NULL };
     qv_handler_opts_from_config(cfg, &ho);
     d->h = qv_handler_create(&ho);
     if (!d->h)
@@ -469,8 +502,7 @@ static void stop(struct daemon *d)
     qv_handler_free(d->h);
     qv_engines_free(d->engines);
     qv_pool_free(d->pool);
-    if (d->have_key)
-        qv_proto_key_fini(&d->key);
+    keys_free(d);
     qv_config_free(d->cfg);
 }
 
@@ -488,6 +520,29 @@ static int write_ready(struct daemon *d, const char *path)
     return 0;
 }
 
+/*
+ * SIGHUP.  The file is read and validated again (a bad file changes
+ * nothing: the running configuration stays, and the error is logged).
+ * Two keys take effect at once:
+ *   [log] level            the log threshold;
+ *   [server] auth_key_file the auth key, re-read even when the path is the
+ *                          same (rotation: write the new key, then HUP);
+ *                          "none" turns auth off, a path turns it on.  A
+ *                          key file that cannot be read keeps the key in
+ *                          force.  Clients must switch keys with the
+ *                          server: a request signed with the old key after
+ *                          the change is refused UNAUTHORIZED.
+ * Every other key is read at start only (sockets, threads, engines, pool
+ * and table sizes are built from it): each one whose value in the file
+ * differs from the running one is logged with both values and "takes
+ * effect at the next restart", at every SIGHUP until the restart.
+ */
+static int is_reloadable(const struct qv_conf_key *k)
+{
+    return (strcmp(k->section, "log") == 0 && strcmp(k->key, "level") == 0) ||
+           (strcmp(k->section, "server") == 0 && strcmp(k->key, "auth_key_file") == 0);
+}
+
 static void reload(struct daemon *d)
 {
     if (!d->conf_path) {
@@ -499,11 +554,52 @@ static void reload(struct daemon *d)
         QV_ERR("quiverd: SIGHUP: %s; keeping the running configuration", qv_errmsg());
         return;
     }
-    int lvl = qv_log_level_parse(qv_config_string(c, "log", "level"));
-    if (lvl >= 0)
+    unsigned restart = 0;
+    for (const struct qv_conf_key *k = qv_conf_schema; k->section; k++) {
+        char was[256], now[256];
+        if (is_reloadable(k))
+            continue;
+        qv_config_format(d->cfg, k->section, k->key, was, sizeof was);
+        qv_config_format(c, k->section, k->key, now, sizeof now);
+        if (strcmp(was, now) != 0) {
+            QV_WARN("quiverd: SIGHUP: [%s] %s = %s (%s), running with %s: takes effect at "
+                    "the next restart", k->section, k->key, now,
+                    qv_config_origin(c, k->section, k->key), was);
+            restart++;
+        }
+    }
+    const char *level = qv_config_string(c, "log", "level");
+    int lvl = qv_log_level_parse(level);
+    if (lvl >= 0 && lvl != d->log_level) {
         qv_log_set_level((enum qv_log_level)lvl);
-    QV_INFO("quiverd: SIGHUP: reloaded [log] level = %s from %s (other keys need a restart)",
-            qv_config_string(c, "log", "level"), d->conf_path);
+        d->log_level = lvl;
+        QV_INFO("quiverd: SIGHUP: [log] level = %s", level);
+    }
+    const char *auth = "unchanged";
+    struct dkey *k = NULL;
+    if (read_key(c, &k) != 0) {
+        QV_ERR("quiverd: SIGHUP: %s; keeping the key in force", qv_errmsg());
+        auth = "kept (the new key file failed)";
+    } else if (k == NULL) {
+        if (d->auth) {
+            qv_handler_set_key(d->h, NULL);
+            d->auth = 0;
+            auth = "off";
+        }
+    } else if (d->auth && k->len == d->keys->len && memcmp(k->raw, d->keys->raw, k->len) == 0) {
+        qv_proto_key_fini(&k->k);
+        memset(k, 0, sizeof *k);
+        qv_free(k);
+    } else {
+        k->next = d->keys;              /* the old ones stay: a worker may hold one */
+        d->keys = k;
+        qv_handler_set_key(d->h, &k->k);
+        auth = d->auth ? "rotated" : "on";
+        d->auth = 1;
+    }
+    QV_INFO("quiverd: SIGHUP: reloaded %s: [log] level %s, auth key %s; %u other changed "
+            "key%s take%s effect at the next restart", d->conf_path, level, auth, restart,
+            restart == 1 ? "" : "s", restart == 1 ? "s" : "");
     qv_config_free(c);
 }
 

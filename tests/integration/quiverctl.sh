@@ -4,8 +4,10 @@
 # collection for siftsmall, load base.fvecs, describe (10000 rows),
 # search query row 0 with --json and check the ids against groundtruth
 # row 0, list, stats, ping, the error and usage exit codes (an unknown
-# name exits 1 naming it; a bad flag exits 2), drop; then SIGTERM: quiverd
-# must exit 0.
+# name exits 1 naming it; a bad flag exits 2); SIGHUP turning auth on
+# (unsigned requests refused, --key-file accepted), rotating the key,
+# keeping it on a bad file, turning it off, and naming a key that needs a
+# restart; drop; then SIGTERM: quiverd must exit 0.
 #
 # usage: quiverctl.sh QUIVERD QUIVERCTL    (meson passes both; QV_DATA_DIR
 # from the test environment)
@@ -75,6 +77,47 @@ q --admin "127.0.0.1:$QV_ADMIN" engines | tee "$tmp/engines" || fail "engines"
 grep -q "^cpu " "$tmp/engines" || fail "engines: no cpu row"
 q --admin "127.0.0.1:$QV_ADMIN" --json engines | python3 -c 'import json,sys; assert json.load(sys.stdin)[0]["name"] == "cpu"' ||
     fail "engines --json"
+
+# SIGHUP: auth turned on, rotated, off; a restart-only key is named; a
+# bad file changes nothing.  The log level goes to debug and back.
+hup() {   # rewrite the conf with "$@" appended to [server], HUP, wait for the reload
+    local n
+    n=$(grep -c "SIGHUP: reloaded\|keeping the running configuration" "$tmp/log" || true)
+    { printf '[server]\nudp_port = 0\ntcp_port = 0\nadmin_port = 0\n'; printf '%s\n' "$@"; } > "$tmp/quiver.conf"
+    kill -HUP "$pid"
+    for _ in $(seq 1 50); do
+        [ "$(grep -c "SIGHUP: reloaded\|keeping the running configuration" "$tmp/log")" -gt "$n" ] && return 0
+        sleep 0.1
+    done
+    fail "no reload logged after SIGHUP"
+}
+head -c 32 /dev/urandom | base64 > "$tmp/key1"
+head -c 32 /dev/urandom | base64 > "$tmp/key2"
+hup "auth_key_file = $tmp/key1" "replay_entries = 1024"
+grep -q "auth key on" "$tmp/log" || fail "SIGHUP did not turn auth on"
+grep -q "\[server\] replay_entries = 1024 .*running with 65536: takes effect at the next restart" "$tmp/log" ||
+    fail "the restart-only key was not named"
+rc=0; q ping 2> "$tmp/err" || rc=$?
+[ "$rc" -eq 1 ] && grep -q "UNAUTHORIZED" "$tmp/err" || fail "an unsigned ping was not refused after auth went on: $(cat "$tmp/err")"
+q --key-file "$tmp/key1" ping || fail "a ping signed with the key was refused"
+q --key-file "$tmp/key1" search sift --query-file "$data/query.fvecs" --row 0 --k 3 > /dev/null ||
+    fail "a signed search was refused"
+hup "auth_key_file = $tmp/key2" "[log]" "level = debug"
+grep -q "auth key rotated" "$tmp/log" || fail "SIGHUP did not rotate the key"
+grep -q "SIGHUP: \[log\] level = debug" "$tmp/log" || fail "SIGHUP did not set the log level"
+rc=0; q --key-file "$tmp/key1" ping 2> /dev/null || rc=$?
+[ "$rc" -eq 1 ] || fail "the old key still works after rotation"
+q --key-file "$tmp/key2" ping || fail "the new key is refused after rotation"
+hup "auth_key_file = $tmp/key2" "max_collections = banana"
+grep -q "keeping the running configuration" "$tmp/log" || fail "a bad file was not refused"
+q --key-file "$tmp/key2" ping || fail "the key changed on a bad file"
+hup "auth_key_file = $tmp/nokey"
+grep -q "keeping the key in force" "$tmp/log" || fail "a missing key file was not reported"
+q --key-file "$tmp/key2" ping || fail "a missing key file changed the key"
+hup "auth_key_file = none"
+grep -q "auth key off" "$tmp/log" || fail "SIGHUP did not turn auth off"
+q ping || fail "an unsigned ping was refused after auth went off"
+echo "quiverctl.sh: SIGHUP: auth on, rotated, kept on bad files, off; restart-only keys named"
 
 q drop sift || fail "drop"
 rc=0; q describe sift 2> /dev/null || rc=$?

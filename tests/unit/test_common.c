@@ -1015,6 +1015,39 @@ static void test_config_load_file(void)
     CU_ASSERT(msg_has(tmpdir));
 }
 
+/* qv_config_format: every type as text; equal texts = equal values. */
+static void test_config_format(void)
+{
+    struct qv_config *a = qv_config_parse("[workers]\nthreads = 3\npin = no\n"
+                                          "[memory]\narena_chunk = 4M\n"
+                                          "[server]\ncompact_ratio = 0.25\n"
+                                          "[log]\nlevel = debug\n", "f.conf");
+    struct qv_config *b = qv_config_defaults();
+    char buf[64];
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    qv_config_format(a, "workers", "threads", buf, sizeof buf);
+    CU_ASSERT_STRING_EQUAL(buf, "3");
+    qv_config_format(a, "workers", "pin", buf, sizeof buf);
+    CU_ASSERT_STRING_EQUAL(buf, "false");
+    qv_config_format(b, "workers", "pin", buf, sizeof buf);
+    CU_ASSERT_STRING_EQUAL(buf, "true");
+    qv_config_format(a, "memory", "arena_chunk", buf, sizeof buf);
+    CU_ASSERT_STRING_EQUAL(buf, "4194304");
+    qv_config_format(a, "server", "compact_ratio", buf, sizeof buf);
+    CU_ASSERT_EQUAL(strtod(buf, NULL), 0.25);
+    qv_config_format(a, "log", "level", buf, sizeof buf);
+    CU_ASSERT_STRING_EQUAL(buf, "debug");
+    qv_config_format(b, "log", "level", buf, sizeof buf);
+    CU_ASSERT_STRING_EQUAL(buf, "info");
+    /* truncated, still terminated */
+    CU_ASSERT_EQUAL(qv_config_format(a, "memory", "arena_chunk", buf, 3), 7);
+    CU_ASSERT_STRING_EQUAL(buf, "41");
+    qv_config_free(a);
+    qv_config_free(b);
+}
+
 static void test_config_set(void)
 {
     int64_t c0 = live_blocks(QV_MEM_CONFIG);
@@ -1545,6 +1578,7 @@ static const struct test_entry tests[] = {
     { "config: every error kind", test_config_errors },
     { "config: load from a file", test_config_load_file },
     { "config: qv_config_set", test_config_set },
+    { "config: qv_config_format", test_config_format },
     { "config: getters abort on misuse", test_config_getter_abort },
     { "config: conf/quiver.conf matches the schema", test_config_shipped_file },
     { "config: ENOMEM at every allocation", test_config_enomem },

@@ -78,6 +78,14 @@ const char *qv_config_string(const struct qv_config *cfg, const char *section, c
 /* Index of the value in the key's choices list (0-based). */
 int qv_config_enum(const struct qv_config *cfg, const char *section, const char *key);
 
+/* The value of section/key as text into buf (cap bytes, NUL-terminated,
+ * truncated if short): integers and sizes in decimal (sizes in bytes),
+ * doubles round-trippable, booleans true/false, strings and enums as
+ * written.  Two configurations hold the same value of a key exactly when
+ * the texts are equal.  Returns what snprintf returns. */
+int qv_config_format(const struct qv_config *cfg, const char *section, const char *key,
+                     char *buf, size_t cap);
+
 /* Where the value of section/key came from: "path:line", or "default". */
 const char *qv_config_origin(const struct qv_config *cfg, const char *section, const char *key);
 

@@ -87,6 +87,17 @@ int qv_handler_opts_from_config(const struct qv_config *cfg, struct qv_handler_o
 struct qv_handler *qv_handler_create(const struct qv_handler_opts *o);
 void qv_handler_free(struct qv_handler *h);
 
+/*
+ * qv_handler_set_key - the auth key from now on (NULL: no auth): quiverd's
+ * SIGHUP rotates [server] auth_key_file with it.  A request is checked and
+ * answered with the key in force when its datagram or frame is decoded,
+ * or when its answer is signed; one in flight across the change may be
+ * answered with the new key (its client retries).  key is borrowed, and
+ * so is every key set before: all must outlive the handler, since a
+ * worker may still hold one (quiverd keeps each until it stops).
+ */
+void qv_handler_set_key(struct qv_handler *h, const struct qv_proto_key *key);
+
 /* Bytes of per-slot user area the UDP transport must give the handler
  * (struct qv_udp_opts.user_size). */
 size_t qv_handler_udp_user_size(void);
