@@ -291,8 +291,10 @@ struct qv_client *qv_client_connect(const char *host, uint16_t udp_port, uint16_
         c->has_key = 1;
     }
     c->o.key = NULL;            /* prepared; the caller's bytes are not kept */
+    const char *thost = o.tcp_host && *o.tcp_host ? o.tcp_host : host;
     fmt_addr(c->uaddr_s, sizeof c->uaddr_s, host, udp_port);
-    fmt_addr(c->taddr_s, sizeof c->taddr_s, host, tcp_port);
+    fmt_addr(c->taddr_s, sizeof c->taddr_s, thost, tcp_port);
+    c->o.tcp_host = NULL;       /* resolved below; the caller's string is not kept */
 
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM };
     struct addrinfo *ai = NULL;
@@ -309,13 +311,28 @@ struct qv_client *qv_client_connect(const char *host, uint16_t udp_port, uint16_
     freeaddrinfo(ai);
     memcpy(&c->taddr, &ua, alen);
     c->taddr_len = alen;
-    if (family == AF_INET6) {
-        ((struct sockaddr_in6 *)&ua)->sin6_port = htons(udp_port);
-        ((struct sockaddr_in6 *)&c->taddr)->sin6_port = htons(tcp_port);
-    } else {
-        ((struct sockaddr_in *)&ua)->sin_port = htons(udp_port);
-        ((struct sockaddr_in *)&c->taddr)->sin_port = htons(tcp_port);
+    int tfamily = family;
+    if (thost != host) {
+        struct addrinfo *tai = NULL;
+        grc = getaddrinfo(thost, NULL, &hints, &tai);
+        if (grc != 0 || !tai) {
+            snprintf(connect_err, sizeof connect_err, "qv_client_connect: cannot resolve "
+                     "tcp_host '%s': %s", thost, gai_strerror(grc));
+            goto fail_resolve;
+        }
+        memcpy(&c->taddr, tai->ai_addr, tai->ai_addrlen);
+        c->taddr_len = tai->ai_addrlen;
+        tfamily = tai->ai_family;
+        freeaddrinfo(tai);
     }
+    if (family == AF_INET6)
+        ((struct sockaddr_in6 *)&ua)->sin6_port = htons(udp_port);
+    else
+        ((struct sockaddr_in *)&ua)->sin_port = htons(udp_port);
+    if (tfamily == AF_INET6)
+        ((struct sockaddr_in6 *)&c->taddr)->sin6_port = htons(tcp_port);
+    else
+        ((struct sockaddr_in *)&c->taddr)->sin_port = htons(tcp_port);
 
     c->ufd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->ufd < 0 || connect(c->ufd, (struct sockaddr *)&ua, alen) != 0) {
@@ -585,6 +602,8 @@ static int poll_loop(struct qv_client *c, int timeout_ms, const int *stop)
         if (!c->inflight || now >= end)
             return count;
         int64_t until = next < end ? next : end;
+        if (c->o.busy_poll)
+            continue;           /* spin: recv again at once (opts.busy_poll) */
         int64_t ms = (until - now + 999999) / 1000000;
         struct pollfd p = { .fd = c->ufd, .events = POLLIN };
         if (poll(&p, 1, ms > 60000 ? 60000 : (int)ms) < 0 && errno != EINTR)

@@ -122,6 +122,15 @@ struct qv_client_opts {
     size_t upsert_batch_bytes;  /* UPSERT message body cap, 4 KiB..64 MiB;
                                    default 4 MiB */
     uint64_t seed;              /* request ids and jitter; 0 = random */
+    int busy_poll;              /* 1: UDP waits spin on a non-blocking recv
+                                   instead of sleeping in poll(2): no wake-up
+                                   latency (tens of us on a VM), one CPU
+                                   busy while a request is in flight;
+                                   default 0 */
+    const char *tcp_host;       /* TCP to this host instead of connect's
+                                   (a DPDK node serves UDP on its dataplane
+                                   address, TCP on its management one);
+                                   NULL = the same host; resolved at connect */
 };
 
 /* Fill *o with the defaults above.  Cannot fail. */
