@@ -8,6 +8,9 @@ set -eu
 PKGS="build-essential meson ninja-build pkg-config python3 python3-venv \
       libcunit1-dev libinih-dev libnuma-dev libjson-c-dev libmicrohttpd-dev libssl-dev \
       ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd"
+# the DPDK dataplane (dataplane/) and its test in a network namespace
+# (tests/integration/dpdk.sh: ip, ping, curl)
+PKGS="$PKGS libdpdk-dev iproute2 iputils-ping curl"
 # benchmarks (bench/): the hnswlib headers for the side-by-side run and
 # gnuplot for the recall/QPS plots
 PKGS="$PKGS libhnswlib-dev gnuplot-nox"

@@ -57,7 +57,6 @@ struct qv_handler {
     _Atomic(const struct qv_proto_key *) key;   /* o.key, then qv_handler_set_key */
     _Atomic(struct qv_tcp *) tcp;
     struct qv_replay *replay;       /* write answers (replay_int.h) */
-    uint8_t udp_scratch[QV_UDP_MAX_WORKERS][QV_PROTO_SCRATCH_UDP];
     _Atomic uint64_t st_req, st_bad, st_drop, st_search, st_err, st_replayed, st_rbusy;
 };
 
@@ -99,6 +98,9 @@ struct sctx {
 /* The UDP slot's user area: a SEARCH context for one query of up to
  * QV_PROTO_UDP_MAX_K results. */
 struct udp_area {
+    /* the decoder's scratch (a misaligned vector is copied here): per
+     * slot, so an in-place search context may point into it */
+    _Alignas(8) uint8_t scratch[QV_PROTO_SCRATCH_UDP];
     struct sctx ctx;
     struct squery q;
     float dist[QV_PROTO_UDP_MAX_K];
@@ -560,9 +562,11 @@ static struct sctx *sctx_new(struct qv_handler *h, const struct qv_proto_req *r,
     uint32_t nq = s->nq, k = s->k, dim = s->dim;
     struct sctx *c;
     const char *rx = tcp ? NULL : slot->rx;
-    if (!tcp && nq == 1 && k <= QV_PROTO_UDP_MAX_K && (const char *)s->queries >= rx &&
-        (const char *)s->queries < rx + slot->rx_len) {
-        struct udp_area *u = slot->user;
+    struct udp_area *u = tcp ? NULL : slot->user;
+    const char *qp = (const char *)s->queries;
+    if (!tcp && nq == 1 && k <= QV_PROTO_UDP_MAX_K &&
+        ((qp >= rx && qp < rx + slot->rx_len) ||
+         (qp >= (const char *)u->scratch && qp < (const char *)u->scratch + sizeof u->scratch))) {
         memset(&u->ctx, 0, sizeof u->ctx);
         c = &u->ctx;
         c->q = &u->q;
@@ -692,7 +696,7 @@ static enum qv_udp_verdict on_datagram(void *arg, struct qv_udp_slot *slot)
         return a.len > 0 ? QV_UDP_REPLY : QV_UDP_DROP;
     }
     struct qv_proto_rx rx = { .carrier = QV_PROTO_UDP, .key = hkey(h),
-                              .scratch = h->udp_scratch[slot->worker % QV_UDP_MAX_WORKERS],
+                              .scratch = ((struct udp_area *)slot->user)->scratch,
                               .scratch_cap = QV_PROTO_SCRATCH_UDP };
     if (qv_proto_decode_request(slot->rx, slot->rx_len, &rx, &r, &err) != 0) {
         if (err.drop) {

@@ -53,6 +53,9 @@
 #include "quiver/tcp.h"
 #include "quiver/timeutil.h"
 #include "quiver/udp.h"
+#ifdef QV_HAVE_DPDK
+#include "quiver/dataplane.h"
+#endif
 
 struct daemon {
     const char *conf_path;
@@ -68,13 +71,22 @@ struct daemon {
     struct qv_udp *udp;
     struct qv_tcp *tcp;
     struct qv_admin *admin;
+#ifdef QV_HAVE_DPDK
+    struct qv_dp *dp;               /* [dataplane] mode = dpdk */
+#endif
 };
 
 static const char usage[] =
     "usage: quiverd [-c FILE] [--ready-file FILE]\n"
     "  -c, --conf FILE   configuration (conf/quiver.conf documents every key);\n"
     "                    default: the built-in defaults\n"
-    "  --ready-file FILE once serving, write \"udp=P tcp=P admin=P pid=N\" there\n";
+    "  --ready-file FILE once serving, write \"udp=P tcp=P admin=P pid=N\" there\n"
+#ifdef QV_HAVE_DPDK
+    "built with the DPDK dataplane ([dataplane] mode = dpdk)\n"
+#else
+    "built without the DPDK dataplane (no libdpdk-dev at build time)\n"
+#endif
+    ;
 
 /* An auth key as read from [server] auth_key_file: prepared for the
  * handler, and the raw bytes, to tell a rotated file from the same one. */
@@ -102,18 +114,35 @@ static int r_healthz(void *arg, const struct qv_admin_req *req, struct qv_admin_
     return qv_admin_text(resp, 200, "text/plain", "ok\n", 3);
 }
 
+/* The service's metrics, then the dataplane's (when it runs). */
+static int render_all(struct daemon *d, char *buf, size_t cap, size_t *len)
+{
+    size_t a = 0, b = 0;
+    int rc = qv_service_render_metrics(d->svc, buf, cap, &a);
+#ifdef QV_HAVE_DPDK
+    if (d->dp) {
+        int rc2 = qv_dp_render_metrics(d->dp, rc == 0 && buf ? buf + a : NULL,
+                                       rc == 0 && buf ? cap - a : 0, &b);
+        if (rc == 0 && buf)
+            rc = rc2;
+    }
+#endif
+    *len = a + b;
+    return buf ? rc : 0;
+}
+
 static int r_metrics(void *arg, const struct qv_admin_req *req, struct qv_admin_resp *resp)
 {
     struct daemon *d = arg;
     size_t need = 0;
     (void)req;
-    qv_service_render_metrics(d->svc, NULL, 0, &need);
+    render_all(d, NULL, 0, &need);
     for (int tries = 0; tries < 4; tries++) {
         size_t cap = need + need / 4 + 4096, len = 0;
         char *buf = qv_malloc(cap, QV_MEM_SERVER);
         if (!buf)
             return qv_seterr(QV_ENOMEM, "no memory for the metrics text");
-        int rc = qv_service_render_metrics(d->svc, buf, cap, &len);
+        int rc = render_all(d, buf, cap, &len);
         if (rc == 0) {
             rc = qv_admin_text(resp, 200, "text/plain; version=0.0.4", buf, len);
             qv_free(buf);
@@ -167,6 +196,29 @@ static int r_stats(void *arg, const struct qv_admin_req *req, struct qv_admin_re
     json_object_object_add(x, "messages", json_object_new_int64((int64_t)t.messages));
     json_object_object_add(x, "bad_frames", json_object_new_int64((int64_t)t.bad_frames));
     json_object_object_add(o, "tcp", x);
+#ifdef QV_HAVE_DPDK
+    if (d->dp) {
+        struct qv_dp_lcore_stats ds;
+        qv_dp_lcore_stats(d->dp, -1, &ds);
+        uint64_t drops = 0;
+        for (unsigned r = 0; r < 32; r++)
+            drops += ds.drops[r];
+        x = json_object_new_object();
+        json_object_object_add(x, "rx", json_object_new_int64((int64_t)ds.rx));
+        json_object_object_add(x, "tx", json_object_new_int64((int64_t)ds.tx));
+        json_object_object_add(x, "requests", json_object_new_int64((int64_t)ds.requests));
+        json_object_object_add(x, "arp_replies", json_object_new_int64((int64_t)ds.arp_replies));
+        json_object_object_add(x, "icmp_replies",
+                               json_object_new_int64((int64_t)ds.icmp_replies));
+        json_object_object_add(x, "dropped", json_object_new_int64((int64_t)drops));
+        json_object_object_add(x, "inflight", json_object_new_int64((int64_t)ds.inflight));
+        unsigned avail = 0, size = 0;
+        qv_dp_mempool_count(d->dp, 0, &avail, &size);
+        json_object_object_add(x, "mempool_free", json_object_new_int64(avail));
+        json_object_object_add(x, "mempool_size", json_object_new_int64(size));
+        json_object_object_add(o, "dataplane", x);
+    }
+#endif
     return json_answer(resp, 200, o);
 }
 
@@ -395,6 +447,26 @@ static void keys_free(struct daemon *d)
     }
 }
 
+/* [dataplane] mode = dpdk: the DPDK query path beside the kernel
+ * transports, calling the same handler (quiver/dataplane.h). */
+static int start_dataplane(struct daemon *d)
+{
+    if (qv_config_enum(d->cfg, "dataplane", "mode") == 0)
+        return 0;
+#ifdef QV_HAVE_DPDK
+    struct qv_dp_opts o;
+    if (qv_dp_opts_from_config(d->cfg, &o))
+        return qv_errno;
+    o.user_size = qv_handler_udp_user_size();
+    struct qv_udp_handler uh = qv_handler_udp(d->h);
+    d->dp = qv_dp_start(&o, &uh);
+    return d->dp ? 0 : qv_errno;
+#else
+    return qv_seterr(QV_ECONFIG, "[dataplane] mode = dpdk: this quiverd was built without "
+                     "DPDK (install libdpdk-dev: scripts/setup.sh, then rebuild)");
+#endif
+}
+
 static unsigned worker_threads(const struct qv_config *cfg)
 {
     int64_t t = qv_config_int(cfg, "workers", "threads");
@@ -467,6 +539,8 @@ static int start(struct daemon *d)
     if (!d->tcp)
         return qv_errno;
     qv_handler_set_tcp(d->h, d->tcp);
+    if (start_dataplane(d))
+        return qv_errno;
 
     const struct qv_admin_route routes[] = {
         { "GET", "/healthz", 0, r_healthz, d },
@@ -494,7 +568,11 @@ static int start(struct daemon *d)
 static void stop(struct daemon *d)
 {
     qv_admin_stop(d->admin);
-    unsigned lost = qv_udp_stop(d->udp) + qv_tcp_stop(d->tcp);
+    unsigned lost = 0;
+#ifdef QV_HAVE_DPDK
+    lost += qv_dp_stop(d->dp);
+#endif
+    lost += qv_udp_stop(d->udp) + qv_tcp_stop(d->tcp);
     if (lost)
         QV_WARN("quiverd: %u answers were still in flight at the drain deadline", lost);
     qv_node_free(d->node);

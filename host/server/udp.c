@@ -283,6 +283,12 @@ static void *worker_main(void *arg)
 
 void qv_udp_complete(struct qv_udp_slot *slot)
 {
+    slot->complete(slot);
+}
+
+/* This transport's completion (slot->complete): onto the worker's ring. */
+static void udp_complete(struct qv_udp_slot *slot)
+{
     struct udp_slot *S = (struct udp_slot *)slot;
     struct udp_worker *w = S->w;
     const uint64_t mask = w->u->o.slots - 1;
@@ -365,6 +371,7 @@ static int worker_init(struct qv_udp *u, struct udp_worker *w, unsigned idx)
         sl->pub.tx = (char *)w->bufs + s * 2 * u->buf_size + u->buf_size;
         sl->pub.tx_cap = o->max_datagram;
         sl->pub.worker = idx;
+        sl->pub.complete = udp_complete;
         sl->pub.user = w->user ? (char *)w->user + s * o->user_size : NULL;
         w->free_stack[S - 1 - s] = (uint32_t)s;
     }

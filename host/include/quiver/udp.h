@@ -73,6 +73,10 @@ struct qv_udp_slot {
     void *user;                     /* user_size bytes, zeroed at start */
     struct sockaddr_storage peer;   /* who sent it (read) */
     socklen_t peer_len;
+    /* Set by the transport that owns the slot; qv_udp_complete calls it.
+     * The DPDK dataplane (quiver/dataplane.h) hands its datagrams to the
+     * same handler in slots of this type with its own completion. */
+    void (*complete)(struct qv_udp_slot *slot);
 };
 
 struct qv_udp_handler {
@@ -116,8 +120,8 @@ struct qv_udp *qv_udp_start(const struct qv_udp_opts *o, const struct qv_udp_han
 uint16_t qv_udp_port(const struct qv_udp *u);
 
 /* Hand back an ASYNC slot with its answer in tx / tx_len (tx_len 0: send
- * nothing).  Any thread; lock-free; never blocks; call exactly once per
- * ASYNC slot. */
+ * nothing), to whichever transport owns it (slot->complete).  Any thread;
+ * lock-free; never blocks; call exactly once per ASYNC slot. */
 void qv_udp_complete(struct qv_udp_slot *slot);
 
 /* Stop receiving, wait up to drain_ms for the ASYNC slots, send their
