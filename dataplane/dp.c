@@ -26,6 +26,7 @@
  * the port when it offers the offloads, else in software.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -596,6 +597,7 @@ static int lcore_main(void *arg)
     void *done[DP_MAX_BURST];
     const uint16_t burst = (uint16_t)dp->o.burst;
 
+    atomic_store(&lc->tid, (int)gettid());
     while (!atomic_load_explicit(&dp->quit, memory_order_relaxed)) {
         uint64_t t0 = rte_rdtsc();
         unsigned work = 0;
@@ -859,6 +861,70 @@ static void dp_free(struct qv_dp *dp)
     }
 }
 
+/*
+ * A worker lcore spins on its CPU: any other thread scheduled there only
+ * steals time slices from it (and waits milliseconds for its own).  So
+ * once the loops run, every other thread of the process (the daemon's
+ * pool, dispatcher, transports, the EAL's service threads, and this one,
+ * whose children inherit it) gets the CPUs it had minus the lcores'.
+ * A thread whose CPUs were all lcores' (e.g. a pool worker pinned there
+ * by [workers] pin) is moved to the CPUs left, with a warning.  Nothing
+ * is changed when no CPU would be left.
+ */
+static void isolate_lcores(struct qv_dp *dp)
+{
+    cpu_set_t lc, all;
+    CPU_ZERO(&lc);
+    for (unsigned i = 0; i < dp->nlcores; i++)
+        CPU_SET(dp->lc[i].lcore_id, &lc);
+    if (sched_getaffinity(0, sizeof all, &all) != 0)
+        return;
+    cpu_set_t rest;
+    CPU_XOR(&rest, &all, &lc);
+    CPU_AND(&rest, &rest, &all);
+    if (CPU_COUNT(&rest) == 0) {
+        QV_WARN("dataplane: every CPU of the process is a worker lcore's: other threads "
+                "share them (expect latency spikes; leave a CPU out of [dataplane] lcores)");
+        return;
+    }
+    /* wait (1 s at most) for the loops to say which threads they are */
+    for (int t = 0; t < 1000; t++) {
+        unsigned up = 0;
+        for (unsigned i = 0; i < dp->nlcores; i++)
+            up += atomic_load(&dp->lc[i].tid) != 0;
+        if (up == dp->nlcores)
+            break;
+        rte_delay_us_sleep(1000);
+    }
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    unsigned moved = 0, forced = 0;
+    while (d && (e = readdir(d)) != NULL) {
+        int tid = atoi(e->d_name), mine = 0;
+        if (tid <= 0)
+            continue;
+        for (unsigned i = 0; i < dp->nlcores; i++)
+            mine |= atomic_load(&dp->lc[i].tid) == tid;
+        if (mine)
+            continue;
+        cpu_set_t cur, want;
+        if (sched_getaffinity(tid, sizeof cur, &cur) != 0)
+            continue;
+        CPU_AND(&want, &cur, &rest);
+        if (CPU_COUNT(&want) == 0) {
+            want = rest;
+            forced++;
+        }
+        if (!CPU_EQUAL(&want, &cur) && sched_setaffinity(tid, sizeof want, &want) == 0)
+            moved++;
+    }
+    if (d)
+        closedir(d);
+    QV_INFO("dataplane: %u thread%s moved off the worker lcores' CPUs%s", moved,
+            moved == 1 ? "" : "s", forced ? " (some were pinned there only: [workers] pin)"
+                                          : "");
+}
+
 struct qv_dp *qv_dp_start(const struct qv_dp_opts *o, const struct qv_udp_handler *h)
 {
     struct qv_dp *dp;
@@ -910,6 +976,7 @@ struct qv_dp *qv_dp_start(const struct qv_dp_opts *o, const struct qv_udp_handle
         }
     }
     dp->launched = 1;
+    isolate_lcores(dp);
     return dp;
 fail:
     rc = qv_errno ? qv_errno : QV_EIO;

@@ -74,6 +74,7 @@ struct dp_lcore {
     _Alignas(DP_CACHELINE) struct qv_dp *dp;
     unsigned idx;                   /* = its queue on every port */
     unsigned lcore_id;
+    _Atomic int tid;                /* its thread, once the loop runs */
     struct rte_ring *ring;          /* completed ASYNC slots (MP / SC) */
     struct dp_slot *slots;
     uint32_t *free_stack;

@@ -18,12 +18,11 @@
 DP_NS=
 DP_MAC=
 
-dp_netns_down() {
-    [ -n "$DP_NS" ] && ip netns del "$DP_NS" 2>/dev/null
-    ip link del qvd0 2>/dev/null
-    ip link del qvm0 2>/dev/null
-    ip link del qvt0 2>/dev/null
-    return 0
+dp_netns_down() {   # every step may find nothing to remove (set -e safe)
+    if [ -n "$DP_NS" ]; then ip netns del "$DP_NS" 2>/dev/null || true; fi
+    ip link del qvd0 2>/dev/null || true
+    ip link del qvm0 2>/dev/null || true
+    ip link del qvt0 2>/dev/null || true
 }
 
 dp_netns_up() {

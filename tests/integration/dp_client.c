@@ -18,6 +18,10 @@
  * usage: dp_client --dp IP:PORT --kernel IP:UDP:TCP --data DIR
  *                  [--queries N] [--inflight N] [--latency-queries N]
  *                  [--busy-poll]   (the client spins instead of sleeping)
+ *                  [--keep]        (leave the collection dp_sift loaded)
+ *        dp_client ... --latency-only dp|kernel [--latency-queries N]
+ *                  one path's sequential round trips over the kept
+ *                  collection: "latency PATH MODE n N p50 X p99 Y mean Z"
  */
 #include <errno.h>
 #include <getopt.h>
@@ -81,12 +85,15 @@ int main(int argc, char **argv)
         { "inflight", required_argument, NULL, 'i' },
         { "latency-queries", required_argument, NULL, 'l' },
         { "busy-poll", no_argument, NULL, 'b' },
+        { "keep", no_argument, NULL, 'K' },
+        { "latency-only", required_argument, NULL, 'L' },
         { NULL, 0, NULL, 0 },
     };
     char dp_ip[64] = "", k_ip[64] = "", dir[4096] = "";
     unsigned dp_port = 0, k_udp = 0, k_tcp = 0, inflight = 64, lat_n = 2000;
     unsigned long nq_total = 100000;
-    int o, busy = 0;
+    int o, busy = 0, keep = 0;
+    const char *lat_only = NULL;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
         case 'd':
@@ -111,6 +118,14 @@ int main(int argc, char **argv)
             break;
         case 'b':
             busy = 1;
+            break;
+        case 'K':
+            keep = 1;
+            break;
+        case 'L':
+            lat_only = optarg;
+            if (strcmp(lat_only, "dp") && strcmp(lat_only, "kernel"))
+                return 2;
             break;
         default:
             return 2;
@@ -146,6 +161,34 @@ int main(int argc, char **argv)
     struct qv_client *dc = qv_client_connect(dp_ip, (uint16_t)dp_port, (uint16_t)k_tcp, &dpo);
     if (!dc)
         return fail("connect (dataplane)", qv_client_connect_errmsg());
+
+    if (lat_only) {
+        /* the collection of an earlier --keep run; one path; one line */
+        uint64_t id;
+        struct qv_client *c = strcmp(lat_only, "dp") == 0 ? dc : kc;
+        if (qv_client_lookup(kc, "dp_sift", &id))
+            return fail("lookup dp_sift (load it first with --keep)", qv_client_errmsg(kc));
+        double *l = malloc(lat_n * sizeof *l), sum = 0;
+        if (!l)
+            return fail("malloc", NULL);
+        for (unsigned i = 0; i < lat_n; i++) {
+            uint64_t r[10];
+            uint32_t got;
+            double t0 = now_us();
+            if (qv_client_search(c, id, qv_vecfile_row(&Q, i % Q.n), Q.dim, 10, NULL, r, NULL,
+                                 &got))
+                return fail("search", qv_client_errmsg(c));
+            l[i] = now_us() - t0;
+            sum += l[i];
+        }
+        printf("latency %s %s n %u p50 %.1f p99 %.1f mean %.1f\n", lat_only,
+               busy ? "spinning" : "blocking", lat_n, pct(l, lat_n, 0.5), pct(l, lat_n, 0.99),
+               sum / lat_n);
+        free(l);
+        qv_client_close(dc);
+        qv_client_close(kc);
+        return 0;
+    }
 
     /* 1. create and load over TCP */
     struct qv_client_create cr = { .name = "dp_sift", .dim = B.dim, .metric = QV_CLIENT_L2,
@@ -221,7 +264,7 @@ int main(int argc, char **argv)
     qv_client_stats(dc, &s0);
     double t0 = now_us();
     unsigned long sent = 0;
-    while (st.ok + st.failed < nq_total) {
+    while (nq_total && st.ok + st.failed < nq_total) {
         while (sent < nq_total && qv_client_inflight(dc) < inflight) {
             int rc = qv_client_search_async(dc, coll, qv_vecfile_row(&Q, sent % nq), Q.dim,
                                             10, NULL, on_done, &st);
@@ -234,7 +277,7 @@ int main(int argc, char **argv)
         if (qv_client_poll(dc, 100) < 0)
             return fail("poll", qv_client_errmsg(dc));
     }
-    double secs = (now_us() - t0) / 1e6;
+    double secs = (now_us() - t0) / 1e6 + 1e-9;
     qv_client_stats(dc, &s1);
     printf("dp_client: %lu queries through the dataplane, %u in flight: %llu ok, %llu failed, "
            "%llu retries, %.0f QPS\n", nq_total, inflight, (unsigned long long)st.ok,
@@ -244,7 +287,7 @@ int main(int argc, char **argv)
         return fail("queries failed through the dataplane", st.last_err);
 
     /* 5. drop */
-    if (qv_client_drop(kc, coll))
+    if (!keep && qv_client_drop(kc, coll))
         return fail("drop", qv_client_errmsg(kc));
     qv_client_close(dc);
     qv_client_close(kc);
