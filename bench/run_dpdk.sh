@@ -8,10 +8,11 @@
 # 2. End to end through the network namespace of scripts/dp-netns.sh:
 #    quiverd serves the same FLAT siftsmall collection through the DPDK
 #    dataplane (af_packet on a veth, lcore on CPU 1) and through kernel UDP
-#    (a second veth); the client (dp_client, in the namespace, pinned to
-#    CPU 0) runs sequential round trips (one query in flight) on each path,
-#    blocking (poll(2)) and spinning (busy_poll), alternating the paths,
-#    each twice.  Run with the result cache on (answers come from the
+#    (a second veth; that quiverd runs without the dataplane, so no CPU is
+#    taken by a spinning lcore); the client (dp_client, in the namespace,
+#    pinned to CPU 0) runs sequential round trips (one query in flight) on
+#    each path, blocking (poll(2)) and spinning (busy_poll, cache on only),
+#    alternating the paths, each twice.  Run with the result cache on (answers come from the
 #    cache: the transport alone) and off (each query an exact scan of
 #    10 000 vectors).  Per row: p50 / p99 / mean round trip, and the
 #    server's CPU per query: quiverd's threads' CPU time (schedstat; the
@@ -46,8 +47,8 @@ done
 
 echo "== 2. end to end through the namespace (dp_client pinned to CPU 0, lcore on CPU 1) =="
 dp_netns_up "qvbench-$$" > /dev/null
-tsc_hz=
-run_server() {   # run_server CACHE_ENTRIES
+tsc_hz=2600000000
+run_server() {   # run_server CACHE_ENTRIES dpdk|off
     cat > "$tmp/quiver.conf" <<CONF
 [workers]
 threads = 1
@@ -62,7 +63,7 @@ tcp_port = 0
 admin_port = 0
 udp_workers = 1
 [dataplane]
-mode = dpdk
+mode = $2
 main_lcore = 0
 lcores = 1
 devices = net_af_packet0,iface=qvd0
@@ -72,9 +73,11 @@ file_prefix = qvbench$$
 CONF
     qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" > /dev/null
     ip netns exec "$DP_NS" taskset -c 0 "$client" --dp 10.77.0.1:7700 \
-        --kernel "10.77.1.1:$QV_UDP:$QV_TCP" --data "$data" --queries 0 --keep \
-        --latency-queries 500 > /dev/null
-    tsc_hz=$(curl -s "http://127.0.0.1:$QV_ADMIN/metrics" | awk '/^quiver_dataplane_tsc_hz/ {print $2}')
+        --kernel "10.77.1.1:$QV_UDP:$QV_TCP" --data "$data" --load-only > /dev/null
+    local h
+    h=$(curl -s "http://127.0.0.1:$QV_ADMIN/metrics" | awk '/^quiver_dataplane_tsc_hz/ {print $2}')
+    [ -n "$h" ] && tsc_hz=$h
+    return 0
 }
 lcore_tid() {   # the EAL worker thread (it spins: counted by its busy cycles instead)
     for t in /proc/$QV_PID/task/*; do
@@ -110,15 +113,22 @@ row() {         # row LABEL PATH MODE
         printf "  %-12s %-7s %-9s p50 %6.1f us  p99 %6.1f us  mean %6.1f us  quiverd %6.0f + softirq %6.0f = %6.0f cycles/query\n",
                l, f[2], f[3], f[7], f[9], f[11], srv, soft, srv + soft }'
 }
+# The kernel rows run on a quiverd without the dataplane (every CPU its
+# own); the dataplane rows on one with it (CPU 1 spinning, the rest moved
+# to CPU 0).  The spinning client is measured with the cache on only: with
+# searches to run, a client spinning on CPU 0 starves the server's
+# dispatcher there (CPU 1 is the lcore's), which measures the box, not
+# the path.
 for cache in 100000 0; do
-    run_server "$cache"
-    if [ "$cache" = 0 ]; then label="cache off"; else label="cache on"; fi
-    echo " $label ($n sequential queries per row; siftsmall FLAT, k 10; TSC $(awk -v h="$tsc_hz" 'BEGIN {printf "%.2f", h / 1e9}') GHz)"
+    if [ "$cache" = 0 ]; then label="cache off"; modes=""; else label="cache on"; modes="--busy-poll"; fi
+    echo " $label ($n sequential queries per row; siftsmall FLAT, k 10)"
     for rep in 1 2; do
-        for mode in "" --busy-poll; do
-            row "$label" dp "$mode"
-            row "$label" kernel "$mode"
+        for path in dp kernel; do
+            if [ "$path" = dp ]; then run_server "$cache" dpdk; else run_server "$cache" off; fi
+            row "$label" "$path" ""
+            for m in $modes; do row "$label" "$path" "$m"; done
+            qv_stop > /dev/null
         done
     done
-    qv_stop > /dev/null
 done
+echo " (TSC $(awk -v h="$tsc_hz" 'BEGIN {printf "%.2f", h / 1e9}') GHz; quiverd = its threads' CPU time, the spinning lcore's idle turns excluded, its busy cycles included; softirq = the kernel's, whole machine)"

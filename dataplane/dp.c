@@ -1157,6 +1157,20 @@ int qv_dp_render_metrics(const struct qv_dp *dp, char *buf, size_t cap, size_t *
                 dp->ports[p].name, v);
         }
     }
+    /* per queue (the first RTE_ETHDEV_QUEUE_STAT_CNTRS; queue i = lcore i's) */
+    static const char *const qn[] = { "q_ipackets", "q_opackets", "q_errors" };
+    for (size_t k = 0; k < sizeof qn / sizeof qn[0]; k++) {
+        put(&w, "# HELP quiver_dataplane_port_%s_total the port's %s, per queue\n# TYPE "
+            "quiver_dataplane_port_%s_total counter\n", qn[k], qn[k], qn[k]);
+        for (unsigned p = 0; p < dp->nports; p++)
+            for (unsigned q = 0; q < dp->nlcores && q < RTE_ETHDEV_QUEUE_STAT_CNTRS; q++) {
+                const struct rte_eth_stats *e = &es[p];
+                uint64_t v = k == 0 ? e->q_ipackets[q] : k == 1 ? e->q_opackets[q]
+                                                                : e->q_errors[q];
+                put(&w, "quiver_dataplane_port_%s_total{port=\"%s\",queue=\"%u\"} %" PRIu64
+                    "\n", qn[k], dp->ports[p].name, q, v);
+            }
+    }
     put(&w, "# HELP quiver_dataplane_mempool_free mbufs free in the port's pool\n"
         "# TYPE quiver_dataplane_mempool_free gauge\n");
     for (unsigned p = 0; p < dp->nports; p++) {

@@ -19,6 +19,7 @@
  *                  [--queries N] [--inflight N] [--latency-queries N]
  *                  [--busy-poll]   (the client spins instead of sleeping)
  *                  [--keep]        (leave the collection dp_sift loaded)
+ *                  [--load-only]   (create and load dp_sift, nothing else)
  *        dp_client ... --latency-only dp|kernel [--latency-queries N]
  *                  one path's sequential round trips over the kept
  *                  collection: "latency PATH MODE n N p50 X p99 Y mean Z"
@@ -86,13 +87,14 @@ int main(int argc, char **argv)
         { "latency-queries", required_argument, NULL, 'l' },
         { "busy-poll", no_argument, NULL, 'b' },
         { "keep", no_argument, NULL, 'K' },
+        { "load-only", no_argument, NULL, 'O' },
         { "latency-only", required_argument, NULL, 'L' },
         { NULL, 0, NULL, 0 },
     };
     char dp_ip[64] = "", k_ip[64] = "", dir[4096] = "";
     unsigned dp_port = 0, k_udp = 0, k_tcp = 0, inflight = 64, lat_n = 2000;
     unsigned long nq_total = 100000;
-    int o, busy = 0, keep = 0;
+    int o, busy = 0, keep = 0, load_only = 0;
     const char *lat_only = NULL;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -121,6 +123,9 @@ int main(int argc, char **argv)
             break;
         case 'K':
             keep = 1;
+            break;
+        case 'O':
+            load_only = 1;
             break;
         case 'L':
             lat_only = optarg;
@@ -208,6 +213,8 @@ int main(int argc, char **argv)
         return fail("upsert", qv_client_errmsg(kc));
     printf("dp_client: loaded %llu vectors over TCP (kernel, %s:%u)\n",
            (unsigned long long)B.n, k_ip, k_tcp);
+    if (load_only)
+        return 0;
 
     /* 2. the same answers both ways */
     unsigned nq = Q.n < 100 ? (unsigned)Q.n : 100, same = 0, hits = 0;

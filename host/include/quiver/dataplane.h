@@ -166,7 +166,8 @@ uint64_t qv_dp_tsc_hz(const struct qv_dp *dp);
  * qv_dp_render_metrics - Prometheus text of the dataplane into buf (cap
  * bytes): per lcore rx/tx/requests/drops{reason}/busy and idle cycles,
  * per port the NIC's counters (ipackets, opackets, imissed, ierrors,
- * oerrors, rx_nombuf) and the mempool's free mbufs.  *len gets the
+ * oerrors, rx_nombuf), per queue (q_ipackets, q_opackets, q_errors: what
+ * the driver reports) and the mempool's free mbufs.  *len gets the
  * length (or, when cap is too small, the length needed, and QV_ENOSPC is
  * returned).  Thread-safe against the lcores (relaxed reads).
  */
