@@ -11,9 +11,25 @@
  * when a collection or engine appears, and a Quiver process has tens to a
  * few hundred series.  Arrays of pointers grow by doubling; the metric
  * objects themselves never move, which is what keeps the pointers handed
- * out valid until qv_metrics_free().  Every series starts with a
- * struct series header (type, canonical label string) so a family can hold
- * them by pointer whatever their type.
+ * out valid until they are unregistered or qv_metrics_free().  Every
+ * series starts with a struct series header (type, reference count,
+ * canonical label string) so a family can hold them by pointer whatever
+ * their type.
+ *
+ * Unregistering.  Each register call that returns a series takes a
+ * reference to it (a second registration of the same name and labels
+ * returns the same pointer, one reference more); unregister drops one.
+ * The last one takes the series out of its family, keeping the order of
+ * the rest, and frees it; a family left without series is taken out of
+ * the registry and freed too (a later registration of its name starts it
+ * again, with that registration's help).  So a registry whose series come
+ * and go (the series of a dropped collection) holds only the live ones.
+ * Updates take no lock, so the registry cannot tell whether a thread
+ * still holds a pointer: the caller unregisters only once no thread can
+ * update the metric any more (the service does it after the collection's
+ * grace period, service.c).  Unregister finds the series by comparing
+ * pointers, never reading through the pointer given, so a pointer that is
+ * not (or no longer) registered is answered QV_ENOENT safely.
  *
  * Label strings are parsed, checked and rebuilt in a canonical form: pairs
  * sorted by name, joined by "," without spaces, values kept in their
@@ -72,6 +88,7 @@ static const char *const prom_types[] = { "counter", "gauge", "summary" };
 
 struct series {
     enum metric_type type;
+    unsigned refs;                  /* registrations not yet unregistered */
     char *labels;                   /* canonical, "" for none; owned */
 };
 
@@ -499,6 +516,7 @@ static struct series *new_series(enum metric_type type, char *labels)
     if (s == NULL)
         return NULL;
     s->type = type;
+    s->refs = 1;
     s->labels = labels;
     if (type == METRIC_HIST)
         atomic_init(&((struct qv_hist *)s)->min, UINT64_MAX);
@@ -555,6 +573,7 @@ static struct series *register_metric(struct qv_metrics *m, enum metric_type typ
         for (i = 0; i < f->nseries; i++)
             if (strcmp(f->series[i]->labels, canon) == 0) {
                 s = f->series[i];
+                s->refs++;
                 goto found;
             }
     } else {
@@ -605,6 +624,69 @@ struct qv_hist *qv_metrics_register_hist(struct qv_metrics *m,
         const char *name, const char *help, const char *labels)
 {
     return (struct qv_hist *)register_metric(m, METRIC_HIST, name, help, labels);
+}
+
+/* Where metric sits in m: family *fi, series *si.  Compares pointers
+ * only.  0, or -1 when it is not there.  m->lock held. */
+static int locate(const struct qv_metrics *m, const void *metric, unsigned *fi,
+                  unsigned *si)
+{
+    for (unsigned i = 0; i < m->nfam; i++)
+        for (unsigned j = 0; j < m->fams[i]->nseries; j++)
+            if ((const void *)m->fams[i]->series[j] == metric) {
+                *fi = i;
+                *si = j;
+                return 0;
+            }
+    return -1;
+}
+
+static int unregister_metric(struct qv_metrics *m, const void *metric, const char *what)
+{
+    struct family *f;
+    struct series *s;
+    unsigned i, j;
+
+    if (metric == NULL)
+        return 0;
+    pthread_mutex_lock(&m->lock);
+    if (locate(m, metric, &i, &j) != 0) {
+        pthread_mutex_unlock(&m->lock);
+        return qv_seterr(QV_ENOENT, "metrics: unregister: %s %p is not registered here "
+                         "(never, or already unregistered as often as registered)", what,
+                         metric);
+    }
+    f = m->fams[i];
+    s = f->series[j];
+    if (--s->refs == 0) {
+        memmove(&f->series[j], &f->series[j + 1],
+                (f->nseries - j - 1) * sizeof *f->series);
+        f->nseries--;
+        qv_free(s->labels);
+        qv_free(s);
+        if (f->nseries == 0) {
+            memmove(&m->fams[i], &m->fams[i + 1], (m->nfam - i - 1) * sizeof *m->fams);
+            m->nfam--;
+            family_free(f);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+int qv_metrics_unregister_counter(struct qv_metrics *m, struct qv_counter *c)
+{
+    return unregister_metric(m, c, "counter");
+}
+
+int qv_metrics_unregister_gauge(struct qv_metrics *m, struct qv_gauge *g)
+{
+    return unregister_metric(m, g, "gauge");
+}
+
+int qv_metrics_unregister_hist(struct qv_metrics *m, struct qv_hist *h)
+{
+    return unregister_metric(m, h, "histogram");
 }
 
 /* ---- render ------------------------------------------------------------ */

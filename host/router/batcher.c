@@ -123,14 +123,80 @@
  * An open-addressing table (2 x max_collections pointers, power of two,
  * linear probing) maps ids to struct bt_coll; add_collection fills a
  * collection and then publishes its pointer (release), so offers that
- * find it (acquire) see it whole.  Collections are never removed.  The
- * dense array colls[] (consumer only) gives the round-robin order.
+ * find it (acquire) see it whole.  The dense array colls[] (consumer
+ * only) gives the round-robin order.  Every table slot is one of
+ *
+ *   VALUE          MEANING
+ *   NULL           never used, or cleared: ends every probe sequence
+ *   BT_TOMB        a removed collection: probes go on past it
+ *   a bt_coll *    a live collection
+ *
+ * add_collection puts a new collection in the first NULL or BT_TOMB slot
+ * of its probe sequence (after checking the id is absent).  Lookups skip
+ * tombstones and stop at NULL or after 2 x max_collections probes, so a
+ * lookup is O(1) expected and O(max_collections) at worst (an absent id
+ * in a table full of tombstones).  When a removal leaves a run of
+ * tombstones followed by a NULL slot, the run is cleared back to NULL:
+ * no probe sequence of a live id can pass through it (it would have to
+ * reach that NULL), so no lookup of a live id can be cut short.
+ *
+ * Removal and reclamation
+ * -----------------------
+ * remove_collection (consumer) must free a collection that producers may
+ * be reading without a lock: a producer loads the table slot, then reads
+ * the collection and writes its ring.  Reclamation is a grace period in
+ * the style of SRCU, with sharded reader counters:
+ *
+ *   gp            a counter bumped by every removal; its parity names the
+ *                 reader counter new readers use
+ *   rd[s].n[p]    readers inside offer() on shard s (a per-thread slot,
+ *                 16 shards on cache lines of their own) with parity p
+ *
+ * offer() (reader): p = gp & 1; n[p]++; if gp & 1 is still p it is in
+ * (else n[p]-- and retry); lookup, queue, publish; n[p]--.  All of these
+ * are seq_cst.  remove (writer): store BT_TOMB in the slot (release); p =
+ * gp & 1; gp++; wait until the 16 n[p] add up to 0; now free.
+ *
+ * Why that is safe.  Take a reader R whose critical section could touch
+ * the collection X unlinked before the bump.  R's increment and its
+ * second read of gp are seq_cst, as are the bump and the writer's reads
+ * of the counters, so they lie in one total order S.  (a) R's second
+ * read saw parity p from before the bump: then R's increment < that read
+ * < the bump < the writer's reads of n[p] in S, so the writer sees R
+ * counted until R's decrement (seq_cst, so it also publishes R's reads of
+ * X before the free).  (b) R's second read saw the bump (or a later one):
+ * the bump is a release that follows the BT_TOMB store, that read an
+ * acquire, so R's lookup, which comes after, sees BT_TOMB (or later
+ * contents) and never finds X.  A reader that saw the parity change
+ * between its two reads backs out before it reads the table, so it
+ * never holds X; its increment only makes the writer wait a moment.  The
+ * re-check is what lets a single flip suffice (classic SRCU flips twice:
+ * its readers do not re-check).  Counters are sharded so that offers of
+ * different threads do not write one cache line: a sum over shards read
+ * one after another is still exact for the argument above, since each
+ * shard only ever counts increments whose decrements come later on that
+ * same shard.  The writer spins (then yields) while a producer is inside
+ * offer(); offer is short and never waits, so the wait is the length of
+ * one offer unless that producer's thread is descheduled.
+ *
+ * A collection is removed only when it is idle: every query accepted
+ * has been taken by poll (tail == head: no query queued, and no producer
+ * between its claim and its publication) and no batch of it is out.
+ * Idleness is checked before the unlink and again after the grace period
+ * (an offer that found the collection before the unlink may have queued
+ * a query meanwhile); if the second check fails the slot is given back
+ * to the collection and remove answers QV_EBUSY.  Its final counters move
+ * into gone_offered / gone_refused, so qv_batcher_stats() keeps counting
+ * since create.
  *
  * Memory.  create() allocates the batcher and the table; add_collection
  * a collection's queues: ring slots, `inflight` batch records and their
- * item arrays (max_batch pointers each).  offer, poll and done allocate
- * nothing, take no lock and make no system call.
+ * item arrays (max_batch pointers each); remove_collection frees them.
+ * offer, poll and done allocate nothing, take no lock and make no system
+ * call (offer adds two atomic increments on its thread's shard and two
+ * loads of gp to the ring's CAS).
  */
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +208,8 @@
 #include "quiver/errors.h"
 
 #define BT_CACHELINE 64
+#define BT_RD_SHARDS 16             /* reader counter shards (see above) */
+#define BT_SPINS 64                 /* remove: spins before it yields */
 
 struct bt_slot {
     _Atomic uint64_t seq;
@@ -188,6 +256,11 @@ struct bt_coll {
     uint64_t id;
 };
 
+/* One shard of the reader counters: n[parity]. */
+struct bt_rd_shard {
+    _Alignas(BT_CACHELINE) _Atomic uint64_t n[2];
+};
+
 struct qv_batcher {
     struct qv_batcher_opts o;
     uint32_t max_batch;             /* 1 when batching is off */
@@ -198,7 +271,17 @@ struct qv_batcher {
     uint32_t rr[QV_BATCH_CLASSES];  /* round-robin cursor per class */
     uint32_t inflight[QV_BATCH_CLASSES];
     struct qv_batcher_class_stats st[QV_BATCH_CLASSES];  /* consumer part */
+    uint64_t gone_offered[QV_BATCH_CLASSES];    /* producer counters of */
+    uint64_t gone_refused[QV_BATCH_CLASSES];    /* removed collections */
+    /* grace periods (see "Removal and reclamation"): gp is read by every
+     * offer and written by remove only */
+    _Alignas(BT_CACHELINE) _Atomic uint64_t gp;
+    struct bt_rd_shard rd[BT_RD_SHARDS];
 };
+
+/* The mark of a removed collection's table slot (never dereferenced). */
+static struct bt_coll bt_tombstone;
+#define BT_TOMB (&bt_tombstone)
 
 /* ------------------------------------------------------------------ */
 /* Options                                                             */
@@ -377,16 +460,95 @@ static uint32_t hash_id(uint64_t x)
     return (uint32_t)x;
 }
 
-/* The collection with id, or NULL.  Any thread; O(1) expected. */
-static struct bt_coll *lookup(const struct qv_batcher *b, uint64_t id)
+/* The collection with id, or NULL; *slot (may be NULL) gets its table
+ * slot.  Any thread (a producer inside a read section: the pointer is the
+ * one loaded, never loaded again, since the slot may change meanwhile);
+ * O(1) expected, at most hmask + 1 probes. */
+static struct bt_coll *probe(const struct qv_batcher *b, uint64_t id, uint32_t *slot)
 {
     uint32_t h = hash_id(id) & b->hmask;
 
-    for (;;) {
+    for (uint32_t n = 0; n <= b->hmask; n++) {
         struct bt_coll *c = atomic_load_explicit(&b->table[h], memory_order_acquire);
-        if (c == NULL || c->id == id)
+        if (c == NULL)
+            return NULL;
+        if (c != BT_TOMB && c->id == id) {
+            if (slot != NULL)
+                *slot = h;
             return c;
+        }
         h = (h + 1) & b->hmask;
+    }
+    return NULL;
+}
+
+static struct bt_coll *lookup(const struct qv_batcher *b, uint64_t id)
+{
+    return probe(b, id, NULL);
+}
+
+/* ---- grace periods (see "Removal and reclamation" above) ---- */
+
+static _Atomic unsigned bt_next_shard;
+static __thread unsigned bt_shard_plus1;    /* 0: not drawn yet */
+
+static inline unsigned rd_shard(void)
+{
+    unsigned s = bt_shard_plus1;
+
+    if (__builtin_expect(s == 0, 0)) {
+        s = atomic_fetch_add_explicit(&bt_next_shard, 1, memory_order_relaxed) %
+            BT_RD_SHARDS + 1;
+        bt_shard_plus1 = s;
+    }
+    return s - 1;
+}
+
+/* Enter a read section; returns the token for rd_unlock. */
+static inline unsigned rd_lock(struct qv_batcher *b)
+{
+    unsigned s = rd_shard();
+
+    for (;;) {
+        unsigned p = (unsigned)(atomic_load_explicit(&b->gp, memory_order_seq_cst) & 1);
+        atomic_fetch_add_explicit(&b->rd[s].n[p], 1, memory_order_seq_cst);
+        if ((unsigned)(atomic_load_explicit(&b->gp, memory_order_seq_cst) & 1) == p)
+            return 2 * s + p;
+        atomic_fetch_sub_explicit(&b->rd[s].n[p], 1, memory_order_seq_cst);
+    }
+}
+
+static inline void rd_unlock(struct qv_batcher *b, unsigned tok)
+{
+    atomic_fetch_sub_explicit(&b->rd[tok / 2].n[tok & 1], 1, memory_order_seq_cst);
+}
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Wait until no read section that began before this call is left (any
+ * that began after cannot see what was unlinked before it).  Consumer
+ * only (one writer).  O(shards) per look; waits while a producer is
+ * inside offer(): spins (an offer is tens of ns), then yields (its thread
+ * was descheduled). */
+static void rd_synchronize(struct qv_batcher *b)
+{
+    unsigned p = (unsigned)(atomic_fetch_add_explicit(&b->gp, 1, memory_order_seq_cst) & 1);
+
+    for (unsigned spins = 0;; spins++) {
+        uint64_t n = 0;
+        for (unsigned s = 0; s < BT_RD_SHARDS; s++)
+            n += atomic_load_explicit(&b->rd[s].n[p], memory_order_seq_cst);
+        if (n == 0)
+            return;
+        if (spins < BT_SPINS)
+            cpu_relax();
+        else
+            sched_yield();
     }
 }
 
@@ -488,9 +650,15 @@ int qv_batcher_add_collection(struct qv_batcher *b, uint64_t coll,
         if (rc != 0)
             goto fail_queue;
     }
+    /* the first free or tombstoned slot: one exists, since at most
+     * max_collections - 1 of the 2 x max_collections slots are live */
     uint32_t h = hash_id(coll) & b->hmask;
-    while (atomic_load_explicit(&b->table[h], memory_order_relaxed) != NULL)
+    for (;;) {
+        struct bt_coll *o = atomic_load_explicit(&b->table[h], memory_order_relaxed);
+        if (o == NULL || o == BT_TOMB)
+            break;
         h = (h + 1) & b->hmask;
+    }
     b->colls[b->ncoll++] = c;
     atomic_store_explicit(&b->table[h], c, memory_order_release);
     return 0;
@@ -500,24 +668,95 @@ fail_queue:
     return QV_ENOMEM;
 }
 
+/* Queries c holds (accepted, not yet taken by poll) and batches it has
+ * out; both 0 when it may be removed.  Consumer. */
+static uint64_t coll_pending(const struct bt_coll *c, uint32_t *out)
+{
+    uint64_t pending = 0;
+
+    *out = 0;
+    for (unsigned k = 0; k < QV_BATCH_CLASSES; k++) {
+        const struct bt_queue *q = &c->q[k];
+        pending += atomic_load_explicit(&q->tail, memory_order_acquire) - q->head;
+        *out += q->inflight;
+    }
+    return pending;
+}
+
+static int coll_busy(const struct bt_coll *c)
+{
+    uint32_t out;
+    uint64_t pending = coll_pending(c, &out);
+
+    if (pending == 0 && out == 0)
+        return 0;
+    return qv_seterr(QV_EBUSY, "batcher: remove: collection %llu still holds %llu queries "
+                     "and %u batches out: poll its queries and hand its batches back "
+                     "(done) first", (unsigned long long)c->id,
+                     (unsigned long long)pending, out);
+}
+
+/* Slot h was just tombstoned: if a NULL slot follows the run of
+ * tombstones that ends at h, clear the run (see "Collections").
+ * Consumer. */
+static void clear_tombstones(struct qv_batcher *b, uint32_t h)
+{
+    if (atomic_load_explicit(&b->table[(h + 1) & b->hmask], memory_order_relaxed) != NULL)
+        return;
+    while (atomic_load_explicit(&b->table[h], memory_order_relaxed) == BT_TOMB) {
+        atomic_store_explicit(&b->table[h], NULL, memory_order_release);
+        h = (h - 1) & b->hmask;
+    }
+}
+
+int qv_batcher_remove_collection(struct qv_batcher *b, uint64_t coll)
+{
+    uint32_t h = 0, i;
+    struct bt_coll *c = probe(b, coll, &h);
+    int rc;
+
+    if (c == NULL)
+        return qv_seterr(QV_ENOENT, "batcher: remove: collection %llu is not registered",
+                         (unsigned long long)coll);
+    if ((rc = coll_busy(c)) != 0)
+        return rc;
+    atomic_store_explicit(&b->table[h], BT_TOMB, memory_order_release);
+    rd_synchronize(b);
+    if ((rc = coll_busy(c)) != 0) {     /* an offer found it before the unlink */
+        atomic_store_explicit(&b->table[h], c, memory_order_release);
+        return rc;
+    }
+    clear_tombstones(b, h);
+    for (i = 0; b->colls[i] != c; i++)
+        ;
+    memmove(&b->colls[i], &b->colls[i + 1], (b->ncoll - i - 1) * sizeof *b->colls);
+    b->ncoll--;
+    for (unsigned k = 0; k < QV_BATCH_CLASSES; k++) {
+        const struct bt_queue *q = &c->q[k];
+        uint64_t refused = atomic_load_explicit(&q->refused, memory_order_relaxed);
+        uint64_t accepted = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        /* keep each cursor on the collection it named; past the end: 0 */
+        if (b->rr[k] > i)
+            b->rr[k]--;
+        if (b->rr[k] >= b->ncoll)
+            b->rr[k] = 0;
+        b->gone_offered[k] += accepted + refused;
+        b->gone_refused[k] += refused;
+    }
+    coll_free(c);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Offer (producers)                                                   */
 /* ------------------------------------------------------------------ */
 
-int qv_batcher_offer(struct qv_batcher *b, uint64_t coll, enum qv_batch_class cls,
-                     int64_t now, int64_t deadline, void *item)
+/* Queue item in q: the body of offer, inside its read section. */
+static int queue_offer(struct bt_queue *q, int64_t now, int64_t deadline, void *item)
 {
-    struct bt_coll *c;
-    struct bt_queue *q;
     struct bt_slot *s;
     uint64_t pos;
 
-    if ((unsigned)cls >= QV_BATCH_CLASSES)
-        return QV_EINVAL;
-    c = lookup(b, coll);
-    if (c == NULL)
-        return QV_ENOENT;
-    q = &c->q[cls];
     if (deadline == 0)
         deadline = now + q->budget;
     pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
@@ -542,6 +781,22 @@ int qv_batcher_offer(struct qv_batcher *b, uint64_t coll, enum qv_batch_class cl
     s->deadline = deadline;
     atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
     return 0;
+}
+
+int qv_batcher_offer(struct qv_batcher *b, uint64_t coll, enum qv_batch_class cls,
+                     int64_t now, int64_t deadline, void *item)
+{
+    struct bt_coll *c;
+    unsigned tok;
+    int rc;
+
+    if ((unsigned)cls >= QV_BATCH_CLASSES)
+        return QV_EINVAL;
+    tok = rd_lock(b);
+    c = lookup(b, coll);
+    rc = c == NULL ? QV_ENOENT : queue_offer(&c->q[cls], now, deadline, item);
+    rd_unlock(b, tok);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -810,6 +1065,8 @@ void qv_batcher_stats(const struct qv_batcher *b, struct qv_batcher_stats *out)
     out->collections = b->ncoll;
     for (unsigned c = 0; c < QV_BATCH_CLASSES; c++) {
         out->cls[c] = b->st[c];
+        out->cls[c].offered = b->gone_offered[c];
+        out->cls[c].refused_busy = b->gone_refused[c];
         out->inflight[c] = b->inflight[c];
         for (uint32_t i = 0; i < b->ncoll; i++) {
             struct bt_queue *q = &b->colls[i]->q[c];

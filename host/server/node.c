@@ -283,7 +283,7 @@ fail_nomem:
     return NULL;
 }
 
-/* Free c and everything in it.  Nothing can reach it any more (retired in
+/* Free c and everything in it.  Nothing can reach it any more (removed from
  * the service, out of the table, no references, no queued build). */
 static void coll_free(struct ncoll *c)
 {
@@ -316,12 +316,13 @@ static void coll_unpublish(struct qv_node *node, uint32_t h)
     pthread_mutex_unlock(&node->mu);
 }
 
-/* The end of a drop: retire in the service (its queued searches complete),
+/* The end of a drop: remove from the service (its queued searches
+ * complete first, then its id, queues and metric series are freed there),
  * wait for the references (writers, the builder), free. */
 static void coll_finish_drop(struct qv_node *node, struct ncoll *c)
 {
     if (c->registered)
-        qv_service_retire_collection(node->o.service, c->id);
+        qv_service_remove_collection(node->o.service, c->id);
     pthread_mutex_lock(&node->mu);
     while (atomic_load_explicit(&c->refs, memory_order_seq_cst) != 0)
         pthread_cond_wait(&node->cv, &node->mu);
@@ -601,9 +602,9 @@ static int coll_register(struct qv_node *node, struct ncoll *c)
     }
     if (rc == QV_ENOSPC)
         return qv_seterr(QV_ENOSPC, "CREATE: '%s': the query service has no room for "
-                         "another collection: its [batcher] max_collections counts every "
-                         "collection created since it started, dropped ones included; "
-                         "raise it (or restart)", c->name);
+                         "another collection: [batcher] max_collections are registered "
+                         "(live ones and ones being dropped); drop one or raise it",
+                         c->name);
     if (rc != 0)
         return rc;
     c->registered = 1;

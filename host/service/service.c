@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -168,15 +169,100 @@ static uint32_t hash_id(uint64_t x)
     return (uint32_t)x;
 }
 
-struct svc_coll *qv__svc_lookup(const struct qv_service *svc, uint64_t id)
+/* The mark of a removed collection's table slot (never dereferenced). */
+static struct svc_coll svc_tombstone;
+#define SVC_TOMB (&svc_tombstone)
+
+/* The collection with id, or NULL; *slot (may be NULL) gets its table
+ * slot.  Skips tombstones, stops at NULL or after hmask + 1 probes.
+ * Inside a read section, on the dispatcher, or under add_mu or rm_mu
+ * (service_int.h, "Lifetime"); the pointer returned is the one loaded
+ * (the slot may change right after). */
+static struct svc_coll *probe(const struct qv_service *svc, uint64_t id, uint32_t *slot)
 {
     uint32_t h = hash_id(id) & svc->hmask;
 
-    for (;;) {
+    for (uint32_t n = 0; n <= svc->hmask; n++) {
         struct svc_coll *c = atomic_load_explicit(&svc->table[h], memory_order_acquire);
-        if (c == NULL || c->id == id)
+        if (c == NULL)
+            return NULL;
+        if (c != SVC_TOMB && c->id == id) {
+            if (slot != NULL)
+                *slot = h;
             return c;
+        }
         h = (h + 1) & svc->hmask;
+    }
+    return NULL;
+}
+
+struct svc_coll *qv__svc_lookup(const struct qv_service *svc, uint64_t id)
+{
+    return probe(svc, id, NULL);
+}
+
+/*
+ * Grace periods: the batcher's scheme (host/router/batcher.c, "Removal
+ * and reclamation"), for the service's own table.  A read section
+ * (rd_lock .. rd_unlock) covers every use of a collection found in the
+ * table by a thread other than the dispatcher; rd_synchronize (remove,
+ * under rm_mu: one writer) returns once every read section that could
+ * have found a collection unlinked before it has ended.  Readers: two
+ * atomic increments on their thread's shard and two loads of gp; no lock,
+ * no allocation, no system call.
+ */
+static _Atomic unsigned svc_next_shard;
+static __thread unsigned svc_shard_plus1;   /* 0: not drawn yet */
+
+static inline unsigned rd_shard(void)
+{
+    unsigned s = svc_shard_plus1;
+
+    if (__builtin_expect(s == 0, 0)) {
+        s = atomic_fetch_add_explicit(&svc_next_shard, 1, memory_order_relaxed) %
+            SVC_RD_SHARDS + 1;
+        svc_shard_plus1 = s;
+    }
+    return s - 1;
+}
+
+static inline unsigned rd_lock(struct qv_service *svc)
+{
+    unsigned s = rd_shard();
+
+    for (;;) {
+        unsigned p = (unsigned)(atomic_load_explicit(&svc->gp, memory_order_seq_cst) & 1);
+        atomic_fetch_add_explicit(&svc->rd[s].n[p], 1, memory_order_seq_cst);
+        if ((unsigned)(atomic_load_explicit(&svc->gp, memory_order_seq_cst) & 1) == p)
+            return 2 * s + p;
+        atomic_fetch_sub_explicit(&svc->rd[s].n[p], 1, memory_order_seq_cst);
+    }
+}
+
+static inline void rd_unlock(struct qv_service *svc, unsigned tok)
+{
+    atomic_fetch_sub_explicit(&svc->rd[tok / 2].n[tok & 1], 1, memory_order_seq_cst);
+}
+
+/* Wait until no read section that began before this call is left.
+ * rm_mu held (one writer).  Yields while a submit is in flight (a
+ * submit is microseconds), then sleeps 50 us at a time (a long inline
+ * callback). */
+static void rd_synchronize(struct qv_service *svc)
+{
+    unsigned p = (unsigned)(atomic_fetch_add_explicit(&svc->gp, 1, memory_order_seq_cst) & 1);
+    const struct timespec nap = { .tv_sec = 0, .tv_nsec = 50000 };
+
+    for (unsigned tries = 0;; tries++) {
+        uint64_t n = 0;
+        for (unsigned s = 0; s < SVC_RD_SHARDS; s++)
+            n += atomic_load_explicit(&svc->rd[s].n[p], memory_order_seq_cst);
+        if (n == 0)
+            return;
+        if (tries < 1000)
+            sched_yield();
+        else
+            nanosleep(&nap, NULL);
     }
 }
 
@@ -264,10 +350,12 @@ static int check_spec(uint64_t id, const struct qv_service_collection *spec,
     return 0;
 }
 
-static void coll_free(struct svc_coll *c)
+/* Free c and unregister its metrics: nothing can reach it any more. */
+static void coll_free(struct qv_service *svc, struct svc_coll *c)
 {
     if (c == NULL)
         return;
+    qv__svc_metrics_coll_fini(svc, c);
     qv_free(c->gather);
     qv_free(c);
 }
@@ -289,7 +377,7 @@ static struct svc_coll *coll_new(struct qv_service *svc, uint64_t id,
                                                     : svc->o.batcher.budget_ns[k];
     c->gather = qv_malloc((size_t)svc->max_batch * spec->dim * sizeof(float), QV_MEM_ROUTER);
     if (c->gather == NULL || qv__svc_metrics_coll(svc, c) != 0) {
-        coll_free(c);
+        coll_free(svc, c);
         qv_errno = QV_ENOMEM;
         return NULL;
     }
@@ -317,8 +405,12 @@ static int coll_publish(struct qv_service *svc, struct svc_coll *c)
         return rc;
     set_engine(c, svc->engine);
     qv__svc_model_init(svc, c);
-    while (atomic_load_explicit(&svc->table[h], memory_order_relaxed) != NULL)
+    for (;;) {                  /* the first free or tombstoned slot */
+        struct svc_coll *o = atomic_load_explicit(&svc->table[h], memory_order_relaxed);
+        if (o == NULL || o == SVC_TOMB)
+            break;
         h = (h + 1) & svc->hmask;
+    }
     svc->colls[svc->ncoll++] = c;
     atomic_store_explicit(&svc->table[h], c, memory_order_release);
     return 0;
@@ -341,7 +433,7 @@ int qv_service_add_collection(struct qv_service *svc, uint64_t id,
     }
     if (svc->ncoll >= svc->o.batcher.max_collections) {
         rc = qv_seterr(QV_ENOSPC, "service: collection %llu: all %u collections are "
-                       "registered; raise [batcher] max_collections",
+                       "registered; remove one or raise [batcher] max_collections",
                        (unsigned long long)id, svc->o.batcher.max_collections);
         goto out;
     }
@@ -354,22 +446,29 @@ int qv_service_add_collection(struct qv_service *svc, uint64_t id,
     qv_service_pause(svc);
     rc = coll_publish(svc, c);
     qv_service_resume(svc);
+    if (rc == QV_EEXIST)        /* out of our table, not yet out of the batcher */
+        rc = qv_seterr(QV_EEXIST, "service: collection %llu is being removed: add it "
+                       "again once qv_service_remove_collection returned",
+                       (unsigned long long)id);
     if (rc == 0)
         c = NULL;
 out:
-    coll_free(c);
+    coll_free(svc, c);
     pthread_mutex_unlock(&svc->add_mu);
     return rc;
 }
 
 int qv_service_bump_epoch(struct qv_service *svc, uint64_t id)
 {
+    unsigned tok = rd_lock(svc);
     struct svc_coll *c = qv__svc_lookup(svc, id);
 
+    if (c != NULL)
+        atomic_fetch_add_explicit(&c->epoch, 1, memory_order_acq_rel);
+    rd_unlock(svc, tok);
     if (c == NULL)
         return qv_seterr(QV_ENOENT, "service: bump_epoch: collection %llu is not "
                          "registered", (unsigned long long)id);
-    atomic_fetch_add_explicit(&c->epoch, 1, memory_order_acq_rel);
     if (svc->rcache)
         qv_result_cache_invalidate(svc->rcache, id);
     if (svc->scache)
@@ -377,26 +476,118 @@ int qv_service_bump_epoch(struct qv_service *svc, uint64_t id)
     return 0;
 }
 
-int qv_service_retire_collection(struct qv_service *svc, uint64_t id)
+/* Refuse c's new requests, wait until its accepted ones completed, and
+ * take the service's engine off its IVF / IVF-PQ index (service.h,
+ * "Retiring and removing").  rm_mu held. */
+static void retire(struct qv_service *svc, struct svc_coll *c)
 {
-    struct svc_coll *c = qv__svc_lookup(svc, id);
-
-    if (c == NULL)
-        return qv_seterr(QV_ENOENT, "service: retire: collection %llu is not registered",
-                         (unsigned long long)id);
     atomic_store_explicit(&c->retired, 1, memory_order_seq_cst);
     pthread_mutex_lock(&svc->mu);
     while (atomic_load_explicit(&c->queued, memory_order_seq_cst) != 0)
         pthread_cond_wait(&svc->cv, &svc->mu);
     pthread_mutex_unlock(&svc->mu);
+    if (!c->detached && svc->engine != NULL &&
+        (c->spec.index.type == QV_SERVICE_IVF || c->spec.index.type == QV_SERVICE_IVFPQ)) {
+        qv_service_pause(svc);          /* the engine is the dispatcher's */
+        set_engine(c, NULL);
+        qv_service_resume(svc);
+    }
+    c->detached = 1;
+}
+
+int qv_service_retire_collection(struct qv_service *svc, uint64_t id)
+{
+    struct svc_coll *c;
+
+    pthread_mutex_lock(&svc->rm_mu);
+    c = qv__svc_lookup(svc, id);
+    if (c != NULL)
+        retire(svc, c);
+    pthread_mutex_unlock(&svc->rm_mu);
+    if (c == NULL)
+        return qv_seterr(QV_ENOENT, "service: retire: collection %llu is not registered",
+                         (unsigned long long)id);
+    return 0;
+}
+
+/* Slot h was just tombstoned: clear the run of tombstones ending at h
+ * when a NULL slot follows it (no probe sequence of a live id passes
+ * through such a run; batcher.c, "Collections").  add_mu held. */
+static void clear_tombstones(struct qv_service *svc, uint32_t h)
+{
+    if (atomic_load_explicit(&svc->table[(h + 1) & svc->hmask], memory_order_relaxed) != NULL)
+        return;
+    while (atomic_load_explicit(&svc->table[h], memory_order_relaxed) == SVC_TOMB) {
+        atomic_store_explicit(&svc->table[h], NULL, memory_order_release);
+        h = (h - 1) & svc->hmask;
+    }
+}
+
+/* Take c out of colls[] and keep its counters for qv_service_stats.
+ * add_mu held; nothing updates c's counters any more. */
+static void coll_unlist(struct qv_service *svc, struct svc_coll *c)
+{
+    struct svc_gone *g = &svc->gone;
+    uint32_t i;
+
+    for (i = 0; svc->colls[i] != c; i++)
+        ;
+    memmove(&svc->colls[i], &svc->colls[i + 1], (svc->ncoll - i - 1) * sizeof *svc->colls);
+    svc->ncoll--;
+    for (unsigned k = 0; k < QV_SERVICE_OUTCOMES; k++)
+        g->outcomes[k] += qv_counter_get(c->outcome[k]);
+    for (unsigned k = 0; k < SVC_CACHES; k++) {
+        g->hits[k] += qv_counter_get(c->hits[k]);
+        g->misses[k] += qv_counter_get(c->misses[k]);
+    }
+}
+
+int qv_service_remove_collection(struct qv_service *svc, uint64_t id)
+{
+    struct svc_coll *c;
+    uint32_t h = 0;
+    int rc;
+
+    pthread_mutex_lock(&svc->rm_mu);
+    c = qv__svc_lookup(svc, id);
+    if (c == NULL) {
+        pthread_mutex_unlock(&svc->rm_mu);
+        return qv_seterr(QV_ENOENT, "service: remove: collection %llu is not registered",
+                         (unsigned long long)id);
+    }
+    retire(svc, c);                     /* no submit offers it again */
+    pthread_mutex_lock(&svc->add_mu);
+    probe(svc, id, &h);                 /* c, where adds cannot move it */
+    atomic_store_explicit(&svc->table[h], SVC_TOMB, memory_order_release);
+    pthread_mutex_unlock(&svc->add_mu);
+    rd_synchronize(svc);                /* no submit holds c */
+    pthread_mutex_lock(&svc->add_mu);
+    qv_service_pause(svc);              /* the dispatcher holds none of c */
+    rc = qv_batcher_remove_collection(svc->batcher, id);
+    if (svc->cost_last == c)
+        svc->cost_last = NULL;
+    qv_service_resume(svc);
+    if (rc != 0) {                      /* retire drained it: cannot happen */
+        fprintf(stderr, "qv_service_remove_collection: collection %llu: %s\n",
+                (unsigned long long)id, qv_errmsg());
+        abort();
+    }
+    clear_tombstones(svc, h);
+    coll_unlist(svc, c);
+    coll_free(svc, c);      /* under add_mu: a new add of id gets new series */
+    pthread_mutex_unlock(&svc->add_mu);
+    pthread_mutex_unlock(&svc->rm_mu);
     return 0;
 }
 
 uint64_t qv_service_epoch(struct qv_service *svc, uint64_t id)
 {
+    unsigned tok = rd_lock(svc);
     struct svc_coll *c = qv__svc_lookup(svc, id);
+    uint64_t e = c ? atomic_load_explicit(&c->epoch, memory_order_acquire) : UINT64_MAX;
 
-    return c ? atomic_load_explicit(&c->epoch, memory_order_acquire) : UINT64_MAX;
+    rd_unlock(svc, tok);
+    return e;
 }
 
 /* ------------------------------------------------------------------ */
@@ -611,17 +802,14 @@ static int refuse_retired(struct svc_coll *c, struct qv_service_request *req)
     return refuse(c, NULL, req, QV_ENOENT, QV_SERVICE_OUT_INVALID);
 }
 
-int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
+/* The body of submit, inside its read section (every use of c is). */
+static int submit_locked(struct qv_service *svc, struct qv_service_request *req)
 {
     static const char *const cname[QV_BATCH_CLASSES] = { "interactive", "bulk" };
     struct svc_coll *c;
     int64_t now;
     int rc;
 
-    if (req == NULL) {
-        qv_counter_inc(svc->unknown_invalid);
-        return qv_seterr(QV_EINVAL, "service: submit: the request is NULL");
-    }
     c = qv__svc_lookup(svc, req->collection);
     if (atomic_load_explicit(&svc->closing, memory_order_acquire)) {
         qv_seterr(QV_EUNAVAIL, "service: shutting down: no new requests");
@@ -649,7 +837,7 @@ int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
     req->t_taken = req->t_searched = req->t_done = 0;
     if (req->priv.cacheable && try_caches(svc, c, req))
         return 0;
-    /* count first, then look at `retired` (service.h, "Retiring") */
+    /* count first, then look at `retired` (service.h, "Retiring and removing") */
     atomic_fetch_add_explicit(&c->queued, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&c->retired, memory_order_seq_cst)) {
         unqueue(svc, c, 1);
@@ -667,6 +855,21 @@ int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
     /* req belongs to the dispatcher now: not one more access */
     wake_if_asleep(svc);
     return 0;
+}
+
+int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
+{
+    unsigned tok;
+    int rc;
+
+    if (req == NULL) {
+        qv_counter_inc(svc->unknown_invalid);
+        return qv_seterr(QV_EINVAL, "service: submit: the request is NULL");
+    }
+    tok = rd_lock(svc);
+    rc = submit_locked(svc, req);
+    rd_unlock(svc, tok);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1016,7 +1219,7 @@ static void *dispatcher_main(void *arg)
 static void release(struct qv_service *svc)
 {
     for (uint32_t i = 0; i < svc->ncoll; i++)
-        coll_free(svc->colls[i]);
+        coll_free(svc, svc->colls[i]);
     qv_free(svc->colls);
     qv_free(svc->table);
     qv_free(svc->grp);
@@ -1028,6 +1231,7 @@ static void release(struct qv_service *svc)
     if (svc->own_metrics)
         qv_metrics_free(svc->metrics);
     pthread_mutex_destroy(&svc->render_mu);
+    pthread_mutex_destroy(&svc->rm_mu);
     pthread_mutex_destroy(&svc->add_mu);
     pthread_cond_destroy(&svc->cv);
     pthread_mutex_destroy(&svc->mu);
@@ -1036,21 +1240,30 @@ static void release(struct qv_service *svc)
 
 static int init_locks(struct qv_service *svc)
 {
-    int rc = pthread_mutex_init(&svc->mu, NULL);
+    int rc;
 
-    if (rc == 0 && (rc = pthread_cond_init(&svc->cv, NULL)) != 0)
-        pthread_mutex_destroy(&svc->mu);
-    if (rc == 0 && (rc = pthread_mutex_init(&svc->add_mu, NULL)) != 0) {
-        pthread_cond_destroy(&svc->cv);
-        pthread_mutex_destroy(&svc->mu);
-    }
-    if (rc == 0 && (rc = pthread_mutex_init(&svc->render_mu, NULL)) != 0) {
-        pthread_mutex_destroy(&svc->add_mu);
-        pthread_cond_destroy(&svc->cv);
-        pthread_mutex_destroy(&svc->mu);
-    }
-    return rc == 0 ? 0 : qv_seterr(-rc, "service: cannot initialise its locks: %s",
-                                   strerror(rc));
+    if ((rc = pthread_mutex_init(&svc->mu, NULL)) != 0)
+        goto fail;
+    if ((rc = pthread_cond_init(&svc->cv, NULL)) != 0)
+        goto fail_cv;
+    if ((rc = pthread_mutex_init(&svc->add_mu, NULL)) != 0)
+        goto fail_add;
+    if ((rc = pthread_mutex_init(&svc->rm_mu, NULL)) != 0)
+        goto fail_rm;
+    if ((rc = pthread_mutex_init(&svc->render_mu, NULL)) != 0)
+        goto fail_render;
+    return 0;
+
+fail_render:
+    pthread_mutex_destroy(&svc->rm_mu);
+fail_rm:
+    pthread_mutex_destroy(&svc->add_mu);
+fail_add:
+    pthread_cond_destroy(&svc->cv);
+fail_cv:
+    pthread_mutex_destroy(&svc->mu);
+fail:
+    return qv_seterr(-rc, "service: cannot initialise its locks: %s", strerror(rc));
 }
 
 /* The batcher (with the service's cost model and hook) and the caches. */
@@ -1163,7 +1376,8 @@ void qv_service_free(struct qv_service *svc)
         svc->started = 0;
     }
     for (uint32_t i = 0; i < svc->ncoll; i++)
-        set_engine(svc->colls[i], NULL);
+        if (!svc->colls[i]->detached)       /* retired ones are already */
+            set_engine(svc->colls[i], NULL);
     release(svc);
 }
 
@@ -1175,6 +1389,12 @@ void qv_service_stats(struct qv_service *svc, struct qv_service_stats *out)
 {
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&svc->add_mu);
+    for (unsigned k = 0; k < QV_SERVICE_OUTCOMES; k++)
+        out->outcomes[k] = svc->gone.outcomes[k];
+    out->result_hits = svc->gone.hits[0];
+    out->result_misses = svc->gone.misses[0];
+    out->semantic_hits = svc->gone.hits[1];
+    out->semantic_misses = svc->gone.misses[1];
     for (uint32_t i = 0; i < svc->ncoll; i++) {
         const struct svc_coll *c = svc->colls[i];
         for (unsigned k = 0; k < QV_SERVICE_OUTCOMES; k++)
@@ -1197,18 +1417,24 @@ void qv_service_stats(struct qv_service *svc, struct qv_service_stats *out)
 const struct qv_hist *qv_service_stage_hist(struct qv_service *svc, uint64_t id,
                                             enum qv_service_stage stage)
 {
+    const struct qv_hist *h = NULL;
+    unsigned tok = rd_lock(svc);
     struct svc_coll *c = qv__svc_lookup(svc, id);
 
-    if (c == NULL || (unsigned)stage >= QV_SERVICE_STAGES)
-        return NULL;
-    return c->stage[stage];
+    if (c != NULL && (unsigned)stage < QV_SERVICE_STAGES)
+        h = c->stage[stage];
+    rd_unlock(svc, tok);
+    return h;
 }
 
 double qv_service_predict_ns(struct qv_service *svc, uint64_t id, uint32_t n)
 {
+    double ns = -1.0;
+    unsigned tok = rd_lock(svc);
     struct svc_coll *c = qv__svc_lookup(svc, id);
 
-    if (c == NULL)
-        return -1.0;
-    return qv__svc_model_cost(svc, c, n ? n : 1, c->model.p_default);
+    if (c != NULL)
+        ns = qv__svc_model_cost(svc, c, n ? n : 1, c->model.p_default);
+    rd_unlock(svc, tok);
+    return ns;
 }

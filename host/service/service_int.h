@@ -10,7 +10,23 @@
  *           fills a collection, then publishes its pointer with release)
  *   [disp]  the dispatcher thread only (or anyone while it is parked)
  *   [mu]    guarded by svc->mu
+ *   [add]   guarded by svc->add_mu
+ *   [rm]    guarded by svc->rm_mu
  *   [atom]  atomics
+ *
+ * Lifetime of a struct svc_coll.  Published in the table by add, found
+ * there without a lock by submit (and bump_epoch, epoch, stage_hist,
+ * predict_ns), each inside a read section of the service's grace periods
+ * (rd_lock / rd_unlock in service.c: the same scheme as the batcher's,
+ * host/router/batcher.c "Removal and reclamation").  remove_collection
+ * (under rm_mu) retires and drains it, replaces its table slot with a
+ * tombstone, waits for a grace period (no read section can still hold
+ * it), removes it from the batcher with the dispatcher parked (the
+ * dispatcher, which looks collections up without a read section, is thus
+ * between batches and holds none of it), takes it out of colls[] (under
+ * add_mu, where stats reads them), unregisters its metrics and frees it.
+ * Only rm_mu holders free collections, so retire and remove may use a
+ * pointer they looked up under rm_mu without a read section.
  */
 #ifndef QUIVER_SERVICE_INT_H
 #define QUIVER_SERVICE_INT_H
@@ -50,9 +66,11 @@ struct svc_coll {
     int64_t budget[QV_BATCH_CLASSES];                   /* [any] */
     _Atomic uint64_t epoch;                             /* [atom] */
     _Atomic int retired;            /* submits refused (service.h,
-                                       "Retiring")         [atom] */
+                                       "Retiring and removing") [atom] */
     _Atomic uint64_t queued;        /* offered to the batcher, not yet
                                        completed           [atom] */
+    int detached;                   /* the engine was taken off its IVF /
+                                       IVF-PQ index (retire) [rm] */
     float *gather;                  /* max_batch x dim   [disp] */
     struct svc_model model;                             /* [disp] */
     uint32_t pf_interval;           /* prefetch 1 request in this many [disp] */
@@ -63,6 +81,18 @@ struct svc_coll {
     struct qv_counter *outcome[QV_SERVICE_OUTCOMES];
     struct qv_counter *hits[SVC_CACHES], *misses[SVC_CACHES];
     struct qv_counter *searches;
+};
+
+/* One shard of the grace-period reader counters: n[parity]. */
+#define SVC_RD_SHARDS 16
+struct svc_rd_shard {
+    _Alignas(SVC_CACHELINE) _Atomic uint64_t n[2];
+};
+
+/* What the removed collections counted (qv_service_stats) [add]. */
+struct svc_gone {
+    uint64_t outcomes[QV_SERVICE_OUTCOMES];
+    uint64_t hits[SVC_CACHES], misses[SVC_CACHES];
 };
 
 /* Engine parameters the cost model reads [disp]. */
@@ -107,12 +137,17 @@ struct qv_service {
     int own_metrics;
     uint32_t max_batch;             /* the batcher's max_batch option */
 
-    /* collections: open addressing, 2 x max_collections slots */
+    /* collections: open addressing, 2 x max_collections slots; a slot
+     * is NULL, a live collection or SVC_TOMB (removed: probes go on) */
     uint32_t hmask;
-    _Atomic(struct svc_coll *) *table;                  /* [atom] */
-    struct svc_coll **colls;        /* dense             [mu] */
-    uint32_t ncoll;                                     /* [mu] */
-    pthread_mutex_t add_mu;         /* serialises add_collection */
+    _Atomic(struct svc_coll *) *table;  /* written under add_mu [atom] */
+    struct svc_coll **colls;        /* dense             [add] */
+    uint32_t ncoll;                                     /* [add] */
+    pthread_mutex_t add_mu;         /* serialises add_collection, the
+                                       table's writes, colls[] and the
+                                       batcher's add / remove */
+    pthread_mutex_t rm_mu;          /* serialises retire and remove */
+    struct svc_gone gone;                               /* [add] */
 
     /* dispatcher scratch [disp] */
     float *res_dist;                /* max_batch x max_k */
@@ -137,6 +172,10 @@ struct qv_service {
     struct qv_counter *unknown_invalid;
     pthread_mutex_t render_mu;
     struct svc_gauges g;                                /* [render_mu] */
+
+    /* grace periods: gp read by every submit, bumped by remove [atom] */
+    _Alignas(SVC_CACHELINE) _Atomic uint64_t gp;
+    struct svc_rd_shard rd[SVC_RD_SHARDS];              /* [atom] */
 };
 
 /* service.c */
@@ -155,6 +194,7 @@ double qv__svc_cost_cb(void *arg, uint64_t coll, uint32_t n);
 /* service_metrics.c */
 int qv__svc_metrics_init(struct qv_service *svc);
 int qv__svc_metrics_coll(struct qv_service *svc, struct svc_coll *c);
+void qv__svc_metrics_coll_fini(struct qv_service *svc, struct svc_coll *c);
 void qv__svc_hist_ns(struct qv_hist *h, int64_t ns);
 uint64_t qv__svc_router_busy_ns(const struct qv_service *svc);
 

@@ -13,6 +13,11 @@
  * the batch in hand first; the copy takes microseconds); the caches are
  * thread-safe.  Windowed gauges (utilisation, route share) cover the time
  * since the previous render.  render_mu serialises concurrent renders.
+ *
+ * A collection's series (labelled collection="id") are registered when
+ * it is added and unregistered when it is removed (or the service
+ * freed), after its grace period, so /metrics shows the live collections
+ * only.  The batcher's totals keep counting removed collections.
  */
 #include <stdio.h>
 #include <string.h>
@@ -144,6 +149,31 @@ int qv__svc_metrics_coll(struct qv_service *svc, struct svc_coll *c)
             return qv_errno;
     }
     return 0;
+}
+
+/* Unregister what qv__svc_metrics_coll registered (NULLs skipped): once
+ * no thread can update them (the collection's grace period is over, or
+ * the service is being freed). */
+void qv__svc_metrics_coll_fini(struct qv_service *svc, struct svc_coll *c)
+{
+    struct qv_metrics *m = svc->metrics;
+
+    for (unsigned s = 0; s < QV_SERVICE_STAGES; s++)
+        qv_metrics_unregister_hist(m, c->stage[s]);
+    qv_metrics_unregister_hist(m, c->batch_queries);
+    qv_metrics_unregister_counter(m, c->searches);
+    for (unsigned o = 0; o < QV_SERVICE_OUTCOMES; o++)
+        qv_metrics_unregister_counter(m, c->outcome[o]);
+    for (unsigned k = 0; k < SVC_CACHES; k++) {
+        qv_metrics_unregister_counter(m, c->hits[k]);
+        qv_metrics_unregister_counter(m, c->misses[k]);
+    }
+    memset(c->stage, 0, sizeof c->stage);
+    memset(c->outcome, 0, sizeof c->outcome);
+    memset(c->hits, 0, sizeof c->hits);
+    memset(c->misses, 0, sizeof c->misses);
+    c->batch_queries = NULL;
+    c->searches = NULL;
 }
 
 /* ---- refresh ------------------------------------------------------------ */

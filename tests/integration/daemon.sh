@@ -55,8 +55,7 @@ def get(path, method="GET"):
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
 st, body = get("/healthz"); assert st == 200 and body == "ok\n", (st, body)
-st, body = get("/metrics"); assert st == 200 and "quiver_service_stage_ns" in body, st
-assert 'stage="end_to_end"' in body
+st, body = get("/metrics"); assert st == 200 and "quiver_batcher_queue_depth" in body, st
 st, body = get("/collections"); assert st == 200 and isinstance(json.loads(body), list), body
 st, body = get("/engines"); assert st == 200 and json.loads(body)[0]["name"] == "cpu", body
 st, body = get("/stats"); assert st == 200 and json.loads(body)["handler"]["requests"] > 0, body
@@ -72,11 +71,15 @@ def post(path, doc):
 st, body = post("/collections", {"name": "viahttp", "dim": 8, "index": "hnsw", "metric": "ip",
                                  "attributes": ["color"]})
 assert st == 201 and json.loads(body)["index"] == "hnsw", (st, body)
+lab = 'collection="%d"' % json.loads(body)["id"]
+st, body = get("/metrics"); assert st == 200 and "quiver_service_stage_ns" in body, st
+assert 'stage="end_to_end"' in body and lab in body, lab
 st, body = post("/collections", {"name": "viahttp", "dim": 8}); assert st == 409, (st, body)
 st, body = post("/collections", {"name": "bad", "dim": 0}); assert st == 400 and "dim" in body, body
 st, body = post("/collections", {"name": "bad", "dim": "x"}); assert st == 400 and "dim" in body, body
 st, body = post("/collections", {"dim": 8}); assert st == 400 and "name" in body, body
 st, body = get("/collections/viahttp", "DELETE"); assert st == 200, (st, body)
+st, body = get("/metrics"); assert st == 200 and lab not in body, lab    # dropped: gone
 print("daemon.sh: admin API ok")
 PY
 

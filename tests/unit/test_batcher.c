@@ -8,7 +8,11 @@
  * over collections (a cold collection next to a hot one is served within
  * two polls); bulkhead budgets; batching off; two producer threads x
  * 100k offers with one poller losing and duplicating nothing; bad
- * arguments; allocation failures.  The idle flush: a sparse stream is
+ * arguments; allocation failures.  Removal: 1000 add / remove cycles
+ * with max_collections 4 never hit ENOSPC; a busy collection is not
+ * removed; the round-robin cursor stays put; removal while 4 producers
+ * offer loses and duplicates nothing and later offers are QV_ENOENT.
+ * The idle flush: a sparse stream is
  * served at once while the class is idle, a dense one still batches, a
  * busy class waits; next_flush() names the poll that flushes; the
  * arrival hook sees every query once, before any batch holds it.
@@ -807,6 +811,332 @@ static void test_arrival_hook(void)
     qv_batcher_free(b);
 }
 
+/* ---- removal ----------------------------------------------------------- */
+
+/* Poll and hand back everything ready at t; returns the queries seen. */
+static unsigned drain(struct qv_batcher *b, int64_t t)
+{
+    struct qv_batch *out[16];
+    unsigned got, n = 0;
+
+    while ((got = qv_batcher_poll(b, t, out, 16)) != 0) {
+        for (unsigned j = 0; j < got; j++) {
+            n += out[j]->n;
+            qv_batcher_done(b, out[j]);
+        }
+    }
+    return n;
+}
+
+/* max_collections 4, three collections live: 1000 times add a fourth,
+ * use it, remove it; never ENOSPC, the live ones keep working, nothing
+ * leaks, the counters keep the removed collections' queries. */
+static void test_add_remove_cycles(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batcher_stats st;
+    int64_t base = live_router_blocks(), t = 10 * MS;
+
+    opts_for_test(&o);
+    o.max_collections = 4;
+    o.batching = 0;
+    struct qv_batcher *b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    for (uint64_t c = 1; c <= 3; c++)
+        CU_ASSERT_EQUAL_FATAL(qv_batcher_add_collection(b, c, NULL), 0);
+    int64_t with3 = live_router_blocks();
+    unsigned enospc = 0, bad = 0, served = 0;
+    for (uint64_t i = 0; i < 1000; i++) {
+        uint64_t id = 100 + i;
+        int rc = qv_batcher_add_collection(b, id, NULL);
+        enospc += rc == QV_ENOSPC;
+        if (rc != 0)
+            break;
+        bad += qv_batcher_add_collection(b, 9999, NULL) != QV_ENOSPC;   /* 4 live */
+        bad += qv_batcher_offer(b, id, (enum qv_batch_class)(i % 2), t, 0, tag(i)) != 0;
+        bad += qv_batcher_offer(b, 1 + i % 3, QV_BATCH_INTERACTIVE, t, 0, tag(i)) != 0;
+        served += drain(b, t);
+        bad += qv_batcher_remove_collection(b, id) != 0;
+        bad += qv_batcher_offer(b, id, QV_BATCH_INTERACTIVE, t, 0, tag(i)) != QV_ENOENT;
+        bad += qv_batcher_target(b, id, QV_BATCH_INTERACTIVE) != 0;
+        bad += qv_batcher_remove_collection(b, id) != QV_ENOENT;
+        bad += live_router_blocks() != with3;
+    }
+    CU_ASSERT_EQUAL(enospc, 0);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(served, 2000);
+    qv_batcher_stats(b, &st);
+    CU_ASSERT_EQUAL(st.collections, 3);
+    CU_ASSERT_EQUAL(st.cls[0].offered + st.cls[1].offered, 2000);
+    CU_ASSERT_EQUAL(st.cls[0].queries + st.cls[1].queries, 2000);
+    /* the same id again: a fresh collection */
+    CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 100, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 100, QV_BATCH_BULK, t, 0, tag(7)), 0);
+    CU_ASSERT_EQUAL(drain(b, t), 1);
+    /* every one of 1, 2, 3 and 100 can be removed, in any order */
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 2), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 3, QV_BATCH_BULK, t, 0, tag(8)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 100, QV_BATCH_BULK, t, 0, tag(9)), 0);
+    CU_ASSERT_EQUAL(drain(b, t), 2);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 100), 0);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 1), 0);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 3), 0);
+    qv_batcher_stats(b, &st);
+    CU_ASSERT_EQUAL(st.collections, 0);
+    CU_ASSERT_EQUAL(st.cls[0].offered + st.cls[1].offered, 2003);
+    CU_ASSERT_EQUAL(qv_batcher_poll(b, t, (struct qv_batch *[1]){ NULL }, 1), 0);
+    CU_ASSERT_EQUAL(qv_batcher_next_flush(b, t), INT64_MAX);
+    for (uint64_t c = 1; c <= 4; c++)                   /* all 4 places free */
+        CU_ASSERT_EQUAL(qv_batcher_add_collection(b, 50 + c, NULL), 0);
+    qv_batcher_free(b);
+    CU_ASSERT_EQUAL(live_router_blocks(), base);
+}
+
+/* A collection with queries not yet taken, or a batch out, is not
+ * removed (QV_EBUSY, still registered); unknown ids are QV_ENOENT. */
+static void test_remove_busy(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batch *out[2];
+    int64_t t = 10 * MS;
+
+    opts_for_test(&o);
+    o.batching = 0;
+    o.inflight[QV_BATCH_BULK] = 2;
+    struct qv_batcher *b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 5), QV_ENOENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "5 is not registered"));
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_add_collection(b, 5, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 5, QV_BATCH_BULK, t, 0, tag(0)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 5), QV_EBUSY);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "1 queries"));
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 5, QV_BATCH_BULK, t, 0, tag(1)), 0);  /* still there */
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t, out, 2), 2);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 5), QV_EBUSY);            /* batches out */
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "2 batches out"));
+    qv_batcher_done(b, out[0]);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 5), QV_EBUSY);
+    qv_batcher_done(b, out[1]);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 5), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 5, QV_BATCH_BULK, t, 0, tag(2)), QV_ENOENT);
+    qv_batcher_free(b);
+}
+
+/* Removing a collection keeps the round-robin cursor on the collection
+ * it named: A, B, C registered, B with two queries and C with one; a
+ * poll serves B (the cursor moves to C); A is removed; the next poll
+ * serves C, not B again. */
+static void test_remove_keeps_round_robin(void)
+{
+    struct qv_batcher_opts o;
+    struct qv_batch *out[1];
+    int64_t t = 10 * MS;
+
+    opts_for_test(&o);
+    o.batching = 0;
+    o.inflight[QV_BATCH_INTERACTIVE] = 4;
+    struct qv_batcher *b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    for (uint64_t c = 1; c <= 3; c++)
+        CU_ASSERT_EQUAL_FATAL(qv_batcher_add_collection(b, c, NULL), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 2, QV_BATCH_INTERACTIVE, t, 0, tag(20)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 2, QV_BATCH_INTERACTIVE, t, 0, tag(21)), 0);
+    CU_ASSERT_EQUAL(qv_batcher_offer(b, 3, QV_BATCH_INTERACTIVE, t, 0, tag(30)), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t, out, 1), 1);
+    CU_ASSERT_EQUAL(out[0]->coll, 2);
+    qv_batcher_done(b, out[0]);
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 1), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t, out, 1), 1);
+    CU_ASSERT_EQUAL(out[0]->coll, 3);
+    qv_batcher_done(b, out[0]);
+    /* the last one removed while the cursor names it: back to the first */
+    CU_ASSERT_EQUAL(qv_batcher_remove_collection(b, 3), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_poll(b, t, out, 1), 1);
+    CU_ASSERT_EQUAL(out[0]->coll, 2);
+    qv_batcher_done(b, out[0]);
+    qv_batcher_free(b);
+}
+
+/*
+ * Removal while 4 producers offer.  Collections 1 and 2 stay; a victim
+ * (a new id each round) is added and offered to by the producers, then
+ * removed: every other round after it was closed (producers stop choosing
+ * it, but one that chose it just before may still offer: the window the
+ * service's retire has), in the others while they go on offering to it
+ * (drained and removed again until a removal finds it idle: those
+ * removals race with offers in flight).  The producers also offer to the
+ * id removed last (every such offer must be QV_ENOENT).  Each accepted
+ * query must come out of exactly one batch; offers to 1 and 2 are never
+ * QV_ENOENT; under ASan, no offer touches a freed collection.
+ */
+#define RM_THREADS 4
+#define RM_PER_THREAD 200000u       /* offers tracked per producer */
+#define RM_ROUNDS 60
+
+static struct {
+    _Atomic uint64_t victim;        /* open victim, 0: none */
+    _Atomic uint64_t removed;       /* removed last, 0: none yet */
+    _Atomic int stop;
+} RM;
+
+struct rm_producer {
+    struct qv_batcher *b;
+    unsigned id;
+    uint8_t *accepted;              /* RM_PER_THREAD flags */
+    unsigned bad_enoent, stale_ok, stale_offers, victim_offers;
+};
+
+/* Offers until told to stop; past RM_PER_THREAD tracked offers, only to
+ * the id removed last (never accepted, so nothing to track). */
+static void *rm_producer_main(void *arg)
+{
+    struct rm_producer *p = arg;
+
+    for (uintptr_t i = 0; !atomic_load(&RM.stop); i++) {
+        uintptr_t v = p->id * RM_PER_THREAD + i;
+        uint64_t coll = 1 + i % 2, stale = 0;
+        int rc;
+        if (i >= RM_PER_THREAD) {
+            stale = atomic_load(&RM.removed);
+            if (stale == 0) {
+                sched_yield();
+                continue;
+            }
+            coll = stale;
+        } else if (i % 4 == 2) {
+            uint64_t vic = atomic_load(&RM.victim);
+            if (vic != 0)
+                coll = vic;
+        } else if (i % 8 == 3) {
+            stale = atomic_load(&RM.removed);
+            if (stale != 0)
+                coll = stale;
+        }
+        rc = qv_batcher_offer(p->b, coll, (enum qv_batch_class)(i % 3 == 0), qv_now_ns(), 0,
+                              i < RM_PER_THREAD ? tag(v) : tag(UINT32_MAX));
+        if (stale != 0) {
+            p->stale_offers++;
+            p->stale_ok += rc == QV_ENOENT;
+        } else if (coll > 2) {
+            p->victim_offers++;
+        } else {
+            p->bad_enoent += rc == QV_ENOENT;
+        }
+        if (i < RM_PER_THREAD)
+            p->accepted[i] = rc == 0;
+        if ((i & 63) == 0)
+            sched_yield();
+    }
+    return NULL;
+}
+
+/* Take what poll gives at now: mark each query seen, count repeats. */
+static void rm_take(struct qv_batcher *b, int64_t now, uint8_t *seen, uint64_t total,
+                    uint64_t *polled, uint64_t *dup, unsigned *got_out)
+{
+    struct qv_batch *out[16];
+    unsigned got = qv_batcher_poll(b, now, out, 16);
+
+    for (unsigned j = 0; j < got; j++) {
+        for (uint32_t q = 0; q < out[j]->n; q++) {
+            uintptr_t v = untag(out[j]->items[q]);
+            if (v >= total || seen[v]++)
+                (*dup)++;
+        }
+        *polled += out[j]->n;
+        qv_batcher_done(b, out[j]);
+    }
+    *got_out = got;
+}
+
+static void test_remove_while_offering(void)
+{
+    struct qv_batcher_opts o;
+    struct rm_producer prod[RM_THREADS];
+    pthread_t th[RM_THREADS];
+    const uint64_t total = (uint64_t)RM_THREADS * RM_PER_THREAD;
+    uint8_t *seen = calloc(total, 1);
+    uint64_t polled = 0, dup = 0, rounds = 0, busy = 0;
+    int64_t base = live_router_blocks();
+    unsigned got;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(seen);
+    opts_for_test(&o);
+    o.cost_ns = NULL;
+    o.max_collections = 4;
+    o.queue_capacity = 64;
+    o.max_batch = 16;
+    struct qv_batcher *b = qv_batcher_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_add_collection(b, 1, NULL), 0);
+    CU_ASSERT_EQUAL_FATAL(qv_batcher_add_collection(b, 2, NULL), 0);
+    atomic_store(&RM.victim, 0);
+    atomic_store(&RM.removed, 0);
+    atomic_store(&RM.stop, 0);
+    for (unsigned i = 0; i < RM_THREADS; i++) {
+        prod[i] = (struct rm_producer){ .b = b, .id = i, .accepted = calloc(RM_PER_THREAD, 1) };
+        CU_ASSERT_PTR_NOT_NULL_FATAL(prod[i].accepted);
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, rm_producer_main, &prod[i]), 0);
+    }
+    for (uint64_t vic = 1000; rounds < RM_ROUNDS; vic++) {
+        int hot = vic % 2, rc;      /* hot: removed while the producers offer to it */
+        CU_ASSERT_EQUAL_FATAL(qv_batcher_add_collection(b, vic, NULL), 0);
+        atomic_store(&RM.victim, vic);
+        for (unsigned k = 0; k < 100; k++) {        /* serve a while */
+            rm_take(b, qv_now_ns(), seen, total, &polled, &dup, &got);
+            if (got == 0)
+                sched_yield();
+        }
+        if (!hot)
+            atomic_store(&RM.victim, 0);
+        while ((rc = qv_batcher_remove_collection(b, vic)) == QV_EBUSY) {
+            busy++;
+            rm_take(b, qv_now_ns() + 1000 * MS, seen, total, &polled, &dup, &got);
+        }
+        CU_ASSERT_EQUAL(rc, 0);
+        atomic_store(&RM.victim, 0);
+        atomic_store(&RM.removed, vic);
+        rounds++;
+    }
+    /* let the producers meet the last removal, then stop them */
+    for (unsigned k = 0; k < 100; k++) {
+        rm_take(b, qv_now_ns(), seen, total, &polled, &dup, &got);
+        sched_yield();
+    }
+    atomic_store(&RM.stop, 1);
+    unsigned bad_enoent = 0, stale_ok = 0, stale = 0, victim = 0;
+    uint64_t accepted = 0, lost = 0;
+    for (unsigned i = 0; i < RM_THREADS; i++)
+        pthread_join(th[i], NULL);
+    do
+        rm_take(b, qv_now_ns() + 1000 * MS, seen, total, &polled, &dup, &got);
+    while (got != 0);
+    for (unsigned i = 0; i < RM_THREADS; i++) {
+        bad_enoent += prod[i].bad_enoent;
+        stale_ok += prod[i].stale_ok;
+        stale += prod[i].stale_offers;
+        victim += prod[i].victim_offers;
+        for (uint64_t k = 0; k < RM_PER_THREAD; k++) {
+            accepted += prod[i].accepted[k];
+            lost += prod[i].accepted[k] && !seen[i * RM_PER_THREAD + k];
+        }
+        free(prod[i].accepted);
+    }
+    fprintf(stderr, "\n  %llu rounds, %u offers to victims, %u to removed ids, "
+            "%llu busy removals\n", (unsigned long long)rounds, victim, stale,
+            (unsigned long long)busy);
+    CU_ASSERT(stale > 0);
+    CU_ASSERT_EQUAL(stale_ok, stale);
+    CU_ASSERT_EQUAL(bad_enoent, 0);
+    CU_ASSERT_EQUAL(dup, 0);
+    CU_ASSERT_EQUAL(lost, 0);
+    CU_ASSERT_EQUAL(polled, accepted);
+    qv_batcher_free(b);
+    CU_ASSERT_EQUAL(live_router_blocks(), base);
+    free(seen);
+}
+
 /* ---- errors, configuration, allocation failures ----------------------- */
 
 static void test_bad_arguments(void)
@@ -954,6 +1284,11 @@ int main(void)
         { "next_flush names the poll that flushes", test_next_flush },
         { "the arrival hook sees each query once, before its batch", test_arrival_hook },
         { "2 producers x 100k offers, one poller: each query once", test_multithreaded_offers },
+        { "add / remove 1000 times with max_collections 4", test_add_remove_cycles },
+        { "remove refuses a collection with queries or batches out", test_remove_busy },
+        { "remove keeps the round-robin cursor", test_remove_keeps_round_robin },
+        { "remove while 4 producers offer: each query once, ENOENT after",
+          test_remove_while_offering },
         { "bad arguments", test_bad_arguments },
         { "[batcher] configuration", test_config },
         { "allocation failures at create and add_collection", test_enomem },

@@ -3,8 +3,10 @@
  * errors, exact sums under concurrent updates (with a render running),
  * histogram geometry and quantiles of known distributions within the
  * documented 1/32 relative error, the Prometheus text format parsed back
- * line by line (escaping included), QV_ENOSPC sizing, injected allocation
- * failures without leaks, and a printed micro-benchmark of the hot path.
+ * line by line (escaping included), QV_ENOSPC sizing, unregistering
+ * (reference counts, emptied families, bounded memory over 1000 series
+ * that come and go), injected allocation failures without leaks, and a
+ * printed micro-benchmark of the hot path.
  */
 #include <CUnit/Basic.h>
 #include <inttypes.h>
@@ -591,6 +593,134 @@ static void test_render_enospc(void)
     qv_metrics_free(m);
 }
 
+/* ---- unregistering -------------------------------------------------------- */
+
+static char *render_all(struct qv_metrics *m)
+{
+    size_t need = 0, len;
+    char *buf;
+
+    CU_ASSERT_EQUAL(qv_metrics_render(m, NULL, 0, &need), QV_ENOSPC);
+    buf = qv_malloc(need + 1024, QV_MEM_TEST);
+    if (buf != NULL && qv_metrics_render(m, buf, need + 1024, &len) != 0)
+        buf[0] = '\0';
+    return buf;
+}
+
+/* A series unregistered as often as registered leaves the text, the rest
+ * keep their order, an emptied family goes too (HELP and TYPE), and a
+ * registration of it afterwards starts from zero; double unregistering
+ * and foreign pointers are QV_ENOENT. */
+static void test_unregister(void)
+{
+    struct qv_metrics *m = qv_metrics_create(), *other = qv_metrics_create();
+    char *text;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(other);
+    struct qv_counter *a = qv_metrics_register_counter(m, "qv_req_total", "requests",
+                                                       "collection=\"1\"");
+    struct qv_counter *b = qv_metrics_register_counter(m, "qv_req_total", "requests",
+                                                       "collection=\"2\"");
+    struct qv_counter *c = qv_metrics_register_counter(m, "qv_req_total", "requests",
+                                                       "collection=\"3\"");
+    struct qv_gauge *g = qv_metrics_register_gauge(m, "qv_depth", "depth",
+                                                   "collection=\"2\"");
+    struct qv_hist *h = qv_metrics_register_hist(m, "qv_lat_ns", "latency",
+                                                 "collection=\"2\"");
+    CU_ASSERT_FATAL(a && b && c && g && h);
+    qv_counter_add(a, 11);
+    qv_counter_add(b, 22);
+    qv_counter_add(c, 33);
+    qv_gauge_set(g, 5);
+    qv_hist_record(h, 100);
+    /* b registered twice: one unregister keeps it */
+    CU_ASSERT_PTR_EQUAL(qv_metrics_register_counter(m, "qv_req_total", NULL,
+                                                    "collection=\"2\""), b);
+    CU_ASSERT_EQUAL(qv_metrics_unregister_counter(m, b), 0);
+    text = render_all(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "qv_req_total{collection=\"2\"} 22\n"));
+    qv_free(text);
+    /* now every series of collection 2 */
+    CU_ASSERT_EQUAL(qv_metrics_unregister_counter(m, b), 0);
+    CU_ASSERT_EQUAL(qv_metrics_unregister_gauge(m, g), 0);
+    CU_ASSERT_EQUAL(qv_metrics_unregister_hist(m, h), 0);
+    text = render_all(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_PTR_NULL(strstr(text, "collection=\"2\""));
+    CU_ASSERT_PTR_NULL(strstr(text, "qv_depth"));           /* emptied families */
+    CU_ASSERT_PTR_NULL(strstr(text, "qv_lat_ns"));
+    const char *p1 = strstr(text, "qv_req_total{collection=\"1\"} 11\n");
+    const char *p3 = strstr(text, "qv_req_total{collection=\"3\"} 33\n");
+    CU_ASSERT(p1 != NULL && p3 != NULL && p1 < p3);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "# TYPE qv_req_total counter\n"));
+    qv_free(text);
+    /* unregistered: not any more; from another registry: never */
+    CU_ASSERT_EQUAL(qv_metrics_unregister_counter(m, b), QV_ENOENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "not registered"));
+    CU_ASSERT_EQUAL(qv_metrics_unregister_gauge(m, g), QV_ENOENT);
+    CU_ASSERT_EQUAL(qv_metrics_unregister_counter(other, a), QV_ENOENT);
+    CU_ASSERT_EQUAL(qv_metrics_unregister_counter(m, NULL), 0);
+    /* the same name and labels again: a new series from zero */
+    g = qv_metrics_register_gauge(m, "qv_depth", "depth again", "collection=\"2\"");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+    CU_ASSERT_EQUAL(qv_gauge_get(g), 0);
+    text = render_all(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "# HELP qv_depth depth again\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "qv_depth{collection=\"2\"} 0\n"));
+    qv_free(text);
+    /* the last series of every family: an empty text */
+    CU_ASSERT_EQUAL(qv_metrics_unregister_counter(m, a), 0);
+    CU_ASSERT_EQUAL(qv_metrics_unregister_counter(m, c), 0);
+    CU_ASSERT_EQUAL(qv_metrics_unregister_gauge(m, g), 0);
+    text = render_all(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_STRING_EQUAL(text, "");
+    qv_free(text);
+    qv_metrics_free(other);
+    qv_metrics_free(m);
+}
+
+/* Series of collections that come and go: 1000 rounds of register,
+ * update, unregister leave the registry (its memory included) as it was. */
+static void test_unregister_bounded(void)
+{
+    struct qv_metrics *m = qv_metrics_create();
+    struct qv_mem_stats s0, s1;
+    char lab[64];
+    unsigned bad = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(qv_metrics_register_counter(m, "qv_keep_total", "k",
+                                                             NULL));
+    qv_mem_stats(QV_MEM_METRICS, &s0);
+    for (unsigned i = 0; i < 1000; i++) {
+        snprintf(lab, sizeof lab, "collection=\"%u\"", 100 + i);
+        struct qv_counter *c = qv_metrics_register_counter(m, "qv_req_total", "r", lab);
+        struct qv_hist *h = qv_metrics_register_hist(m, "qv_lat_ns", "l", lab);
+        if (c == NULL || h == NULL) {
+            bad++;
+            break;
+        }
+        qv_counter_inc(c);
+        qv_hist_record(h, i);
+        bad += qv_metrics_unregister_counter(m, c) != 0;
+        bad += qv_metrics_unregister_hist(m, h) != 0;
+    }
+    qv_mem_stats(QV_MEM_METRICS, &s1);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(s1.live_blocks, s0.live_blocks);
+    CU_ASSERT_EQUAL(s1.live_bytes, s0.live_bytes);
+    char *text = render_all(m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_PTR_NULL(strstr(text, "collection="));
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, "qv_keep_total 0\n"));
+    qv_free(text);
+    qv_metrics_free(m);
+}
+
 /* ---- allocation failures ------------------------------------------------ */
 
 /* Build a small registry; returns 0 or the first failure's code. */
@@ -680,6 +810,9 @@ int main(void)
     CU_add_test(s, "quantiles: uniform, exponential, constant, edges", test_quantiles);
     CU_add_test(s, "render: text format 0.0.4 parsed back", test_render_format);
     CU_add_test(s, "render: QV_ENOSPC gives the size needed", test_render_enospc);
+    CU_add_test(s, "unregister: series and emptied families leave the text", test_unregister);
+    CU_add_test(s, "1000 series registered and unregistered: nothing grows",
+                test_unregister_bounded);
     CU_add_test(s, "allocation failures: ENOMEM, no leak", test_alloc_failure);
     CU_add_test(s, "micro-benchmark (printed)", test_bench);
     CU_add_test(s, "nothing leaked", test_no_leak);

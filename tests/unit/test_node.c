@@ -14,7 +14,10 @@
  * and the cached answer misses; UPSERT / DELETE / GET / SEARCH errors
  * name the field and apply nothing, also under injected allocation
  * failures; 2 writers and a searcher stay consistent; a drop completes
- * the searches queued for it; free with a build in progress.
+ * the searches queued for it; 200 create / upsert / search / drop cycles
+ * with max_collections 4 (node and service) all succeed, ids growing and
+ * the dropped collections gone from /metrics; free with a build in
+ * progress.
  */
 #include <CUnit/Basic.h>
 #include <math.h>
@@ -114,13 +117,17 @@ static void sleep_ns(int64_t ns)
     nanosleep(&ts, NULL);
 }
 
-/* A service (cache on, small) and a node sealing at seal_rows. */
-static void start(uint32_t seal_rows, struct qv_router *router, int paused)
+/* A service (cache on, small) and a node sealing at seal_rows; max
+ * collections of both ([batcher] and [server]) max_coll, 0: 64 and 8. */
+static void start_with(uint32_t seal_rows, struct qv_router *router, int paused,
+                       uint32_t max_coll)
 {
     struct qv_service_opts so;
     struct qv_node_opts no;
 
     qv_service_opts_default(&so);
+    if (max_coll)
+        so.batcher.max_collections = max_coll;
     so.max_k = KMAX;
     so.cache.entries = 1000;
     so.cache.bytes = 1 << 20;
@@ -134,10 +141,15 @@ static void start(uint32_t seal_rows, struct qv_router *router, int paused)
     qv_node_opts_default(&no);
     no.service = SVC;
     no.seal_rows = seal_rows;
-    no.max_collections = 8;
+    no.max_collections = max_coll ? max_coll : 8;
     no.engine = router ? qv_router_engine(router) : NULL;
     N = qv_node_create(&no);
     CU_ASSERT_PTR_NOT_NULL_FATAL(N);
+}
+
+static void start(uint32_t seal_rows, struct qv_router *router, int paused)
+{
+    start_with(seal_rows, router, paused, 0);
 }
 
 static void stop(void)
@@ -1411,6 +1423,81 @@ static void test_drop_completes_queued(void)
     stop();
 }
 
+static char *render_metrics(void)
+{
+    size_t need = 0, len;
+    char *buf;
+
+    CU_ASSERT_EQUAL(qv_service_render_metrics(SVC, NULL, 0, &need), QV_ENOSPC);
+    buf = malloc(need + 65536);
+    if (buf != NULL && qv_service_render_metrics(SVC, buf, need + 65536, &len) != 0)
+        buf[0] = '\0';
+    return buf;
+}
+
+/* 200 cycles of CREATE, UPSERT, SEARCH, DROP under [batcher] and
+ * [server] max_collections 4 with three other collections live: every
+ * CREATE succeeds (a DROP frees the collection's place in the service),
+ * the name is reused, ids keep growing and are never reused, and /metrics
+ * shows the live collections only.  The limits bound live collections:
+ * a fourth one fits, a fifth is QV_ENOSPC. */
+static void test_create_drop_cycles(void)
+{
+    struct qv_mem_stats m0, m1;
+    char lab[64];
+    unsigned bad = 0;
+
+    start_with(1000, NULL, 0, 4);
+    uint64_t keep[3] = { create("k0", QV_NODE_FLAT), create("k1", QV_NODE_HNSW),
+                         create("k2", QV_NODE_IVF) };
+    CU_ASSERT_EQUAL_FATAL(upsert_range(keep[0], 0, 300, NULL), 0);
+    uint64_t prev = keep[2], first = 0;
+    qv_mem_stats(QV_MEM_SERVER, &m0);
+    for (unsigned i = 0; i < 200; i++) {
+        struct qv_node_coll_spec sp = spec_of("cycle", QV_NODE_FLAT);
+        struct sreq s;
+        uint64_t c = 0;
+        unsigned row = (i * 37) % 2000, from = row - row % 100;
+        int rc = qv_node_create_collection(N, &sp, &c);
+        if (rc != 0) {
+            fprintf(stderr, "\n  cycle %u: create: %s\n", i, qv_errmsg());
+            CU_FAIL_FATAL("CREATE after DROP");
+        }
+        if (first == 0)
+            first = c;
+        bad += c <= prev;                       /* ids grow, never reused */
+        prev = c;
+        bad += upsert_range(c, from, from + 100, NULL) != 0;
+        bad += search(c, F.base + (size_t)row * DIM, 1, 0, 0, NULL, &s) != 0;
+        bad += s.ids[0] != BASE_ID + row;
+        if (i % 10 == 0) {                      /* the others still answer */
+            bad += search(keep[0], F.base, 1, 0, 0, NULL, &s) != 0;
+            bad += s.ids[0] != BASE_ID;
+        }
+        bad += qv_node_drop_collection(N, c) != 0;
+        bad += qv_service_epoch(SVC, c) != UINT64_MAX;         /* gone from the service */
+        bad += search(c, query(0), 1, 0, 0, NULL, &s) != QV_ENOENT;
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+    qv_mem_stats(QV_MEM_SERVER, &m1);
+    CU_ASSERT_EQUAL(m1.live_blocks, m0.live_blocks);
+    char *text = render_metrics();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    snprintf(lab, sizeof lab, "collection=\"%llu\"", (unsigned long long)first);
+    CU_ASSERT_PTR_NULL(strstr(text, lab));
+    snprintf(lab, sizeof lab, "collection=\"%llu\"", (unsigned long long)prev);
+    CU_ASSERT_PTR_NULL(strstr(text, lab));
+    snprintf(lab, sizeof lab, "collection=\"%llu\"", (unsigned long long)keep[0]);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, lab));
+    free(text);
+    uint64_t last = create("k3", QV_NODE_FLAT);
+    CU_ASSERT(last > prev);
+    struct qv_node_coll_spec sp = spec_of("k4", QV_NODE_FLAT);
+    uint64_t none;
+    expect_err(qv_node_create_collection(N, &sp, &none), QV_ENOSPC, "max_collections");
+    stop();
+}
+
 /* Free while builds are queued and running: no leak, no crash. */
 static void test_free_during_build(void)
 {
@@ -1474,6 +1561,8 @@ int main(void)
         { "search errors name the field", test_search_errors },
         { "2 writers and searches stay consistent", test_concurrent },
         { "drop completes the searches queued for it", test_drop_completes_queued },
+        { "200 create / upsert / search / drop cycles, max_collections 4",
+          test_create_drop_cycles },
         { "free while builds are queued and running", test_free_during_build },
         { "[server] configuration", test_config },
     };

@@ -11,7 +11,11 @@
  * field; 4 producer threads x 1500 requests each complete exactly once;
  * free() completes queued requests; the idle flush serves a sparse stream
  * at once; the cost model grows with n; the metrics text holds the stage
- * histograms and cache counters with consistent values.
+ * histograms and cache counters with consistent values.  Removal: 1000
+ * add / search / remove cycles with max_collections 4 never hit ENOSPC,
+ * leave no series and no memory behind, and the id comes back new;
+ * removal while 4 producers submit completes every accepted request once
+ * and refuses later ones with QV_ENOENT.
  */
 #include <CUnit/Basic.h>
 #include <math.h>
@@ -1169,7 +1173,390 @@ static void test_custom_and_retire(void)
     CU_ASSERT_EQUAL(qv_service_retire_collection(svc, 12345), QV_ENOENT);
     qv_service_stats(svc, &st);
     CU_ASSERT_EQUAL(st.outcomes[QV_SERVICE_OUT_INVALID], 2);
+    /* a retired collection can still be removed; then its id is free */
+    CU_ASSERT_EQUAL(qv_service_remove_collection(svc, C_CUSTOM), 0);
+    expect_refused(svc, &bad, QV_ENOENT, "not registered");
+    CU_ASSERT_EQUAL(add_custom(svc, 40, 0), 0);
+    treq_init(&t[0], C_CUSTOM, query(3), 10);
+    CU_ASSERT_EQUAL(submit(svc, &t[0]), 0);
+    CU_ASSERT_FATAL(wait_all(t, 1));
+    CU_ASSERT_EQUAL(t[0].r.status, 0);
+    qv_service_stats(svc, &st);         /* kept after removal, + the unknown id's */
+    CU_ASSERT_EQUAL(st.outcomes[QV_SERVICE_OUT_INVALID], 3);
     qv_service_free(svc);
+}
+
+/* ---- removal ------------------------------------------------------------- */
+
+static char *render(struct qv_service *svc)
+{
+    size_t need = 0, len;
+    char *buf;
+
+    CU_ASSERT_EQUAL(qv_service_render_metrics(svc, NULL, 0, &need), QV_ENOSPC);
+    buf = malloc(need + 65536);
+    if (buf != NULL && qv_service_render_metrics(svc, buf, need + 65536, &len) != 0)
+        buf[0] = '\0';
+    return buf;
+}
+
+/* A flat collection over F.flat under id. */
+static int add_flat(struct qv_service *svc, uint64_t id)
+{
+    struct qv_service_collection c = { .dim = DIM, .metric = QV_METRIC_L2 };
+
+    c.index.type = QV_SERVICE_FLAT;
+    c.index.flat = F.flat;
+    return qv_service_add_collection(svc, id, &c);
+}
+
+static int64_t live_blocks(enum qv_mem_tag tag)
+{
+    struct qv_mem_stats st;
+
+    qv_mem_stats(tag, &st);
+    return st.live_blocks;
+}
+
+/* [batcher] max_collections 4, three collections live: 1000 times add a
+ * fourth, search it, remove it.  Never ENOSPC; a removed id is unknown
+ * (submit, epoch, stage_hist, bump_epoch, retire, a second remove), has
+ * no series in /metrics, and may be added again; stats keep its counts;
+ * nothing grows (memory of the service, the batcher and the metrics). */
+static void test_remove_cycles(void)
+{
+    static struct treq t[2];
+    struct qv_service_stats st;
+    struct qv_service_opts o;
+    char lab[64];
+    unsigned enospc = 0, bad = 0;
+
+    qv_service_opts_default(&o);
+    o.max_k = KMAX;
+    o.router = F.router;
+    o.batcher.max_collections = 4;
+    o.cache.entries = 1000;
+    o.cache.bytes = 1 << 20;
+    struct qv_service *svc = qv_service_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
+    CU_ASSERT_EQUAL_FATAL(add(svc, C_FLAT), 0);
+    CU_ASSERT_EQUAL_FATAL(add(svc, C_HNSW), 0);
+    CU_ASSERT_EQUAL_FATAL(add_custom(svc, 0, 0), 0);
+    /* an IVF collection (its engine set by the router) removed first */
+    CU_ASSERT_EQUAL_FATAL(add(svc, C_IVF), 0);
+    CU_ASSERT_EQUAL(add_flat(svc, 99), QV_ENOSPC);
+    treq_init(&t[0], C_IVF, query(1), 10);
+    CU_ASSERT_EQUAL(submit(svc, &t[0]), 0);
+    CU_ASSERT_EQUAL(qv_service_remove_collection(svc, C_IVF), 0);
+    CU_ASSERT_EQUAL(atomic_load(&t[0].calls), 1);           /* drained first */
+    CU_ASSERT_EQUAL(t[0].r.status, 0);
+    int64_t router0 = live_blocks(QV_MEM_ROUTER), metrics0 = live_blocks(QV_MEM_METRICS);
+    for (uint64_t i = 0; i < 1000; i++) {
+        uint64_t id = 100 + i;
+        int rc = add_flat(svc, id);
+        enospc += rc == QV_ENOSPC;
+        if (rc != 0)
+            break;
+        bad += qv_service_epoch(svc, id) != 0;
+        treq_init(&t[0], id, query((unsigned)i), 1 + (uint32_t)(i % 10));
+        bad += submit(svc, &t[0]) != 0;
+        if (i % 2) {                    /* half of them removed with it queued */
+            bad += !wait_all(t, 1);
+            bad += t[0].r.status != 0;
+        }
+        bad += qv_service_remove_collection(svc, id) != 0;
+        bad += atomic_load(&t[0].calls) != 1 || t[0].r.status != 0;
+        treq_init(&t[1], id, query(0), 10);
+        bad += submit(svc, &t[1]) != QV_ENOENT;
+        bad += strstr(qv_errmsg(), "not registered") == NULL;
+        bad += qv_service_epoch(svc, id) != UINT64_MAX;
+        bad += qv_service_stage_hist(svc, id, QV_SERVICE_STAGE_SEARCH) != NULL;
+        bad += qv_service_bump_epoch(svc, id) != QV_ENOENT;
+        bad += qv_service_remove_collection(svc, id) != QV_ENOENT;
+        bad += qv_service_retire_collection(svc, id) != QV_ENOENT;
+        if (i % 100 == 99) {
+            char *text = render(svc);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+            snprintf(lab, sizeof lab, "collection=\"%llu\"", (unsigned long long)id);
+            bad += strstr(text, lab) != NULL;
+            bad += strstr(text, "collection=\"2\"") != NULL;      /* the IVF one */
+            bad += strstr(text, "collection=\"1\"") == NULL;
+            bad += strstr(text, "collection=\"7\"") == NULL;
+            free(text);
+        }
+    }
+    CU_ASSERT_EQUAL(enospc, 0);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(live_blocks(QV_MEM_ROUTER), router0);
+    CU_ASSERT_EQUAL(live_blocks(QV_MEM_METRICS), metrics0);
+    qv_service_stats(svc, &st);
+    CU_ASSERT_EQUAL(st.outcomes[QV_SERVICE_OK], 1001);
+    CU_ASSERT_EQUAL(st.outcomes[QV_SERVICE_OUT_INVALID], 1000);  /* refused after removal */
+    /* the live ones still answer; a removed id comes back as new */
+    treq_init(&t[0], C_HNSW, query(5), 10);
+    CU_ASSERT_EQUAL(submit(svc, &t[0]), 0);
+    CU_ASSERT_EQUAL(add(svc, C_IVF), 0);
+    treq_init(&t[1], C_IVF, query(1), 10);
+    CU_ASSERT_EQUAL(submit(svc, &t[1]), 0);
+    CU_ASSERT_FATAL(wait_all(t, 2));
+    CU_ASSERT_EQUAL(t[1].r.flags, 0);          /* not the removed one's cached answer */
+    CU_ASSERT_EQUAL(qv_hist_quantile(qv_service_stage_hist(svc, C_IVF,
+                                                           QV_SERVICE_STAGE_QUEUE), 1.0) > 0 ||
+                    t[1].r.t_taken > 0, 1);
+    char *text = render(svc);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+    CU_ASSERT_EQUAL(metric(text, "quiver_service_requests_total", "collection=\"2\"",
+                           "outcome=\"ok\""), 1.0);        /* from zero again */
+    free(text);
+    qv_service_free(svc);
+}
+
+/* A submit answered from the cache runs its callback inside submit: a
+ * removal started meanwhile waits for that submit to return (its grace
+ * period), though the collection has nothing queued. */
+static struct {
+    _Atomic int entered, release;
+} GP;
+
+static void blocking_done(struct qv_service_request *req, void *arg)
+{
+    on_done(req, arg);
+    atomic_store(&GP.entered, 1);
+    while (!atomic_load(&GP.release))
+        sched_yield();
+}
+
+struct gp_call {
+    struct qv_service *svc;
+    struct treq *t;
+    uint64_t id;
+    int rc;
+    _Atomic int returned;
+};
+
+static void *gp_submit_main(void *arg)
+{
+    struct gp_call *g = arg;
+
+    g->rc = qv_service_submit(g->svc, &g->t->r);
+    atomic_store(&g->returned, 1);
+    return NULL;
+}
+
+static void *gp_remove_main(void *arg)
+{
+    struct gp_call *g = arg;
+
+    g->rc = qv_service_remove_collection(g->svc, g->id);
+    atomic_store(&g->returned, 1);
+    return NULL;
+}
+
+static void test_remove_waits_for_submit(void)
+{
+    static struct treq t[3];
+    struct gp_call sub, rem;
+    pthread_t ts, tr;
+
+    struct qv_service *svc = service(0, 0, 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
+    CU_ASSERT_EQUAL_FATAL(add_flat(svc, 50), 0);
+    treq_init(&t[0], 50, query(1), 10);
+    CU_ASSERT_EQUAL(submit(svc, &t[0]), 0);
+    CU_ASSERT_FATAL(wait_all(t, 1));
+    atomic_store(&GP.entered, 0);
+    atomic_store(&GP.release, 0);
+    treq_init(&t[1], 50, query(1), 10);         /* a cache hit: done inline */
+    t[1].r.done = blocking_done;
+    sub = (struct gp_call){ .svc = svc, .t = &t[1] };
+    rem = (struct gp_call){ .svc = svc, .id = 50 };
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&ts, NULL, gp_submit_main, &sub), 0);
+    while (!atomic_load(&GP.entered))
+        sched_yield();
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&tr, NULL, gp_remove_main, &rem), 0);
+    sleep_ns(50 * MS);
+    CU_ASSERT_EQUAL(atomic_load(&rem.returned), 0);     /* waits for the submit */
+    treq_init(&t[2], 50, query(2), 10);
+    CU_ASSERT_EQUAL(submit(svc, &t[2]), QV_ENOENT);     /* already refused */
+    atomic_store(&GP.release, 1);
+    pthread_join(ts, NULL);
+    pthread_join(tr, NULL);
+    CU_ASSERT_EQUAL(sub.rc, 0);
+    CU_ASSERT_EQUAL(t[1].r.flags, QV_SERVICE_CACHED);
+    CU_ASSERT_EQUAL(rem.rc, 0);
+    CU_ASSERT_EQUAL(qv_service_epoch(svc, 50), UINT64_MAX);
+    qv_service_free(svc);
+}
+
+/*
+ * Removal under load: 4 producers submit without pause to two
+ * collections that stay, to the collection being removed (a new id each
+ * round, removed while they submit to it) and to the id removed last.
+ * Each producer cycles through a ring of requests and reuses one only
+ * after its previous request completed (accepted: done exactly once;
+ * refused: never).  Submits to a removed id are QV_ENOENT; to the ones
+ * that stay never; /metrics never shows a removed collection; under
+ * ASan, nothing is used after its free.
+ */
+#define RM_THREADS 4
+#define RM_RING 1024
+#define RM_ROUNDS 60
+
+static struct {
+    _Atomic uint64_t victim, removed;
+    _Atomic int stop;
+} RMV;
+
+struct rm_producer {
+    struct qv_service *svc;
+    struct treq *t;                 /* RM_RING */
+    uint8_t accepted[RM_RING];
+    unsigned id;
+    unsigned sent, accepted_n, stale, stale_enoent, stay_enoent, to_victim, failed;
+    unsigned not_once, bad_status;
+};
+
+/* Wait until ring slot t may be reused; check how its request ended. */
+static void rm_settle(struct rm_producer *p, unsigned j)
+{
+    struct treq *t = &p->t[j];
+    int64_t give_up = qv_now_ns() + 20000 * MS;
+
+    if (!p->accepted[j]) {
+        p->not_once += atomic_load(&t->calls) != 0;
+        return;
+    }
+    while (atomic_load_explicit(&t->calls, memory_order_acquire) == 0 &&
+           qv_now_ns() < give_up)
+        sched_yield();
+    p->not_once += atomic_load(&t->calls) != 1;
+    p->bad_status += t->r.status != 0;
+    p->accepted[j] = 0;
+}
+
+static void *rm_producer_main(void *arg)
+{
+    struct rm_producer *p = arg;
+
+    for (unsigned i = 0; !atomic_load(&RMV.stop); i++) {
+        unsigned v = p->id * 1000003u + i, j = i % RM_RING;
+        struct treq *t = &p->t[j];
+        uint64_t coll = i % 2 ? C_FLAT : C_HNSW, stale = 0;
+        int rc;
+        if (i >= RM_RING)
+            rm_settle(p, j);
+        if (i % 4 == 1) {
+            uint64_t vic = atomic_load(&RMV.victim);
+            if (vic != 0)
+                coll = vic;
+        } else if (i % 8 == 2) {
+            stale = atomic_load(&RMV.removed);
+            if (stale != 0)
+                coll = stale;
+        }
+        treq_init(t, coll, t->q, 1 + v % 10);
+        memcpy(t->q, query(v), sizeof t->q);
+        if (v % 4 != 0)                 /* unique, but for 1 in 4 (cache hits) */
+            t->q[v % DIM] += (float)(v / NQ % 1000 + 1) * 1e-3f;
+        t->r.cls = v % 5 == 0 ? QV_BATCH_BULK : QV_BATCH_INTERACTIVE;
+        rc = qv_service_submit(p->svc, &t->r);
+        p->accepted[j] = rc == 0;
+        p->accepted_n += rc == 0;
+        p->sent++;
+        if (stale != 0) {
+            p->stale++;
+            p->stale_enoent += rc == QV_ENOENT;
+        } else if (coll >= 100) {
+            p->to_victim++;
+            p->failed += rc != 0 && rc != QV_ENOENT && rc != QV_EBUSY;
+        } else {
+            p->stay_enoent += rc == QV_ENOENT;
+            p->failed += rc != 0 && rc != QV_EBUSY;
+        }
+        if (rc == QV_EBUSY)
+            sched_yield();
+    }
+    for (unsigned j = 0; j < RM_RING; j++)
+        rm_settle(p, j);
+    return NULL;
+}
+
+static void test_remove_under_load(void)
+{
+    static struct rm_producer prod[RM_THREADS];
+    pthread_t th[RM_THREADS];
+    struct treq *all = calloc((size_t)RM_THREADS * RM_RING, sizeof *all);
+    struct qv_service_opts o;
+    char lab[64];
+    unsigned rounds = 0, shown = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(all);
+    qv_service_opts_default(&o);
+    o.max_k = KMAX;
+    o.batcher.max_collections = 4;
+    o.batcher.queue_capacity = 64;
+    o.batcher.budget_ns[QV_BATCH_INTERACTIVE] = 5000 * MS;     /* no timeouts */
+    o.batcher.budget_ns[QV_BATCH_BULK] = 5000 * MS;
+    o.cache.entries = 1000;
+    o.cache.bytes = 1 << 20;
+    struct qv_service *svc = qv_service_create(&o);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(svc);
+    CU_ASSERT_EQUAL_FATAL(add(svc, C_FLAT), 0);
+    CU_ASSERT_EQUAL_FATAL(add(svc, C_HNSW), 0);
+    atomic_store(&RMV.victim, 0);
+    atomic_store(&RMV.removed, 0);
+    atomic_store(&RMV.stop, 0);
+    for (unsigned i = 0; i < RM_THREADS; i++) {
+        memset(&prod[i], 0, sizeof prod[i]);
+        prod[i].svc = svc;
+        prod[i].t = all + (size_t)i * RM_RING;
+        prod[i].id = i;
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, rm_producer_main, &prod[i]), 0);
+    }
+    for (uint64_t vic = 100; rounds < RM_ROUNDS; vic++) {
+        CU_ASSERT_EQUAL_FATAL(add_flat(svc, vic), 0);
+        atomic_store(&RMV.victim, vic);
+        sleep_ns(MS);
+        CU_ASSERT_EQUAL(qv_service_remove_collection(svc, vic), 0);   /* while submitted to */
+        atomic_store(&RMV.removed, vic);
+        rounds++;
+        if (rounds % 8 == 0) {
+            char *text = render(svc);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+            snprintf(lab, sizeof lab, "collection=\"%llu\"", (unsigned long long)vic);
+            shown += strstr(text, lab) != NULL;
+            free(text);
+        }
+    }
+    atomic_store(&RMV.stop, 1);
+    unsigned sent = 0, accepted = 0, stale = 0, stale_enoent = 0, stay_enoent = 0;
+    unsigned to_victim = 0, failed = 0, not_once = 0, bad_status = 0;
+    for (unsigned i = 0; i < RM_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        sent += prod[i].sent;
+        accepted += prod[i].accepted_n;
+        stale += prod[i].stale;
+        stale_enoent += prod[i].stale_enoent;
+        stay_enoent += prod[i].stay_enoent;
+        to_victim += prod[i].to_victim;
+        failed += prod[i].failed;
+        not_once += prod[i].not_once;
+        bad_status += prod[i].bad_status;
+    }
+    fprintf(stderr, "\n  %u removals; %u accepted of %u; %u submits to victims, %u to "
+            "removed ids\n", rounds, accepted, sent, to_victim, stale);
+    CU_ASSERT(stale > 0);
+    CU_ASSERT_EQUAL(stale_enoent, stale);
+    CU_ASSERT_EQUAL(stay_enoent, 0);
+    CU_ASSERT_EQUAL(failed, 0);
+    CU_ASSERT_EQUAL(not_once, 0);
+    CU_ASSERT_EQUAL(bad_status, 0);
+    CU_ASSERT_EQUAL(shown, 0);
+    qv_service_free(svc);
+    for (size_t k = 0; k < (size_t)RM_THREADS * RM_RING; k++)  /* none done late */
+        not_once += atomic_load(&all[k].calls) > 1;
+    CU_ASSERT_EQUAL(not_once, 0);
+    free(all);
 }
 
 int main(void)
@@ -1196,6 +1583,11 @@ int main(void)
           test_prefetch },
         { "custom collections: callback, text groups; retire drains",
           test_custom_and_retire },
+        { "add / search / remove 1000 times with max_collections 4", test_remove_cycles },
+        { "remove waits for a submit that holds the collection",
+          test_remove_waits_for_submit },
+        { "remove while 4 producers submit: each accepted once, ENOENT after",
+          test_remove_under_load },
     };
     CU_pSuite s;
     unsigned fails;

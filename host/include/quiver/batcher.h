@@ -13,9 +13,17 @@
  *     query or tells its client to retry).
  *   - One consumer thread (the dispatcher) calls qv_batcher_poll(), runs
  *     each batch it returns and hands it back with qv_batcher_done().
- *     qv_batcher_add_collection(), qv_batcher_stats() and
- *     qv_batcher_free() also belong to that thread (or run before any
- *     producer starts / after every producer stopped).
+ *     qv_batcher_add_collection(), qv_batcher_remove_collection(),
+ *     qv_batcher_stats() and qv_batcher_target() also belong to that
+ *     thread, or to any one thread at a time while the consumer is
+ *     stopped (as the service does: its dispatcher parked); producers may
+ *     go on offering meanwhile.  qv_batcher_free() runs after every
+ *     producer stopped.
+ *   - Collections come and go: remove_collection unlinks an idle
+ *     collection (nothing queued, no batch out) while producers offer, and
+ *     frees its queues once no producer can still be reading them (a grace
+ *     period: batcher.c, "Removal and reclamation").  max_collections
+ *     bounds the collections registered at one time.
  *   - Time is passed in (`now`, ns on the caller's monotonic clock,
  *     normally qv_now_ns()), so tests drive it with a fake clock.
  *
@@ -97,7 +105,8 @@ struct qv_batcher_opts {
                                        4 interactive, 2 bulk */
     double ewma_alpha;              /* weight of each new inter-arrival
                                        gap, in (0, 1]; 0.125 */
-    uint32_t max_collections;       /* 1..QV_BATCHER_MAX_COLLECTIONS; 64 */
+    uint32_t max_collections;       /* registered at one time,
+                                       1..QV_BATCHER_MAX_COLLECTIONS; 64 */
     qv_batcher_cost_fn *cost_ns;    /* NULL: every batch costs 0 */
     void *cost_arg;
     int idle_flush;                 /* 1 (default): the idle flush rule
@@ -153,20 +162,45 @@ void qv_batcher_free(struct qv_batcher *b);
  * `inflight` batches of max_batch items each): nothing is allocated per
  * query afterwards.  co NULL = the batcher's values.  Offers for coll
  * may start once this returns.  Consumer thread only.  Returns 0,
- * QV_EEXIST (coll registered), QV_ENOSPC (max_collections registered),
- * QV_EINVAL (an override out of range), QV_ENOMEM.
+ * QV_EEXIST (coll registered), QV_ENOSPC (max_collections registered
+ * now; removed ones do not count), QV_EINVAL (an override out of range),
+ * QV_ENOMEM.  O(1) expected, O(max_collections) at worst (probing past
+ * the tombstones of removed collections).
  */
 int qv_batcher_add_collection(struct qv_batcher *b, uint64_t coll,
                               const struct qv_batcher_coll_opts *co);
 
 /*
+ * qv_batcher_remove_collection - unregister collection coll and free its
+ * queues.  It must be idle: every query offered to it taken by poll and
+ * every batch of it handed back with done (the caller drains it first,
+ * and stops offering to it: the service refuses its submits and waits).
+ * From the moment it is unlinked, offers for coll answer QV_ENOENT; the
+ * call then waits until no producer that found coll before that can still
+ * be inside offer() (it spins, then yields: the length of one offer unless
+ * that producer's thread is descheduled), and frees.  Afterwards coll's
+ * place counts no more against max_collections and coll may be added
+ * again.  Its counters stay in qv_batcher_stats().  Consumer thread only
+ * (see the top).  No allocation.  Returns 0, QV_ENOENT (coll not
+ * registered), QV_EBUSY (coll holds queries not yet taken or batches not
+ * yet done, or an offer that found it before the unlink queued one: the
+ * collection stays registered; poll, done and try again).  O(shards +
+ * collections) plus the wait.
+ */
+int qv_batcher_remove_collection(struct qv_batcher *b, uint64_t coll);
+
+/*
  * qv_batcher_offer - queue one query: item (opaque, borrowed; handed back
  * in a batch), arriving at now, due at deadline (absolute ns; 0 = now +
  * the class's budget).  Lock-free, never blocks, no allocation, no
- * system call: a CAS on the queue's tail plus a few stores.  Thread-safe
- * (any number of producers).  Returns 0, QV_EBUSY (that queue holds
- * queue_capacity queries not yet taken by poll: shed or retry later),
- * QV_ENOENT (coll not registered), QV_EINVAL (cls out of range).
+ * system call: a CAS on the queue's tail plus a few stores, and the read
+ * section that makes removal safe (two atomic increments on a counter of
+ * the calling thread's shard).  Thread-safe (any number of producers,
+ * also while a collection is added or removed).  Returns 0, QV_EBUSY
+ * (that queue holds queue_capacity queries not yet taken by poll: shed or
+ * retry later), QV_ENOENT (coll not registered, or removed), QV_EINVAL
+ * (cls out of range).  Costs O(1) expected; an absent coll may probe up
+ * to 2 x max_collections table slots.
  */
 int qv_batcher_offer(struct qv_batcher *b, uint64_t coll, enum qv_batch_class cls,
                      int64_t now, int64_t deadline, void *item);
@@ -213,14 +247,14 @@ struct qv_batcher_class_stats {
 };
 
 struct qv_batcher_stats {
-    uint32_t collections;
+    uint32_t collections;           /* registered now */
     uint32_t inflight[QV_BATCH_CLASSES];    /* batches out now */
     struct qv_batcher_class_stats cls[QV_BATCH_CLASSES];
 };
 
-/* Counters since create.  Consumer thread (the producer-side counters
- * are read with relaxed atomics: exact once producers stopped).  Cannot
- * fail.  O(collections). */
+/* Counters since create, removed collections included.  Consumer
+ * thread (the producer-side counters are read with relaxed atomics: exact
+ * once producers stopped).  Cannot fail.  O(collections). */
 void qv_batcher_stats(const struct qv_batcher *b, struct qv_batcher_stats *out);
 
 /* Current target batch size of (coll, cls) (1..max_batch), for logs and

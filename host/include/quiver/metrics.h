@@ -4,10 +4,14 @@
  *
  * A registry (struct qv_metrics) is created at start.  Metrics are
  * registered in it by name (slow path: takes the registry's mutex and
- * allocates), which returns a pointer that stays valid until
- * qv_metrics_free().  Updates through that pointer are lock-free and
- * allocation-free and may come from any thread (hot path, STYLE rule 10).
- * qv_metrics_render() writes every metric as text for a /metrics scrape.
+ * allocates), which returns a pointer that stays valid until it is
+ * unregistered (as many times as it was registered) or qv_metrics_free().
+ * Updates through that pointer are lock-free and allocation-free and may
+ * come from any thread (hot path, STYLE rule 10).  qv_metrics_render()
+ * writes every metric as text for a /metrics scrape.  Series that belong
+ * to something that goes away (a dropped collection) are unregistered
+ * with it, so /metrics stops showing them and the registry holds only the
+ * live ones.
  *
  * Names follow Prometheus: [a-zA-Z_:][a-zA-Z0-9_:]*.  Counter names must
  * end in "_total" after a base name (the name given is the sample name,
@@ -78,7 +82,8 @@ void qv_metrics_free(struct qv_metrics *m);
  * registration of a name sets it.  labels: constant labels as described
  * above, or NULL / "" for none.  The strings are copied.
  *
- * Returns a pointer owned by m, valid until qv_metrics_free(m).  On failure
+ * Returns a pointer owned by m, valid until it is unregistered as often
+ * as it was registered (below) or qv_metrics_free(m).  On failure
  * returns NULL and sets qv_errno, with a message naming the metric:
  *   QV_EINVAL  name or labels malformed; a counter name without "_total";
  *              the name already registered as another type; a histogram
@@ -92,6 +97,25 @@ struct qv_gauge *qv_metrics_register_gauge(struct qv_metrics *m,
         const char *name, const char *help, const char *labels);
 struct qv_hist *qv_metrics_register_hist(struct qv_metrics *m,
         const char *name, const char *help, const char *labels);
+
+/*
+ * Unregister a metric: drop the reference that one register call of it
+ * took (registering the same name and labels again returns the same
+ * pointer and takes another).  When the last reference goes, the series
+ * leaves the registry (render no longer shows it; the rest keep their
+ * order) and is freed, and so is its name's family when it was the last
+ * series of that name (a later registration of the name sets its help
+ * anew).  The caller guarantees that no thread updates or reads the
+ * metric through that pointer any more (updates take no lock: the
+ * registry cannot tell) -- after the last unregister the pointer is
+ * dangling.  NULL is a no-op (returns 0).  Returns 0 or QV_ENOENT (the
+ * pointer is not a live metric of m: never registered there, or already
+ * unregistered as often as registered; the pointer is compared, never
+ * read, so this is safe to ask).  Thread-safe (the registry's mutex); O(metrics).
+ */
+int qv_metrics_unregister_counter(struct qv_metrics *m, struct qv_counter *c);
+int qv_metrics_unregister_gauge(struct qv_metrics *m, struct qv_gauge *g);
+int qv_metrics_unregister_hist(struct qv_metrics *m, struct qv_hist *h);
 
 /*
  * Render every metric in Prometheus text format 0.0.4 into buf: per name,

@@ -11,9 +11,9 @@
  *     resume, bump the epochs                translated; merge top-k
  *   seal: growing -> sealed, new growing
  *     (under the pause), queue a build     builder thread (one per node)
- *   drop: retire in the service (drains),  -------------------------
- *     wait for writers and the builder,      build a sealed segment's
- *     free                                   index WITHOUT the pause;
+ *   drop: remove from the service          -------------------------
+ *     (drains), wait for writers and the     build a sealed segment's
+ *     builder, free                          index WITHOUT the pause;
  *                                            swap it in under the pause
  *
  * Decisions, and why
@@ -117,17 +117,21 @@
  * the field) and submit it with qv_service_submit().
  *
  * Drop.  qv_node_drop_collection removes the name and id at once (later
- * requests: QV_ENOENT), then qv_service_retire_collection: new searches
+ * requests: QV_ENOENT), then qv_service_remove_collection: new searches
  * are refused, the queued ones are searched and completed (PROTOCOL:
  * "queries in flight complete first"; at the latest by their deadlines,
- * so a DROP may wait up to a class's budget), and the service never calls
- * the collection again; then it waits for writers inside it and for the
- * build in hand (a build cannot be interrupted: dropping a collection whose
- * segment is being built waits for that build), and frees.  The service
- * keeps a retired collection's queues and metric series until it is
- * freed, so [batcher] max_collections bounds the collections CREATEd over
- * the service's life, dropped ones included (a CREATE beyond it is
- * QV_ENOSPC naming that key).
+ * so a DROP may wait up to a class's budget), the service never calls
+ * the collection again, and it frees the collection's queues, record and
+ * metric series (/metrics stops showing collection="id"); then the node
+ * waits for writers inside it and for the build in hand (a build cannot
+ * be interrupted: dropping a collection whose segment is being built
+ * waits for that build), and frees.  So once a DROP returned, the
+ * collection no longer counts anywhere: [server] max_collections and the
+ * service's [batcher] max_collections both bound the collections live at
+ * one time (a collection still being dropped counts in the service until
+ * its DROP returns; a CREATE beyond either is QV_ENOSPC naming the key),
+ * and a node may CREATE and DROP collections for ever.  The name may be
+ * used again at once; the id never is (a new CREATE gets the next id).
  *
  * Threads.  Every function is thread-safe.  Locks, in the order they are
  * taken: node->create_mu (create, drop) -> node->tab_lock (the id table;
@@ -136,8 +140,8 @@
  * queue, reference waits).  The dispatcher takes none of them.
  *
  * Lifetime.  The service, engine and pool are borrowed and must outlive
- * the node; free the node before the service (the node's free retires its
- * collections in the service, which completes their queued searches).
+ * the node; free the node before the service (the node's free removes its
+ * collections from the service, which completes their queued searches).
  *
  * Not yet: persistence (the WAL and snapshots of DESIGN.md: a restart
  * starts empty), merging small sealed segments, replication.
@@ -297,7 +301,7 @@ struct qv_node *qv_node_create(const struct qv_node_opts *o);
 
 /*
  * qv_node_free - stop the builder (it finishes the build in hand: builds
- * cannot be interrupted), drop every collection (each retired in the
+ * cannot be interrupted), drop every collection (each removed from the
  * service: its queued searches complete first), free everything.  No
  * other call on the node may be running or start.  Call before freeing
  * the service.  NULL is a no-op.
@@ -310,7 +314,8 @@ void qv_node_free(struct qv_node *node);
  * its id.  Returns 0, QV_EINVAL (a field out of range or unlike the rule
  * above: the message names it and what is allowed), QV_EEXIST (the name
  * is in use), QV_ENOSPC (max_collections live, or the service's
- * [batcher] max_collections registrations used up), QV_ENOMEM.
+ * [batcher] max_collections registered: live collections and ones whose
+ * DROP has not returned yet), QV_ENOMEM.
  * O(collections).  Thread-safe.
  */
 int qv_node_create_collection(struct qv_node *node, const struct qv_node_coll_spec *spec,

@@ -48,22 +48,43 @@
  * dispatcher thread only, under the same rules as an index search (the
  * owner changes what they read only while the service is paused).
  *
- * Retiring.  Collections are never removed (the batcher and the metrics
- * registry have no removal), but qv_service_retire_collection() ends one:
- * submits for it are refused (QV_ENOENT) from then on, the requests
- * already accepted are searched as usual (when their batch flushes: at
- * once when the dispatcher is idle, at the latest by their deadlines, so
- * a retire may wait up to the class's budget), and it returns once the
- * last of them has completed: after that the service never touches the
- * index or callback again, and its owner may free it.  (Polling every
- * queue ahead, as free does, would flush other collections' batches
- * early and count them as deadline misses.)  A submit counts itself in the
- * collection's `queued` before it checks `retired` and offers, the
- * retirer sets `retired` before it waits for `queued` to reach 0 (both
- * seq_cst: either the submit sees the flag and backs out, or the retirer
- * waits for its request).  A retired id stays registered (its queues and
- * metric series remain, it counts against [batcher] max_collections, a
- * second add of it is QV_EEXIST) until qv_service_free.
+ * Retiring and removing.  qv_service_remove_collection() ends a
+ * collection for good: submits for it are refused (QV_ENOENT) from then
+ * on, the requests already accepted are searched as usual (when their
+ * batch flushes: at once when the dispatcher is idle, at the latest by
+ * their deadlines, so a removal may wait up to the class's budget), and
+ * once the last of them has completed the collection is unlinked from
+ * the service's table and, after a grace period, from the batcher (its
+ * queues freed), its metric series are unregistered (/metrics no longer
+ * shows them; qv_service_stats keeps their counts) and its record is
+ * freed.  Then its id is free: it counts no more against [batcher]
+ * max_collections, which bounds the collections registered at one time,
+ * and it may be added again.  The service never touches the index or
+ * callback again, and its owner may free it.  qv_service_retire_collection()
+ * is the first half alone: refuse, drain, take the engine off an IVF /
+ * IVF-PQ index (the index may then be freed), but keep the id registered
+ * (QV_EEXIST to a second add, it counts against max_collections) until a
+ * remove or qv_service_free.  (Polling every queue ahead, as free does,
+ * would flush other collections' batches early and count them as
+ * deadline misses.)
+ *   Draining: a submit counts itself in the collection's `queued` before
+ * it checks `retired` and offers, the retirer sets `retired` before it
+ * waits for `queued` to reach 0 (both seq_cst: either the submit sees the
+ * flag and backs out, or the retirer waits for its request), so once the
+ * wait ends no submit will offer to the collection again.
+ *   Freeing: submit finds the collection in a lock-free table and uses it
+ * (the flag, the counters, an inline cache hit's completion) with no
+ * lock, so a submitter may hold the pointer between its lookup and its
+ * check of `retired`, or while it backs out.  Every such use is inside a
+ * read section of the service's grace periods (the batcher's scheme,
+ * host/router/batcher.c "Removal and reclamation": two atomic increments
+ * on a per-thread shard, no lock, no allocation).  Removal replaces the
+ * table slot with a tombstone (lookups skip it), waits until every read
+ * section that might have found the collection has ended, then pauses
+ * the dispatcher (which looks collections up only for its own batches:
+ * parked between batches, it holds none of a drained collection) to
+ * remove it from the batcher, and frees it.  The lifetime rules per field
+ * are in host/service/service_int.h.
  *
  * Requests are the caller's memory (no allocation per query): the query
  * vector, the filter bitmap and the result arrays are borrowed until the
@@ -76,8 +97,10 @@
  *     passed before its group was searched (QV_ETIMEDOUT).
  * After `done` starts the service never touches the request again, so
  * the callback may free or reuse it.  A callback must be short (it delays
- * every query behind it) and must not call qv_service_pause, resume,
- * add_collection, render_metrics or free (they wait for the dispatcher).
+ * every query behind it, and an inline one delays a removal's grace
+ * period) and must not call qv_service_pause, resume, add_collection,
+ * retire_collection, remove_collection, render_metrics or free (they wait
+ * for the dispatcher or for the submit that runs the callback).
  *
  * Caches.  The exact result cache is keyed by (collection, write epoch,
  * query bytes, k, filter text, hash of the resolved nprobe/ef/refine);
@@ -251,8 +274,9 @@ struct qv_service_index {
 
 /* What qv_service_add_collection() registers.  Copied; index borrowed. */
 struct qv_service_collection {
-    struct qv_service_index index;  /* must outlive the service (or its
-                                       retirement) */
+    struct qv_service_index index;  /* must outlive the service (or the
+                                       collection's retirement or
+                                       removal) */
     uint32_t dim;                   /* must equal the index's dim; CUSTOM:
                                        required, 1..65536 */
     enum qv_metric metric;          /* the index's metric (HNSW: checked);
@@ -404,16 +428,19 @@ void qv_service_free(struct qv_service *svc);
  * Returns 0, QV_EINVAL (NULL index, unknown type, dim 0 or unlike the
  * index's, HNSW metric unlike the index's, nlist 0 (untrained IVF); a
  * CUSTOM without search callback or dim; a batcher override out of
- * range), QV_EEXIST (id registered, retired ones included), QV_ENOSPC
- * ([batcher] max_collections registered, retired ones included),
- * QV_ENOMEM.  Messages name the field.
+ * range), QV_EEXIST (id registered, retired ones included, or being
+ * removed right now), QV_ENOSPC ([batcher] max_collections registered
+ * now, retired ones included; removed ones do not count), QV_ENOMEM.
+ * Messages name the field.
  */
 int qv_service_add_collection(struct qv_service *svc, uint64_t id,
                               const struct qv_service_collection *c);
 
 /*
  * qv_service_submit - hand one request to the service.  Never blocks,
- * never allocates; thread-safe for any number of producers.  Returns
+ * never allocates; thread-safe for any number of producers, also while
+ * collections are added and removed (what makes removal safe costs it
+ * two atomic increments, no lock: "Retiring and removing").  Returns
  *   0            accepted: req->done runs exactly once (already, inline,
  *                for a cache hit; else on the dispatcher thread);
  *   QV_EINVAL    req NULL; query, dist, ids or done NULL; k outside
@@ -422,7 +449,7 @@ int qv_service_add_collection(struct qv_service *svc, uint64_t id,
  *                semantic_threshold negative or NaN; filter_text without
  *                filter (not CUSTOM); a filter bitmap for a CUSTOM
  *                collection (the message names the field);
- *   QV_ENOENT    the collection is not registered, or retired;
+ *   QV_ENOENT    the collection is not registered, retired or removed;
  *   QV_ETIMEDOUT the deadline has already passed;
  *   QV_EBUSY     the collection's queue for that class is full (shed the
  *                query or retry later);
@@ -432,15 +459,38 @@ int qv_service_add_collection(struct qv_service *svc, uint64_t id,
 int qv_service_submit(struct qv_service *svc, struct qv_service_request *req);
 
 /*
- * qv_service_retire_collection - end collection id (see "Retiring" at the
- * top): refuse its new requests with QV_ENOENT, let the accepted ones be
- * searched, and return once every one of them has completed; then the
- * service never calls into its index (or custom callbacks) again.
- * Waits for the dispatcher, so never call it from a callback or while
- * this thread holds a pause.  Retiring twice waits again (returns 0).
- * Thread-safe.  Returns 0 or QV_ENOENT (never registered).
+ * qv_service_retire_collection - stop collection id without removing it
+ * (see "Retiring and removing" at the top): refuse its new requests with
+ * QV_ENOENT, let the accepted ones be searched, return once every one of
+ * them has completed, the service's engine taken off an IVF / IVF-PQ
+ * index; then the service never calls into its index (or custom
+ * callbacks) again and the owner may free it.  The id stays registered
+ * until qv_service_remove_collection or qv_service_free.  Waits for the
+ * dispatcher, so never call it from a callback or while this thread holds
+ * a pause.  Retiring twice waits again (returns 0).  Thread-safe
+ * (serialised with remove).  Returns 0 or QV_ENOENT (not registered).
  */
 int qv_service_retire_collection(struct qv_service *svc, uint64_t id);
+
+/*
+ * qv_service_remove_collection - retire collection id as above (it may
+ * be retired already), then remove it (see "Retiring and removing"): out
+ * of the service's table and the batcher, its metric series unregistered,
+ * its memory freed.  When it returns, id is unknown to the service (its
+ * submits answer QV_ENOENT, "not registered"), no longer counts against
+ * [batcher] max_collections and may be added again; pointers from
+ * qv_service_stage_hist(id) are dangling; qv_service_stats still counts
+ * its requests.  Waits for the accepted requests (up to the class's
+ * budget), for every submit that may hold the collection (a grace
+ * period: the length of a submit) and for the dispatcher to park between
+ * batches; so never call it from a callback or while this thread holds a
+ * pause.  Thread-safe (removals, retires and adds of other ids may run
+ * at the same time; an add of this id while it runs is QV_EEXIST).  No
+ * allocation.  Returns 0 or QV_ENOENT (not registered, or already
+ * removed).  O(collections), plus O(series in the registry) for each of
+ * its ~20 series, plus the waits.
+ */
+int qv_service_remove_collection(struct qv_service *svc, uint64_t id);
 
 /* After the caller changed collection id's index (inside pause/resume):
  * a new write epoch, so no earlier cached answer can hit again, and the
@@ -494,13 +544,16 @@ struct qv_service_stats {
     uint64_t semantic_hits, semantic_misses;
 };
 
-/* Counters since create (relaxed reads: exact once quiet).  Thread-safe;
+/* Counters since create, removed collections included (relaxed reads:
+ * exact once quiet).  Thread-safe, not from a callback (it waits for an
+ * add or remove in hand, which may wait for the dispatcher);
  * O(collections). */
 void qv_service_stats(struct qv_service *svc, struct qv_service_stats *out);
 
 /* The histogram of a stage of collection id (ns), for quantiles
  * (qv_hist_snapshot_quantile); NULL when id is not registered.  Valid
- * until qv_service_free. */
+ * until id is removed (qv_service_remove_collection) or qv_service_free.
+ * Thread-safe. */
 const struct qv_hist *qv_service_stage_hist(struct qv_service *svc, uint64_t id,
                                             enum qv_service_stage stage);
 
