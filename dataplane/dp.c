@@ -129,8 +129,9 @@ int qv_dp_opts_from_config(const struct qv_config *cfg, struct qv_dp_opts *o)
                              s, v);
         for (unsigned i = 0; i < o->nlcores; i++)
             if (o->lcores[i] == (unsigned)v)
-                return qv_seterr(QV_ECONFIG, "[dataplane] lcores = %s: CPU %ld is listed "
-                                 "twice", s, v);
+                QV_WARN("[dataplane] lcores = %s: CPU %ld runs two worker lcores: each "
+                        "gets half of it (for tests; give each its own CPU in production)",
+                        s, v);
         if (o->nlcores == QV_DP_MAX_LCORES)
             return qv_seterr(QV_ECONFIG, "[dataplane] lcores = %s: at most %u worker "
                              "lcores", s, QV_DP_MAX_LCORES);
@@ -309,13 +310,14 @@ int qv_dp_eal_init(const struct qv_dp_opts *o, int *no_huge)
 
     if (!a)
         return qv_seterr(QV_ENOMEM, "dataplane: no memory for the EAL arguments");
-    len += (size_t)snprintf(list, sizeof list, "%u", o->main_lcore);
+    /* lcore 0 = the main one on main_lcore's CPU; worker i = lcore i + 1
+     * on CPU lcores[i] (two workers may share a CPU) */
+    len += (size_t)snprintf(list, sizeof list, "0@%u", o->main_lcore);
     for (unsigned i = 0; i < o->nlcores && len < sizeof list; i++)
-        len += (size_t)snprintf(list + len, sizeof list - len, ",%u", o->lcores[i]);
+        len += (size_t)snprintf(list + len, sizeof list - len, ",%u@%u", i + 1, o->lcores[i]);
     eal_add(a, "quiverd");
-    eal_add(a, "-l");
-    eal_add(a, "%s", list);
-    eal_add(a, "--main-lcore=%u", o->main_lcore);
+    eal_add(a, "--lcores=%s", list);
+    eal_add(a, "--main-lcore=0");
     eal_add(a, "-m");
     eal_add(a, "%" PRIu64, o->memory >> 20);
     if (o->file_prefix[0])
@@ -806,7 +808,8 @@ static int lcores_init(struct qv_dp *dp)
         char name[RTE_RING_NAMESIZE];
         lc->dp = dp;
         lc->idx = i;
-        lc->lcore_id = o->lcores[i];
+        lc->lcore_id = i + 1;
+        lc->cpu = o->lcores[i];
         snprintf(name, sizeof name, "qv_done_%u", i);
         lc->ring = rte_ring_create(name, o->slots, (int)rte_lcore_to_socket_id(lc->lcore_id),
                                    RING_F_SC_DEQ | RING_F_EXACT_SZ);
@@ -876,7 +879,7 @@ static void isolate_lcores(struct qv_dp *dp)
     cpu_set_t lc, all;
     CPU_ZERO(&lc);
     for (unsigned i = 0; i < dp->nlcores; i++)
-        CPU_SET(dp->lc[i].lcore_id, &lc);
+        CPU_SET(dp->lc[i].cpu, &lc);
     if (sched_getaffinity(0, sizeof all, &all) != 0)
         return;
     cpu_set_t rest;
@@ -955,9 +958,11 @@ struct qv_dp *qv_dp_start(const struct qv_dp_opts *o, const struct qv_udp_handle
     }
     dp->tsc_hz = rte_get_tsc_hz();
     for (unsigned i = 0; i < o->nlcores; i++) {
-        if (!rte_lcore_is_enabled(o->lcores[i]) || o->lcores[i] == rte_get_main_lcore()) {
-            qv_seterr(QV_ECONFIG, "[dataplane] lcores: lcore %u is not a worker lcore of "
-                      "the EAL (main lcore %u)", o->lcores[i], rte_get_main_lcore());
+        if (!rte_lcore_is_enabled(i + 1) || i + 1 == rte_get_main_lcore()) {
+            qv_seterr(QV_ECONFIG, "[dataplane] lcores: lcore %u (CPU %u) is not a worker "
+                      "lcore of the EAL (main lcore %u; EAL arguments of eal_args may "
+                      "have changed the mapping)", i + 1, o->lcores[i],
+                      rte_get_main_lcore());
             goto fail;
         }
     }

@@ -73,7 +73,8 @@ struct dp_txq {
 struct dp_lcore {
     _Alignas(DP_CACHELINE) struct qv_dp *dp;
     unsigned idx;                   /* = its queue on every port */
-    unsigned lcore_id;
+    unsigned lcore_id;              /* idx + 1 (the main lcore is 0) */
+    unsigned cpu;                   /* [dataplane] lcores entry */
     _Atomic int tid;                /* its thread, once the loop runs */
     struct rte_ring *ring;          /* completed ASYNC slots (MP / SC) */
     struct dp_slot *slots;

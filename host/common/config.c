@@ -223,7 +223,7 @@ const struct qv_conf_key qv_conf_schema[] = {
     { "dataplane", "main_lcore", QV_CONF_INT, "0", 0, 1023, NULL,
       "CPU of the EAL's main lcore (the daemon's main thread, no packet work)" },
     { "dataplane", "lcores", QV_CONF_STRING, "1", 0, 0, NULL,
-      "CPUs of the worker lcores, comma-separated; one rx/tx queue pair each" },
+      "CPUs of the worker lcores (lcore 1, 2, ...), comma-separated; one queue pair each" },
     { "dataplane", "devices", QV_CONF_STRING, "none", 0, 0, NULL,
       "ports: PCI addresses or vdev specs, separated by ;" },
     { "dataplane", "ip", QV_CONF_STRING, "none", 0, 0, NULL,

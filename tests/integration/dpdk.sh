@@ -19,6 +19,7 @@
 # namespace are each counted under their reason in /metrics and dropped,
 # and valid traffic is still answered after them; the mempool is back at
 # its starting count after the 100k queries (no mbuf leak); SIGTERM: exit 0.
+# Then two worker lcores on two queue pairs: flows spread, all answered.
 # Huge pages: reserved and mounted when possible, else the dataplane runs
 # with --no-huge and the log says so (and so does this script).
 #
@@ -165,4 +166,24 @@ done
 echo "dpdk.sh: mempool free $free0 before and $free1 after 101k queries: no mbuf leak"
 
 qv_stop || fail "quiverd did not drain and exit 0 on SIGTERM"
+
+# Two worker lcores (sharing CPU 1: this may be a 2-CPU machine) on two
+# queue pairs of the af_packet port (the kernel's fanout hash spreads the
+# flows): 16 clients, each its own flow, all answered; both lcores served.
+sed -i -e 's/^lcores = 1$/lcores = 1,1/' \
+    -e 's/^devices = .*/devices = net_af_packet0,iface=qvd0,qpairs=2/' "$tmp/quiver.conf"
+qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" || fail "quiverd with two lcores did not start"
+ip netns exec "$ns" taskset -c 0 "$client" --dp 10.77.0.1:7700 --kernel "10.77.1.1:$QV_UDP:$QV_TCP" \
+    --data "$data" --load-only > /dev/null || fail "load for the two-lcore run"
+for i in $(seq 1 16); do
+    ip netns exec "$ns" taskset -c 0 "$client" --dp 10.77.0.1:7700 --kernel "10.77.1.1:$QV_UDP:$QV_TCP" \
+        --data "$data" --latency-only dp --latency-queries 500 > /dev/null ||
+        fail "client $i of the two-lcore run"
+done
+r1=$(metric 'quiver_dataplane_requests_total{lcore="1"}')
+r2=$(metric 'quiver_dataplane_requests_total{lcore="2"}')
+echo "dpdk.sh: two lcores on two queues: $r1 and $r2 requests from 16 flows"
+[ "$r1" -gt 0 ] && [ "$r2" -gt 0 ] || fail "one lcore served nothing: $r1 / $r2"
+[ $((r1 + r2)) -ge 8000 ] || fail "$((r1 + r2)) requests served, 8000 sent"
+qv_stop || fail "quiverd with two lcores did not exit 0 on SIGTERM"
 echo "dpdk.sh: ok"
