@@ -145,17 +145,19 @@
  * remove_collection (consumer) must free a collection that producers may
  * be reading without a lock: a producer loads the table slot, then reads
  * the collection and writes its ring.  Reclamation is a grace period in
- * the style of SRCU, with sharded reader counters:
+ * the style of SRCU, with sharded reader counters (quiver/grace.h, shared
+ * with the query service's table):
  *
  *   gp            a counter bumped by every removal; its parity names the
  *                 reader counter new readers use
  *   rd[s].n[p]    readers inside offer() on shard s (a per-thread slot,
  *                 16 shards on cache lines of their own) with parity p
  *
- * offer() (reader): p = gp & 1; n[p]++; if gp & 1 is still p it is in
- * (else n[p]-- and retry); lookup, queue, publish; n[p]--.  All of these
- * are seq_cst.  remove (writer): store BT_TOMB in the slot (release); p =
- * gp & 1; gp++; wait until the 16 n[p] add up to 0; now free.
+ * offer() (reader, qv_grace_lock / unlock): p = gp & 1; n[p]++; if gp & 1
+ * is still p it is in (else n[p]-- and retry); lookup, queue, publish;
+ * n[p]--.  All of these are seq_cst.  remove (writer): store BT_TOMB in
+ * the slot (release); qv_grace_synchronize: p = gp & 1; gp++; wait until
+ * the 16 n[p] add up to 0; now free.
  *
  * Why that is safe.  Take a reader R whose critical section could touch
  * the collection X unlinked before the bump.  R's increment and its
@@ -206,10 +208,9 @@
 #include "quiver/batcher.h"
 #include "quiver/config.h"
 #include "quiver/errors.h"
+#include "quiver/grace.h"
 
 #define BT_CACHELINE 64
-#define BT_RD_SHARDS 16             /* reader counter shards (see above) */
-#define BT_SPINS 64                 /* remove: spins before it yields */
 
 struct bt_slot {
     _Atomic uint64_t seq;
@@ -256,11 +257,6 @@ struct bt_coll {
     uint64_t id;
 };
 
-/* One shard of the reader counters: n[parity]. */
-struct bt_rd_shard {
-    _Alignas(BT_CACHELINE) _Atomic uint64_t n[2];
-};
-
 struct qv_batcher {
     struct qv_batcher_opts o;
     uint32_t max_batch;             /* 1 when batching is off */
@@ -275,8 +271,7 @@ struct qv_batcher {
     uint64_t gone_refused[QV_BATCH_CLASSES];    /* removed collections */
     /* grace periods (see "Removal and reclamation"): gp is read by every
      * offer and written by remove only */
-    _Alignas(BT_CACHELINE) _Atomic uint64_t gp;
-    struct bt_rd_shard rd[BT_RD_SHARDS];
+    struct qv_grace grace;
 };
 
 /* The mark of a removed collection's table slot (never dereferenced). */
@@ -487,71 +482,6 @@ static struct bt_coll *lookup(const struct qv_batcher *b, uint64_t id)
     return probe(b, id, NULL);
 }
 
-/* ---- grace periods (see "Removal and reclamation" above) ---- */
-
-static _Atomic unsigned bt_next_shard;
-static __thread unsigned bt_shard_plus1;    /* 0: not drawn yet */
-
-static inline unsigned rd_shard(void)
-{
-    unsigned s = bt_shard_plus1;
-
-    if (__builtin_expect(s == 0, 0)) {
-        s = atomic_fetch_add_explicit(&bt_next_shard, 1, memory_order_relaxed) %
-            BT_RD_SHARDS + 1;
-        bt_shard_plus1 = s;
-    }
-    return s - 1;
-}
-
-/* Enter a read section; returns the token for rd_unlock. */
-static inline unsigned rd_lock(struct qv_batcher *b)
-{
-    unsigned s = rd_shard();
-
-    for (;;) {
-        unsigned p = (unsigned)(atomic_load_explicit(&b->gp, memory_order_seq_cst) & 1);
-        atomic_fetch_add_explicit(&b->rd[s].n[p], 1, memory_order_seq_cst);
-        if ((unsigned)(atomic_load_explicit(&b->gp, memory_order_seq_cst) & 1) == p)
-            return 2 * s + p;
-        atomic_fetch_sub_explicit(&b->rd[s].n[p], 1, memory_order_seq_cst);
-    }
-}
-
-static inline void rd_unlock(struct qv_batcher *b, unsigned tok)
-{
-    atomic_fetch_sub_explicit(&b->rd[tok / 2].n[tok & 1], 1, memory_order_seq_cst);
-}
-
-static void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-/* Wait until no read section that began before this call is left (any
- * that began after cannot see what was unlinked before it).  Consumer
- * only (one writer).  O(shards) per look; waits while a producer is
- * inside offer(): spins (an offer is tens of ns), then yields (its thread
- * was descheduled). */
-static void rd_synchronize(struct qv_batcher *b)
-{
-    unsigned p = (unsigned)(atomic_fetch_add_explicit(&b->gp, 1, memory_order_seq_cst) & 1);
-
-    for (unsigned spins = 0;; spins++) {
-        uint64_t n = 0;
-        for (unsigned s = 0; s < BT_RD_SHARDS; s++)
-            n += atomic_load_explicit(&b->rd[s].n[p], memory_order_seq_cst);
-        if (n == 0)
-            return;
-        if (spins < BT_SPINS)
-            cpu_relax();
-        else
-            sched_yield();
-    }
-}
-
 static int queue_init(const struct qv_batcher *b, struct bt_queue *q, uint64_t coll,
                       enum qv_batch_class cls, uint32_t cap, uint32_t inflight,
                       int64_t budget)
@@ -721,7 +651,7 @@ int qv_batcher_remove_collection(struct qv_batcher *b, uint64_t coll)
     if ((rc = coll_busy(c)) != 0)
         return rc;
     atomic_store_explicit(&b->table[h], BT_TOMB, memory_order_release);
-    rd_synchronize(b);
+    qv_grace_synchronize(&b->grace);
     if ((rc = coll_busy(c)) != 0) {     /* an offer found it before the unlink */
         atomic_store_explicit(&b->table[h], c, memory_order_release);
         return rc;
@@ -792,10 +722,10 @@ int qv_batcher_offer(struct qv_batcher *b, uint64_t coll, enum qv_batch_class cl
 
     if ((unsigned)cls >= QV_BATCH_CLASSES)
         return QV_EINVAL;
-    tok = rd_lock(b);
+    tok = qv_grace_lock(&b->grace);
     c = lookup(b, coll);
     rc = c == NULL ? QV_ENOENT : queue_offer(&c->q[cls], now, deadline, item);
-    rd_unlock(b, tok);
+    qv_grace_unlock(&b->grace, tok);
     return rc;
 }
 

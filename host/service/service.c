@@ -201,71 +201,6 @@ struct svc_coll *qv__svc_lookup(const struct qv_service *svc, uint64_t id)
     return probe(svc, id, NULL);
 }
 
-/*
- * Grace periods: the batcher's scheme (host/router/batcher.c, "Removal
- * and reclamation"), for the service's own table.  A read section
- * (rd_lock .. rd_unlock) covers every use of a collection found in the
- * table by a thread other than the dispatcher; rd_synchronize (remove,
- * under rm_mu: one writer) returns once every read section that could
- * have found a collection unlinked before it has ended.  Readers: two
- * atomic increments on their thread's shard and two loads of gp; no lock,
- * no allocation, no system call.
- */
-static _Atomic unsigned svc_next_shard;
-static __thread unsigned svc_shard_plus1;   /* 0: not drawn yet */
-
-static inline unsigned rd_shard(void)
-{
-    unsigned s = svc_shard_plus1;
-
-    if (__builtin_expect(s == 0, 0)) {
-        s = atomic_fetch_add_explicit(&svc_next_shard, 1, memory_order_relaxed) %
-            SVC_RD_SHARDS + 1;
-        svc_shard_plus1 = s;
-    }
-    return s - 1;
-}
-
-static inline unsigned rd_lock(struct qv_service *svc)
-{
-    unsigned s = rd_shard();
-
-    for (;;) {
-        unsigned p = (unsigned)(atomic_load_explicit(&svc->gp, memory_order_seq_cst) & 1);
-        atomic_fetch_add_explicit(&svc->rd[s].n[p], 1, memory_order_seq_cst);
-        if ((unsigned)(atomic_load_explicit(&svc->gp, memory_order_seq_cst) & 1) == p)
-            return 2 * s + p;
-        atomic_fetch_sub_explicit(&svc->rd[s].n[p], 1, memory_order_seq_cst);
-    }
-}
-
-static inline void rd_unlock(struct qv_service *svc, unsigned tok)
-{
-    atomic_fetch_sub_explicit(&svc->rd[tok / 2].n[tok & 1], 1, memory_order_seq_cst);
-}
-
-/* Wait until no read section that began before this call is left.
- * rm_mu held (one writer).  Yields while a submit is in flight (a
- * submit is microseconds), then sleeps 50 us at a time (a long inline
- * callback). */
-static void rd_synchronize(struct qv_service *svc)
-{
-    unsigned p = (unsigned)(atomic_fetch_add_explicit(&svc->gp, 1, memory_order_seq_cst) & 1);
-    const struct timespec nap = { .tv_sec = 0, .tv_nsec = 50000 };
-
-    for (unsigned tries = 0;; tries++) {
-        uint64_t n = 0;
-        for (unsigned s = 0; s < SVC_RD_SHARDS; s++)
-            n += atomic_load_explicit(&svc->rd[s].n[p], memory_order_seq_cst);
-        if (n == 0)
-            return;
-        if (tries < 1000)
-            sched_yield();
-        else
-            nanosleep(&nap, NULL);
-    }
-}
-
 static const char *type_name(enum qv_service_index_type t)
 {
     static const char *const names[] = { "flat", "ivf", "ivfpq", "hnsw", "custom" };
@@ -460,12 +395,12 @@ out:
 
 int qv_service_bump_epoch(struct qv_service *svc, uint64_t id)
 {
-    unsigned tok = rd_lock(svc);
+    unsigned tok = qv_grace_lock(&svc->grace);
     struct svc_coll *c = qv__svc_lookup(svc, id);
 
     if (c != NULL)
         atomic_fetch_add_explicit(&c->epoch, 1, memory_order_acq_rel);
-    rd_unlock(svc, tok);
+    qv_grace_unlock(&svc->grace, tok);
     if (c == NULL)
         return qv_seterr(QV_ENOENT, "service: bump_epoch: collection %llu is not "
                          "registered", (unsigned long long)id);
@@ -560,7 +495,7 @@ int qv_service_remove_collection(struct qv_service *svc, uint64_t id)
     probe(svc, id, &h);                 /* c, where adds cannot move it */
     atomic_store_explicit(&svc->table[h], SVC_TOMB, memory_order_release);
     pthread_mutex_unlock(&svc->add_mu);
-    rd_synchronize(svc);                /* no submit holds c */
+    qv_grace_synchronize(&svc->grace);                /* no submit holds c */
     pthread_mutex_lock(&svc->add_mu);
     qv_service_pause(svc);              /* the dispatcher holds none of c */
     rc = qv_batcher_remove_collection(svc->batcher, id);
@@ -582,11 +517,11 @@ int qv_service_remove_collection(struct qv_service *svc, uint64_t id)
 
 uint64_t qv_service_epoch(struct qv_service *svc, uint64_t id)
 {
-    unsigned tok = rd_lock(svc);
+    unsigned tok = qv_grace_lock(&svc->grace);
     struct svc_coll *c = qv__svc_lookup(svc, id);
     uint64_t e = c ? atomic_load_explicit(&c->epoch, memory_order_acquire) : UINT64_MAX;
 
-    rd_unlock(svc, tok);
+    qv_grace_unlock(&svc->grace, tok);
     return e;
 }
 
@@ -866,9 +801,9 @@ int qv_service_submit(struct qv_service *svc, struct qv_service_request *req)
         qv_counter_inc(svc->unknown_invalid);
         return qv_seterr(QV_EINVAL, "service: submit: the request is NULL");
     }
-    tok = rd_lock(svc);
+    tok = qv_grace_lock(&svc->grace);
     rc = submit_locked(svc, req);
-    rd_unlock(svc, tok);
+    qv_grace_unlock(&svc->grace, tok);
     return rc;
 }
 
@@ -1418,23 +1353,23 @@ const struct qv_hist *qv_service_stage_hist(struct qv_service *svc, uint64_t id,
                                             enum qv_service_stage stage)
 {
     const struct qv_hist *h = NULL;
-    unsigned tok = rd_lock(svc);
+    unsigned tok = qv_grace_lock(&svc->grace);
     struct svc_coll *c = qv__svc_lookup(svc, id);
 
     if (c != NULL && (unsigned)stage < QV_SERVICE_STAGES)
         h = c->stage[stage];
-    rd_unlock(svc, tok);
+    qv_grace_unlock(&svc->grace, tok);
     return h;
 }
 
 double qv_service_predict_ns(struct qv_service *svc, uint64_t id, uint32_t n)
 {
     double ns = -1.0;
-    unsigned tok = rd_lock(svc);
+    unsigned tok = qv_grace_lock(&svc->grace);
     struct svc_coll *c = qv__svc_lookup(svc, id);
 
     if (c != NULL)
         ns = qv__svc_model_cost(svc, c, n ? n : 1, c->model.p_default);
-    rd_unlock(svc, tok);
+    qv_grace_unlock(&svc->grace, tok);
     return ns;
 }

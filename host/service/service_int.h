@@ -17,7 +17,7 @@
  * Lifetime of a struct svc_coll.  Published in the table by add, found
  * there without a lock by submit (and bump_epoch, epoch, stage_hist,
  * predict_ns), each inside a read section of the service's grace periods
- * (rd_lock / rd_unlock in service.c: the same scheme as the batcher's,
+ * (quiver/grace.h, the scheme the batcher's table uses too:
  * host/router/batcher.c "Removal and reclamation").  remove_collection
  * (under rm_mu) retires and drains it, replaces its table slot with a
  * tombstone, waits for a grace period (no read section can still hold
@@ -37,6 +37,7 @@
 
 #include "quiver/metrics.h"
 #include "quiver/router.h"
+#include "quiver/grace.h"
 #include "quiver/service.h"
 
 #define SVC_CACHELINE 64
@@ -81,12 +82,6 @@ struct svc_coll {
     struct qv_counter *outcome[QV_SERVICE_OUTCOMES];
     struct qv_counter *hits[SVC_CACHES], *misses[SVC_CACHES];
     struct qv_counter *searches;
-};
-
-/* One shard of the grace-period reader counters: n[parity]. */
-#define SVC_RD_SHARDS 16
-struct svc_rd_shard {
-    _Alignas(SVC_CACHELINE) _Atomic uint64_t n[2];
 };
 
 /* What the removed collections counted (qv_service_stats) [add]. */
@@ -173,9 +168,9 @@ struct qv_service {
     pthread_mutex_t render_mu;
     struct svc_gauges g;                                /* [render_mu] */
 
-    /* grace periods: gp read by every submit, bumped by remove [atom] */
-    _Alignas(SVC_CACHELINE) _Atomic uint64_t gp;
-    struct svc_rd_shard rd[SVC_RD_SHARDS];              /* [atom] */
+    /* grace periods: a read section per submit, synchronize per remove
+     * (quiver/grace.h) [atom] */
+    struct qv_grace grace;
 };
 
 /* service.c */
