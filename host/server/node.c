@@ -47,6 +47,11 @@ int qv_node_opts_from_config(const struct qv_config *cfg, struct qv_node_opts *o
     o->max_collections = (uint32_t)qv_config_int(cfg, "server", "max_collections");
     o->seal_rows = (uint32_t)qv_config_int(cfg, "server", "seal_rows");
     o->compact_ratio = qv_config_double(cfg, "server", "compact_ratio");
+    const char *dir = qv_config_string(cfg, "storage", "data_dir");
+    o->data_dir = strcmp(dir, "none") == 0 ? NULL : dir;
+    qv_wal_sync_parse(qv_config_string(cfg, "storage", "sync"), &o->sync);
+    o->sync_interval_ms = (unsigned)qv_config_int(cfg, "storage", "sync_interval_ms");
+    o->wal_segment_bytes = qv_config_size(cfg, "storage", "wal_segment_bytes");
     return 0;
 }
 
@@ -271,6 +276,21 @@ struct qv_node *qv_node_create(const struct qv_node_opts *o)
         fini_locks(node);
         goto fail;
     }
+    if (o->data_dir) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", o->data_dir);
+        node->o.data_dir = NULL;        /* borrowed: our copy below */
+        node->data_dir = qv_strdup(dir, QV_MEM_SERVER);
+        node->o.data_dir = node->data_dir;
+        if (!node->data_dir || qv__store_open(node) != 0) {
+            rc = node->data_dir ? qv_errno : QV_ENOMEM;
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", qv_errmsg());
+            qv_node_free(node);
+            qv_errno = qv_seterr(rc, "%s", msg);
+            return NULL;
+        }
+    }
     return node;
 fail:
     qv_free(node->table);
@@ -299,6 +319,7 @@ static void coll_free(struct ncoll *c)
         qv_free(c->slots);
     }
     qv__idmap_fini(&c->map);
+    qv_wal_close(c->wal);
     pthread_mutex_destroy(&c->wmu);
     qv_free(c);
 }
@@ -351,7 +372,9 @@ void qv_node_free(struct qv_node *node)
             break;
         coll_finish_drop(node, c);
     }
+    qv__store_close(node);
     fini_locks(node);
+    qv_free(node->data_dir);
     qv_free(node->table);
     qv_free(node);
 }
@@ -611,8 +634,11 @@ static int coll_register(struct qv_node *node, struct ncoll *c)
     return 0;
 }
 
-int qv_node_create_collection(struct qv_node *node, const struct qv_node_coll_spec *spec,
-                              uint64_t *id)
+/* CREATE; fixed_id 0 = the next id, and the collection is logged (with
+ * a data_dir); else recovery: that id, nothing logged.  *out (may be
+ * NULL) gets the collection, now in the table. */
+static int create_coll(struct qv_node *node, const struct qv_node_coll_spec *spec,
+                       uint64_t fixed_id, struct ncoll **out)
 {
     struct ncoll *c = NULL;
     int rc;
@@ -639,19 +665,56 @@ int qv_node_create_collection(struct qv_node *node, const struct qv_node_coll_sp
         rc = qv_seterr(QV_ENOMEM, "CREATE: '%s': no memory for the collection", spec->name);
         goto out;
     }
+    if (fixed_id)
+        node->next_id = fixed_id;
     if ((rc = coll_register(node, c)) != 0)
         goto out;
+    if (fixed_id && c->id != fixed_id) {
+        rc = qv_seterr(QV_EEXIST, "CREATE: '%s': id %llu is taken in the query service",
+                       spec->name, (unsigned long long)fixed_id);
+        goto out;
+    }
+    if (node->catalog && !fixed_id) {
+        /* its WAL first (the directory exists), then the catalog record:
+         * a crash between leaves a stray directory that start removes */
+        if ((rc = qv__store_open_coll(node, c, NULL, NULL)) != 0 ||
+            (rc = qv__store_log_create(node, c)) != 0) {
+            qv_wal_close(c->wal);
+            c->wal = NULL;
+            qv__store_drop_files(node, c->id);
+            goto out;
+        }
+    }
     pthread_rwlock_wrlock(&node->tab_lock);
     tab_insert(node, c);
     pthread_rwlock_unlock(&node->tab_lock);
-    if (id)
-        *id = c->id;
+    if (out)
+        *out = c;
     c = NULL;
 out:
     pthread_mutex_unlock(&node->create_mu);
-    if (c != NULL)
+    if (c != NULL) {
+        if (c->registered)
+            qv_service_remove_collection(node->o.service, c->id);
         coll_free(c);
+    }
     return rc;
+}
+
+int qv_node_create_collection(struct qv_node *node, const struct qv_node_coll_spec *spec,
+                              uint64_t *id)
+{
+    struct ncoll *c = NULL;
+    int rc = create_coll(node, spec, 0, &c);
+    if (rc == 0 && id)
+        *id = c->id;
+    return rc;
+}
+
+int qv__node_recreate(struct qv_node *node, const struct qv_node_coll_spec *spec,
+                      uint64_t id, struct ncoll **out)
+{
+    return create_coll(node, spec, id, out);
 }
 
 /* ------------------------------------------------------------------ */
@@ -667,14 +730,21 @@ int qv_node_drop_collection(struct qv_node *node, uint64_t id)
     pthread_rwlock_wrlock(&node->tab_lock);
     h = tab_find(node, id);
     c = h >= 0 ? node->table[h] : NULL;
-    if (c != NULL)
+    int rc = 0;
+    if (c != NULL && node->catalog)
+        rc = qv__store_log_drop(node, c);       /* logged before it goes */
+    if (c != NULL && rc == 0)
         coll_unpublish(node, (uint32_t)h);
     pthread_rwlock_unlock(&node->tab_lock);
     pthread_mutex_unlock(&node->create_mu);
     if (c == NULL)
         return qv_seterr(QV_ENOENT, "DROP: collection %llu does not exist",
                          (unsigned long long)id);
+    if (rc != 0)
+        return rc;
     coll_finish_drop(node, c);
+    if (node->catalog)
+        qv__store_drop_files(node, id);
     return 0;
 }
 
@@ -991,7 +1061,7 @@ static void kill_key_bits(struct ncoll *c, uint64_t key)
 }
 
 /* Apply checked rows (wmu held).  All or nothing. */
-static int apply_upsert(struct ncoll *c, const struct qv_node_rows *r)
+int qv__node_apply_upsert(struct ncoll *c, const struct qv_node_rows *r)
 {
     struct nseg *g = c->growing;
     const uint32_t dim = c->spec.dim, na = c->spec.nattrs;
@@ -1064,7 +1134,14 @@ int qv_node_upsert(struct qv_node *node, uint64_t id, const struct qv_node_rows 
     if ((c = coll_get(node, id, "UPSERT")) == NULL)
         return QV_ENOENT;
     if ((rc = check_rows(c, rows)) == 0 && (rc = coll_lock(c, "UPSERT")) == 0) {
-        rc = apply_upsert(c, rows);
+        uint64_t lsn = 0;
+        if (c->wal)
+            rc = qv__store_log_upsert(c, rows, &lsn);   /* durable, then applied */
+        if (rc == 0) {
+            rc = qv__node_apply_upsert(c, rows);
+            if (rc != 0 && c->wal)
+                qv__store_log_abort(c, lsn);
+        }
         if (rc == 0 && epoch)
             *epoch = c->epoch;
         pthread_mutex_unlock(&c->wmu);
@@ -1077,27 +1154,13 @@ int qv_node_upsert(struct qv_node *node, uint64_t id, const struct qv_node_rows 
 /* DELETE, GET                                                         */
 /* ------------------------------------------------------------------ */
 
-long qv_node_delete(struct qv_node *node, uint64_t id, size_t n, const uint64_t *ids,
-                    uint64_t *epoch)
+long qv__node_apply_delete(struct ncoll *c, size_t n, const uint64_t *ids)
 {
-    struct ncoll *c;
-    uint64_t *keys = NULL;
+    uint64_t *keys = qv_malloc((n ? n : 1) * sizeof *keys, QV_MEM_SERVER);
     size_t m = 0;
-    int rc;
 
-    if (n > QV_NODE_MAX_IDS)
-        return qv_seterr(QV_EINVAL, "DELETE: n = %zu: use 1..%u", n, QV_NODE_MAX_IDS);
-    if (ids == NULL && n > 0)
-        return qv_seterr(QV_EINVAL, "DELETE: ids is NULL: pass n = %zu ids", n);
-    if ((c = coll_get(node, id, "DELETE")) == NULL)
-        return QV_ENOENT;
-    if ((rc = coll_lock(c, "DELETE")) != 0)
-        goto out_put;
-    keys = qv_malloc((n ? n : 1) * sizeof *keys, QV_MEM_SERVER);
-    if (keys == NULL) {
-        rc = qv_seterr(QV_ENOMEM, "DELETE: no memory for %zu ids", n);
-        goto out;
-    }
+    if (keys == NULL)
+        return qv_seterr(QV_ENOMEM, "DELETE: no memory for %zu ids", n);
     for (size_t i = 0; i < n; i++) {
         int64_t v = qv__idmap_get(&c->map, ids[i]);
         if (v >= 0) {
@@ -1113,17 +1176,44 @@ long qv_node_delete(struct qv_node *node, uint64_t id, size_t n, const uint64_t 
         for (size_t i = 0; i < m; i++)
             kill_key_bits(c, keys[i]);
         c->epoch++;
-        qv_service_bump_epoch(node->o.service, c->id);
+        qv_service_bump_epoch(c->node->o.service, c->id);
         maintain(c);
     }
-    if (epoch)
+    qv_free(keys);
+    return (long)m;
+}
+
+long qv_node_delete(struct qv_node *node, uint64_t id, size_t n, const uint64_t *ids,
+                    uint64_t *epoch)
+{
+    struct ncoll *c;
+    long rc;
+
+    if (n > QV_NODE_MAX_IDS)
+        return qv_seterr(QV_EINVAL, "DELETE: n = %zu: use 1..%u", n, QV_NODE_MAX_IDS);
+    if (ids == NULL && n > 0)
+        return qv_seterr(QV_EINVAL, "DELETE: ids is NULL: pass n = %zu ids", n);
+    if ((c = coll_get(node, id, "DELETE")) == NULL)
+        return QV_ENOENT;
+    if ((rc = coll_lock(c, "DELETE")) != 0)
+        goto out_put;
+    size_t present = 0;
+    for (size_t i = 0; i < n && !present; i++)
+        present += qv__idmap_get(&c->map, ids[i]) >= 0;
+    uint64_t lsn = 0;
+    if (present && c->wal)
+        rc = qv__store_log_delete(c, n, ids, &lsn);     /* durable, then applied */
+    if (rc == 0 && present) {
+        rc = qv__node_apply_delete(c, n, ids);
+        if (rc < 0 && c->wal)
+            qv__store_log_abort(c, lsn);
+    }
+    if (rc >= 0 && epoch)
         *epoch = c->epoch;
-out:
     pthread_mutex_unlock(&c->wmu);
 out_put:
     qv__node_coll_put(c);
-    qv_free(keys);
-    return rc ? rc : (long)m;
+    return rc;
 }
 
 long qv_node_get(struct qv_node *node, uint64_t id, size_t n, const uint64_t *ids,

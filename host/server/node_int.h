@@ -116,6 +116,8 @@ struct ncoll {
     int trained;                                        /* [wmu] */
     uint64_t seals;                 /* growing segments sealed so far [wmu] */
     uint32_t pending;               /* segments queued or building [mu] */
+    struct qv_wal *wal;             /* [storage]: its log (node_store.c), or
+                                       NULL in memory [wmu] */
 };
 
 struct qv_node {
@@ -136,6 +138,9 @@ struct qv_node {
     int stop;                                           /* [mu] */
     pthread_t builder;
     int started;
+    struct qv_wal *catalog;         /* [storage]: CREATE / DROP log, or NULL
+                                       [create_mu] */
+    char *data_dir;                 /* our copy of o.data_dir [imm] */
 };
 
 /* node.c */
@@ -147,6 +152,28 @@ void qv__node_coll_put(struct ncoll *c);
 void qv__node_pause(struct ncoll *c);
 void qv__node_resume(struct ncoll *c);
 uint64_t qv__node_seal_at(const struct ncoll *c);
+
+/* node.c, for node_store.c: the apply halves of UPSERT and DELETE (wmu
+ * held; rows / ids checked), and CREATE under a given id without
+ * logging (recovery; *out: the collection, in the table). */
+int qv__node_apply_upsert(struct ncoll *c, const struct qv_node_rows *r);
+long qv__node_apply_delete(struct ncoll *c, size_t n, const uint64_t *ids);
+int qv__node_recreate(struct qv_node *node, const struct qv_node_coll_spec *spec,
+                      uint64_t id, struct ncoll **out);
+
+/* node_store.c (its header comment has the design) */
+struct qv_wal;
+int qv__store_open(struct qv_node *node);
+void qv__store_close(struct qv_node *node);
+int qv__store_log_create(struct qv_node *node, const struct ncoll *c);
+int qv__store_log_drop(struct qv_node *node, const struct ncoll *c);
+void qv__store_drop_files(struct qv_node *node, uint64_t id);
+int qv__store_open_coll(struct qv_node *node, struct ncoll *c,
+                        int (*fn)(void *, uint64_t, uint8_t, const void *, size_t),
+                        void *arg);
+int qv__store_log_upsert(struct ncoll *c, const struct qv_node_rows *r, uint64_t *lsn);
+int qv__store_log_delete(struct ncoll *c, size_t n, const uint64_t *ids, uint64_t *lsn);
+void qv__store_log_abort(struct ncoll *c, uint64_t lsn);
 
 /* node_seg.c */
 struct nseg *qv__seg_new_growing(struct ncoll *c, uint32_t slot);

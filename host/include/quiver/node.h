@@ -116,6 +116,16 @@
  * k..4096, the filter's syntax and attribute names, with messages naming
  * the field) and submit it with qv_service_submit().
  *
+ * Durability.  With opts.data_dir (quiverd: [storage] data_dir) every
+ * CREATE and DROP goes to a catalog WAL and every UPSERT and DELETE to
+ * its collection's WAL (quiver/wal.h) and is durable under opts.sync
+ * BEFORE it is applied and acknowledged; qv_node_create replays them, so
+ * the node comes back with the same collections, ids and rows (sealed
+ * segments rebuilt by the builder).  host/server/node_store.c has the
+ * layout, the record formats and the recovery rules.  Without a data_dir
+ * the node is in memory only.  Snapshots (which would bound the replay)
+ * are not written yet: recovery replays each WAL from its start.
+ *
  * Drop.  qv_node_drop_collection removes the name and id at once (later
  * requests: QV_ENOENT), then qv_service_remove_collection: new searches
  * are refused, the queued ones are searched and completed (PROTOCOL:
@@ -153,6 +163,7 @@
 #include <stdint.h>
 
 #include "quiver/dist.h"
+#include "quiver/wal.h"
 
 struct qv_config;
 struct qv_engine;
@@ -283,13 +294,21 @@ struct qv_node_opts {
     struct qv_pool *pool;           /* borrowed or NULL: flat searches and
                                        HNSW query chunks (the dispatcher's
                                        pool) */
+    /* Durability (host/server/node_store.c): data_dir NULL = in memory
+     * only.  Else collections and writes are logged there before they are
+     * acknowledged and recovered by qv_node_create. */
+    const char *data_dir;           /* borrowed during qv_node_create */
+    enum qv_wal_sync sync;          /* quiver/wal.h; ALWAYS */
+    unsigned sync_interval_ms;      /* INTERVAL's period; 0 = 10 */
+    uint64_t wal_segment_bytes;     /* 0 = 64 MiB */
 };
 
 /* Defaults (above), borrowed pointers NULL.  Cannot fail. */
 void qv_node_opts_default(struct qv_node_opts *o);
 
-/* Defaults, then [server] max_collections, seal_rows, compact_ratio of
- * cfg.  Returns 0 (values were validated at load). */
+/* Defaults, then [server] max_collections, seal_rows, compact_ratio and
+ * [storage] data_dir (borrowed from cfg), sync, sync_interval_ms,
+ * wal_segment_bytes of cfg.  Returns 0 (values were validated at load). */
 int qv_node_opts_from_config(const struct qv_config *cfg, struct qv_node_opts *o);
 
 /*

@@ -1,0 +1,271 @@
+/*
+ * crash_client.c - the client of tests/integration/crash.sh: streams
+ * upserts and deletes to a quiverd that the script kills with SIGKILL,
+ * keeping a log of what was acknowledged, and checks after the restart
+ * that every acknowledged write is there and no deleted id came back.
+ *
+ *   crash_client write  --server H:UDP:TCP --log FILE [--seconds S]
+ *   crash_client verify --server H:UDP:TCP --log FILE
+ *
+ * Collection "crash" (FLAT, dim 8; created when missing).  Ids are new in
+ * every upsert (batches of 16, continuing after the largest id in the
+ * log), each row's vector a function of its id (vec_of), so a check needs
+ * only the id.  Every third batch deletes 8 ids acknowledged alive.  The
+ * log, appended and flushed after each acknowledgement (the client is not
+ * killed, only the server):
+ *   U FIRST N      ids FIRST .. FIRST+N-1 upserted, acknowledged
+ *   d ID ...       a delete of these ids was SENT (before its answer)
+ *   D ID ...       that delete was acknowledged
+ * verify: ids upserted and not in any d line must be present with their
+ * vector; ids in a D line must be absent; ids in a d line without its D
+ * may be either (the kill came between the log and the answer).  write
+ * stops at the first failed request (the server is gone) or after S
+ * seconds, exit 0; verify exits 1 on the first difference.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "quiver/client.h"
+
+#define DIM 8
+#define BATCH 16
+#define DEL 8
+
+static void vec_of(uint64_t id, float *v)
+{
+    for (int j = 0; j < DIM; j++)
+        v[j] = (float)((id * 2654435761u + (uint64_t)j * 40503u) % 10007) / 97.0f;
+}
+
+/* id states, indexed by id */
+enum { ABSENT = 0, ALIVE = 1, DEL_SENT = 2, DELETED = 3 };
+
+struct state {
+    uint8_t *st;
+    uint64_t cap, max_id;
+};
+
+static void grow(struct state *s, uint64_t id)
+{
+    if (id < s->cap)
+        return;
+    uint64_t cap = s->cap ? s->cap : 1024;
+    while (cap <= id)
+        cap *= 2;
+    s->st = realloc(s->st, cap);
+    memset(s->st + s->cap, 0, cap - s->cap);
+    s->cap = cap;
+}
+
+static void set(struct state *s, uint64_t id, uint8_t v)
+{
+    grow(s, id);
+    s->st[id] = v;
+    if (id + 1 > s->max_id)
+        s->max_id = id + 1;
+}
+
+static int read_log(const char *path, struct state *s)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    if (!f)
+        return errno == ENOENT ? 0 : -1;
+    while (fgets(line, sizeof line, f)) {
+        char *p = line + 1, *end;
+        if (line[0] == 'U') {
+            uint64_t first = strtoull(p, &end, 10), n = strtoull(end, NULL, 10);
+            for (uint64_t i = 0; i < n; i++)
+                set(s, first + i, ALIVE);
+        } else if (line[0] == 'd' || line[0] == 'D') {
+            for (;;) {
+                uint64_t id = strtoull(p, &end, 10);
+                if (end == p)
+                    break;
+                p = end;
+                set(s, id, line[0] == 'd' ? DEL_SENT : DELETED);
+            }
+        }
+    }
+    fclose(f);
+    return 0;
+}
+
+static uint64_t rnd(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = argc > 1 ? argv[1] : "", *server = NULL, *log = NULL;
+    double seconds = 10;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--server"))
+            server = argv[i + 1];
+        else if (!strcmp(argv[i], "--log"))
+            log = argv[i + 1];
+        else if (!strcmp(argv[i], "--seconds"))
+            seconds = atof(argv[i + 1]);
+    }
+    char host[256];
+    unsigned up, tp;
+    if ((strcmp(mode, "write") && strcmp(mode, "verify")) || !server || !log ||
+        sscanf(server, "%255[^:]:%u:%u", host, &up, &tp) != 3) {
+        fprintf(stderr, "usage: crash_client write|verify --server H:UDP:TCP --log FILE "
+                "[--seconds S]\n");
+        return 2;
+    }
+    struct qv_client_opts o;
+    qv_client_opts_default(&o);
+    o.tcp_timeout_ms = 5000;
+    struct qv_client *c = qv_client_connect(host, (uint16_t)up, (uint16_t)tp, &o);
+    if (!c) {
+        fprintf(stderr, "crash_client: %s\n", qv_client_connect_errmsg());
+        return 1;
+    }
+    struct state s = { 0 };
+    if (read_log(log, &s)) {
+        perror(log);
+        return 1;
+    }
+    uint64_t coll = 0;
+
+    if (!strcmp(mode, "verify")) {
+        if (qv_client_lookup(c, "crash", &coll)) {
+            fprintf(stderr, "crash_client: verify: no collection 'crash': %s\n",
+                    qv_client_errmsg(c));
+            return s.max_id ? 1 : 0;
+        }
+        uint64_t alive = 0, deleted = 0, either = 0;
+        static uint64_t ids[1024];
+        static float got[1024 * DIM];
+        static uint8_t found[1024];
+        for (uint64_t base = 0; base < s.max_id; base += 1024) {
+            uint32_t n = 0;
+            for (uint64_t id = base; id < s.max_id && id < base + 1024; id++)
+                ids[n++] = id;
+            if (qv_client_get(c, coll, n, ids, DIM, got, found)) {
+                fprintf(stderr, "crash_client: verify: GET: %s\n", qv_client_errmsg(c));
+                return 1;
+            }
+            for (uint32_t i = 0; i < n; i++) {
+                uint64_t id = ids[i];
+                uint8_t st = id < s.cap ? s.st[id] : ABSENT;
+                float want[DIM];
+                vec_of(id, want);
+                if (st == ALIVE) {
+                    alive++;
+                    if (!found[i] || memcmp(got + (size_t)i * DIM, want, sizeof want)) {
+                        fprintf(stderr, "crash_client: verify: FAIL: acknowledged id %llu is "
+                                "%s after the restart\n", (unsigned long long)id,
+                                found[i] ? "there with another vector" : "missing");
+                        return 1;
+                    }
+                } else if (st == DELETED) {
+                    deleted++;
+                    if (found[i]) {
+                        fprintf(stderr, "crash_client: verify: FAIL: id %llu, deleted and "
+                                "acknowledged, came back\n", (unsigned long long)id);
+                        return 1;
+                    }
+                } else if (st == DEL_SENT) {
+                    either++;
+                } else if (found[i] && memcmp(got + (size_t)i * DIM, want, sizeof want)) {
+                    fprintf(stderr, "crash_client: verify: FAIL: unacknowledged id %llu has "
+                            "a vector no client sent\n", (unsigned long long)id);
+                    return 1;
+                }
+            }
+        }
+        printf("crash_client: verify: %llu acknowledged ids present, %llu deleted ids "
+               "absent, %llu in flight at the kill\n", (unsigned long long)alive,
+               (unsigned long long)deleted, (unsigned long long)either);
+        return 0;
+    }
+
+    /* write */
+    struct qv_client_create cr = { .name = "crash", .dim = DIM, .metric = QV_CLIENT_L2,
+                                   .index = QV_CLIENT_FLAT };
+    int rc = qv_client_create(c, &cr, &coll);
+    if (rc == QV_CLIENT_EEXISTS)
+        rc = qv_client_lookup(c, "crash", &coll);
+    if (rc) {
+        fprintf(stderr, "crash_client: write: create: %s\n", qv_client_errmsg(c));
+        return 1;
+    }
+    FILE *f = fopen(log, "a");
+    if (!f) {
+        perror(log);
+        return 1;
+    }
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    uint64_t next = s.max_id, x = 0x9E3779B97F4A7C15ull ^ s.max_id, batches = 0, dels = 0;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((double)(t.tv_sec - t0.tv_sec) + (double)(t.tv_nsec - t0.tv_nsec) / 1e9 > seconds)
+            break;
+        uint64_t ids[BATCH];
+        float v[BATCH * DIM];
+        for (int i = 0; i < BATCH; i++) {
+            ids[i] = next + (uint64_t)i;
+            vec_of(ids[i], v + i * DIM);
+        }
+        struct qv_client_rows r = { .n = BATCH, .dim = DIM, .ids = ids, .vectors = v };
+        if (qv_client_upsert(c, coll, &r, NULL, NULL, NULL)) {
+            printf("crash_client: write: stopped at an upsert: %s\n", qv_client_errmsg(c));
+            break;
+        }
+        fprintf(f, "U %llu %d\n", (unsigned long long)next, BATCH);
+        fflush(f);
+        for (int i = 0; i < BATCH; i++)
+            set(&s, next + (uint64_t)i, ALIVE);
+        next += BATCH;
+        if (++batches % 3)
+            continue;
+        uint64_t del[DEL];
+        int nd = 0;
+        for (int tries = 0; tries < 64 && nd < DEL; tries++) {
+            uint64_t id = rnd(&x) % next;
+            int dup = 0;
+            for (int j = 0; j < nd; j++)
+                dup |= del[j] == id;
+            if (!dup && s.st[id] == ALIVE)
+                del[nd++] = id;
+        }
+        if (!nd)
+            continue;
+        fputc('d', f);
+        for (int j = 0; j < nd; j++)
+            fprintf(f, " %llu", (unsigned long long)del[j]);
+        fputc('\n', f);
+        fflush(f);
+        for (int j = 0; j < nd; j++)
+            set(&s, del[j], DEL_SENT);
+        if (qv_client_delete(c, coll, (uint64_t)nd, del, NULL)) {
+            printf("crash_client: write: stopped at a delete: %s\n", qv_client_errmsg(c));
+            break;
+        }
+        fputc('D', f);
+        for (int j = 0; j < nd; j++)
+            fprintf(f, " %llu", (unsigned long long)del[j]);
+        fputc('\n', f);
+        fflush(f);
+        for (int j = 0; j < nd; j++)
+            set(&s, del[j], DELETED);
+        dels++;
+    }
+    printf("crash_client: write: %llu upserts of %d and %llu deletes acknowledged\n",
+           (unsigned long long)batches, BATCH, (unsigned long long)dels);
+    fclose(f);
+    qv_client_close(c);
+    free(s.st);
+    return 0;
+}
