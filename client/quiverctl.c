@@ -86,6 +86,7 @@ static const char ctl_usage_text[] =
     "  search NAME (--vector \"v1,v2,...\" | --query-file FILE.fvecs --row I)\n"
     "         [--k K] [--nprobe P] [--ef E] [--filter TEXT]\n"
     "  stats [NAME]\n"
+    "  status [NAME]            write-ahead log of each collection: LSNs, size\n"
     "  ping\n"
     "  engines                  the router's engines (admin API: GET /engines)\n"
     "\n"
@@ -897,6 +898,77 @@ static int ctl_cmd_stats(struct ctl *x, int argc, char **argv)
     return CTL_EXIT_OK;
 }
 
+/* status [NAME]: each collection's write-ahead log (STATS "wal"). */
+static int ctl_cmd_status(struct ctl *x, int argc, char **argv)
+{
+    const char *name = NULL;
+    if (ctl_plain_args(argc, argv, 0, 1, &name))
+        return CTL_EXIT_USAGE;
+    int rc = ctl_connect(x);
+    if (rc)
+        return rc;
+    struct qv_client_collection *list;
+    uint32_t n;
+    if ((rc = qv_client_list(x->client, &list, &n)) < 0)
+        return ctl_client_error(x, NULL, rc);
+    struct json_object *out = json_object_new_array();
+    int found = !name;
+    for (uint32_t i = 0; i < n; i++) {
+        if (name && strcmp(name, list[i].name) != 0)
+            continue;
+        found = 1;
+        char *doc;
+        if ((rc = qv_client_stats_json(x->client, list[i].id, &doc)) < 0) {
+            qv_client_list_free(list);
+            json_object_put(out);
+            return ctl_client_error(x, list[i].name, rc);
+        }
+        struct json_object *j = json_tokener_parse(doc), *w = NULL;
+        free(doc);
+        struct json_object *e = json_object_new_object();
+        json_object_object_add(e, "name", json_object_new_string(list[i].name));
+        json_object_object_add(e, "rows", json_object_new_int64((int64_t)list[i].rows));
+        if (j && json_object_object_get_ex(j, "wal", &w))
+            json_object_object_add(e, "wal", json_object_get(w));
+        json_object_put(j);
+        json_object_array_add(out, e);
+    }
+    qv_client_list_free(list);
+    if (!found) {
+        json_object_put(out);
+        return ctl_error(x, "no collection named '%s' on %s (tcp %u)", name, x->host,
+                         x->tcp_port);
+    }
+    if (x->json)
+        return ctl_print_json(out);
+    printf("%-20s %12s %-8s %12s %12s %12s %5s %12s %s\n", "NAME", "ROWS", "SYNC", "LAST_LSN",
+           "DURABLE_LSN", "WAL_BYTES", "SEGS", "SNAPSHOT_LSN", "");
+    for (size_t i = 0; i < json_object_array_length(out); i++) {
+        struct json_object *e = json_object_array_get_idx(out, i), *v, *w = NULL;
+        json_object_object_get_ex(e, "name", &v);
+        const char *nm = json_object_get_string(v);
+        json_object_object_get_ex(e, "rows", &v);
+        int64_t rows = json_object_get_int64(v);
+        if (!json_object_object_get_ex(e, "wal", &w)) {
+            printf("%-20s %12" PRId64 " %-8s %12s %12s %12s %5s %12s in memory only ([storage] "
+                   "data_dir = none)\n", nm, rows, "-", "-", "-", "-", "-", "-");
+            continue;
+        }
+#define F(k) (json_object_object_get_ex(w, k, &v) ? json_object_get_int64(v) : 0)
+        json_object_object_get_ex(w, "sync", &v);
+        const char *sync = json_object_get_string(v);
+        char snap[32] = "none";
+        if (F("snapshot_lsn"))
+            snprintf(snap, sizeof snap, "%" PRId64, F("snapshot_lsn"));
+        printf("%-20s %12" PRId64 " %-8s %12" PRId64 " %12" PRId64 " %12" PRId64 " %5" PRId64
+               " %12s\n", nm, rows, sync, F("last_lsn"), F("durable_lsn"), F("bytes"),
+               F("segments"), snap);
+#undef F
+    }
+    json_object_put(out);
+    return CTL_EXIT_OK;
+}
+
 static int ctl_cmd_ping(struct ctl *x, int argc, char **argv)
 {
     if (ctl_no_args(argc, argv))
@@ -1021,6 +1093,7 @@ static const struct {
     { "load", ctl_cmd_load },
     { "search", ctl_cmd_search },
     { "stats", ctl_cmd_stats },
+    { "status", ctl_cmd_status },
     { "ping", ctl_cmd_ping },
     { "engines", ctl_cmd_engines },
 };

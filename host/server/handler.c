@@ -377,6 +377,22 @@ static void op_stats(struct qv_handler *h, const struct qv_proto_req *r, struct 
         json_object_object_add(o, "growing_rows", json_object_new_int64((int64_t)i.growing_rows));
         json_object_object_add(o, "dead_rows", json_object_new_int64((int64_t)i.dead_rows));
         json_object_object_add(o, "trained", json_object_new_boolean(i.trained));
+        struct qv_node_storage st;
+        if (qv_node_storage(h->o.node, r->hdr.collection_id, &st) == 0 && st.enabled) {
+            struct json_object *w = json_object_new_object();
+            json_object_object_add(w, "sync", json_object_new_string(qv_wal_sync_name(st.sync)));
+            json_object_object_add(w, "last_lsn", json_object_new_int64((int64_t)st.last_lsn));
+            json_object_object_add(w, "durable_lsn",
+                                   json_object_new_int64((int64_t)st.durable_lsn));
+            json_object_object_add(w, "first_lsn", json_object_new_int64((int64_t)st.first_lsn));
+            json_object_object_add(w, "segments", json_object_new_int64(st.segments));
+            json_object_object_add(w, "bytes", json_object_new_int64((int64_t)st.bytes));
+            json_object_object_add(w, "appends", json_object_new_int64((int64_t)st.appends));
+            json_object_object_add(w, "fsyncs", json_object_new_int64((int64_t)st.fsyncs));
+            json_object_object_add(w, "snapshot_lsn",
+                                   json_object_new_int64((int64_t)st.snapshot_lsn));
+            json_object_object_add(o, "wal", w);
+        }
     } else {
         struct qv_service_stats s;
         struct qv_handler_stats hs;

@@ -810,6 +810,42 @@ static void fill_info(const struct ncoll *c, struct qv_node_coll_info *out)
     out->seal_at = qv__node_seal_at(c);
 }
 
+static void storage_of(struct qv_wal *w, enum qv_wal_sync sync, struct qv_node_storage *out)
+{
+    struct qv_wal_stats ws;
+    memset(out, 0, sizeof *out);
+    if (!w)
+        return;
+    qv_wal_stats(w, &ws);
+    out->enabled = 1;
+    out->sync = sync;
+    out->last_lsn = ws.last_lsn;
+    out->durable_lsn = ws.durable_lsn;
+    out->first_lsn = ws.first_lsn;
+    out->segments = ws.segments;
+    out->bytes = ws.bytes;
+    out->appends = ws.appends;
+    out->fsyncs = ws.fsyncs;
+}
+
+int qv_node_storage(struct qv_node *node, uint64_t id, struct qv_node_storage *out)
+{
+    if (id == 0) {
+        pthread_mutex_lock(&node->create_mu);
+        storage_of(node->catalog, node->o.sync, out);
+        pthread_mutex_unlock(&node->create_mu);
+        return 0;
+    }
+    struct ncoll *c = coll_get(node, id, "STATS");
+    if (c == NULL)
+        return QV_ENOENT;
+    pthread_mutex_lock(&c->wmu);
+    storage_of(c->wal, node->o.sync, out);
+    pthread_mutex_unlock(&c->wmu);
+    qv__node_coll_put(c);
+    return 0;
+}
+
 int qv_node_describe(struct qv_node *node, uint64_t id, struct qv_node_coll_info *out)
 {
     struct ncoll *c;

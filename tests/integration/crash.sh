@@ -15,10 +15,11 @@
 #    what was acknowledged is intact after a restart; with the filler
 #    removed, writes are accepted again (until the 2 MiB fill up anew).
 #
-# usage: crash.sh QUIVERD CRASH_CLIENT    (meson passes both)
+# usage: crash.sh QUIVERD CRASH_CLIENT QUIVERCTL   (meson passes them)
 set -euo pipefail
 quiverd=$1
 client=$2
+ctl=$3
 rounds=${ROUNDS:-12}
 tmp=$(mktemp -d)
 . "$(dirname "$0")/../../scripts/quiverd-lib.sh"
@@ -69,6 +70,9 @@ conf "$tmp/data" always
 qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" || fail "final restart"
 "$client" verify --server "127.0.0.1:$QV_UDP:$QV_TCP" --log "$tmp/acks" || fail "after the last kill"
 grep -E "storage: .* rows from" "$tmp/log" | tail -1 | sed 's/.*storage: /crash.sh: recovery: /'
+"$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" status crash | tee "$tmp/status" || fail "quiverctl status"
+awk '$1 == "crash" && $3 == "always" && $4 > 0 && $5 == $4 && $6 > 0 { ok = 1 } END { exit !ok }' "$tmp/status" ||
+    fail "quiverctl status: no durable LSNs for 'crash'"
 qv_stop || fail "quiverd did not exit 0 on SIGTERM"
 
 # 2. full disk

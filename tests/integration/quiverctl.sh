@@ -54,6 +54,8 @@ print("quiverctl.sh: search row 0 = ground truth", got)
 PY
 q search sift --query-file "$data/query.fvecs" --row 0 --k 3 || fail "search (human)"
 
+q status | tee "$tmp/status" || fail "status"
+grep -q "^sift .*in memory only" "$tmp/status" || fail "status of a node without data_dir"
 q list | tee "$tmp/list" || fail "list"
 grep -q "sift" "$tmp/list" || fail "list does not show sift"
 q --json list | python3 -c 'import json,sys; l=json.load(sys.stdin); assert [c["name"] for c in l] == ["sift"], l' ||

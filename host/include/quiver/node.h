@@ -303,6 +303,21 @@ struct qv_node_opts {
     uint64_t wal_segment_bytes;     /* 0 = 64 MiB */
 };
 
+/* The write-ahead log of a collection (or, id 0, the catalog's), for
+ * STATS and `quiverctl status`. */
+struct qv_node_storage {
+    int enabled;                    /* 0: in memory only (no data_dir) */
+    enum qv_wal_sync sync;
+    uint64_t last_lsn;              /* last LSN logged */
+    uint64_t durable_lsn;           /* last LSN fdatasync'ed */
+    uint64_t first_lsn;             /* first LSN still in the log */
+    uint32_t segments;              /* WAL segment files */
+    uint64_t bytes;                 /* their size */
+    uint64_t appends, fsyncs;       /* since start */
+    uint64_t snapshot_lsn;          /* LSN the last snapshot covers; 0: none
+                                       (snapshots are not written yet) */
+};
+
 /* Defaults (above), borrowed pointers NULL.  Cannot fail. */
 void qv_node_opts_default(struct qv_node_opts *o);
 
@@ -310,6 +325,10 @@ void qv_node_opts_default(struct qv_node_opts *o);
  * [storage] data_dir (borrowed from cfg), sync, sync_interval_ms,
  * wal_segment_bytes of cfg.  Returns 0 (values were validated at load). */
 int qv_node_opts_from_config(const struct qv_config *cfg, struct qv_node_opts *o);
+
+/* qv_node_storage - fill *out for collection id (0: the catalog).  0, or
+ * QV_ENOENT (no such collection).  Thread-safe. */
+int qv_node_storage(struct qv_node *node, uint64_t id, struct qv_node_storage *out);
 
 /*
  * qv_node_create - an empty node and its builder thread.  Returns NULL
