@@ -87,6 +87,8 @@ struct qv_engine;
 /* `net`: a running quiverd measured through libquiver (bench_net.c). */
 int qv__bench_net_main(int argc, char **argv);
 extern const char qv__bench_net_usage[];
+int qv__bench_upsert_main(int argc, char **argv);
+extern const char qv__bench_upsert_usage[];
 
 /* `fpga`: the FPGA figures (bench_fpga.c). */
 int qv__bench_fpga_main(int argc, char **argv);

@@ -33,6 +33,8 @@ static const char main_usage[] =
     "            flat scan's modelled device time beside the CPU's\n"
     "  net       a running quiverd over the network (libquiver): load,\n"
     "            then open- or closed-loop UDP searches: recall, QPS, tail\n"
+    "  upsert    a running quiverd: UPSERT throughput and acknowledgement\n"
+    "            latency (with [storage]: the WAL's sync policy's cost)\n"
     "  help      this text; `quiverbench help COMMAND` or\n"
     "            `quiverbench COMMAND --help` for a command's flags\n"
     "\n"
@@ -50,6 +52,7 @@ static const struct bench_cmd bench_cmds[] = {
     { "peak",    qv__bench_peak_main,    qv__bench_peak_usage },
     { "fpga",    qv__bench_fpga_main,    qv__bench_fpga_usage },
     { "net",     qv__bench_net_main,     qv__bench_net_usage },
+    { "upsert",  qv__bench_upsert_main,  qv__bench_upsert_usage },
 };
 
 #define N_CMDS (sizeof(bench_cmds) / sizeof(bench_cmds[0]))
