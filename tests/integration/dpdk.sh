@@ -7,8 +7,10 @@
 #            kernel UDP+TCP 10.77.1.1 ───veth── qvm1 10.77.1.2  (TCP, kernel UDP)
 #
 # A second port, net_tap0 (kernel side qvt0, in the root namespace),
-# carries raw frames only: it shows one lcore serving two ports, and takes
-# the IP fragments that af_packet's kernel side would reassemble.
+# carries raw frames only: it shows one lcore serving several ports, and
+# takes the IP fragments that af_packet's kernel side would reassemble.  A
+# third, net_memif0 (server role), is driven by qv-dpmemif, a DPDK process
+# at its other end: ARP, then 1000 protocol PINGs answered OK.
 #
 # Checks: ARP resolves the dataplane address to qvd0's MAC; ping answers;
 # dp_client (in the namespace, libquiver over the kernel stack) loads
@@ -23,10 +25,11 @@
 # Huge pages: reserved and mounted when possible, else the dataplane runs
 # with --no-huge and the log says so (and so does this script).
 #
-# usage: dpdk.sh QUIVERD DP_CLIENT    (meson passes both; QV_DATA_DIR set)
+# usage: dpdk.sh QUIVERD DP_CLIENT DPMEMIF   (meson passes them; QV_DATA_DIR set)
 set -euo pipefail
 quiverd=$1
 client=$2
+dpmemif=$3
 data=${QV_DATA_DIR:?QV_DATA_DIR is not set}/siftsmall
 if [ "$(id -u)" != 0 ]; then
     echo "dpdk.sh: SKIP: needs root (network namespaces, af_packet)"; exit 77
@@ -61,7 +64,7 @@ udp_workers = 1
 mode = dpdk
 main_lcore = 0
 lcores = 1
-devices = net_af_packet0,iface=qvd0;net_tap0,iface=qvt0
+devices = net_af_packet0,iface=qvd0;net_tap0,iface=qvt0;net_memif0,role=server,socket=$tmp/memif.sock
 ip = 10.77.0.1
 udp_port = 7700
 hugepages = $( [ "$huge" = on ] && echo auto || echo off )
@@ -91,6 +94,10 @@ echo "dpdk.sh: ARP 10.77.0.1 -> $dpmac, ping answered"
 free0=$(stat mempool_free)
 ip netns exec "$ns" taskset -c 0 "$client" --dp 10.77.0.1:7700 --kernel "10.77.1.1:$QV_UDP:$QV_TCP" \
     --data "$data" --queries 100000 --inflight 32 | tee "$tmp/client" || fail "dp_client failed"
+
+# a third port: net_memif, with another DPDK process at the other end
+"$dpmemif" "$tmp/memif.sock" 10.77.0.1 7700 1000 > "$tmp/memif" 2>&1 || { cat "$tmp/memif"; fail "memif: ARP / PING"; }
+grep "qv-dpmemif" "$tmp/memif" | sed 's/^/dpdk.sh: /'
 
 # malformed frames, raw from the namespace
 before() { for r in short ip_hlen udp_len ip_frag udp_port; do echo "$r $(metric "quiver_dataplane_drops_total{lcore=\"1\",reason=\"$r\"}")"; done; }
