@@ -6,8 +6,8 @@
 #    with quiverbench upsert: 4 clients x batches of 64 rows of dim 128,
 #    and 1 client x single rows (the latency of one small write).
 # 2. Restart time of a 1M x 128 FLAT collection recovered from its WAL
-#    (no snapshots yet: the whole log is replayed) next to rebuilding it
-#    from the fvecs file (an empty quiverd + quiverctl load).
+#    alone, then from a snapshot (quiverctl snapshot), next to rebuilding
+#    it from the fvecs file (an empty quiverd + quiverctl load).
 # The data directory lives under BUILD_DIR (the build's disk: fdatasync
 # means something there, unlike on a tmpfs /tmp).
 #
@@ -75,6 +75,15 @@ t2=$(date +%s.%N)
 start never
 t3=$(date +%s.%N)
 rows=$("$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" --json describe big | python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"])')
+t6=$(date +%s.%N)
+"$ctl" --admin "127.0.0.1:$QV_ADMIN" snapshot big > /dev/null
+t7=$(date +%s.%N)
+qv_stop > /dev/null
+snap=$(du -sb "$work/data" | cut -f1)
+t8=$(date +%s.%N)
+start never
+t9=$(date +%s.%N)
+rows2=$("$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" --json describe big | python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"])')
 qv_stop > /dev/null
 rm -rf "$work/data"
 start none
@@ -83,10 +92,14 @@ t4=$(date +%s.%N)
 "$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" load big "$work/gen/base.fvecs" 2> /dev/null > /dev/null
 t5=$(date +%s.%N)
 qv_stop > /dev/null
-python3 - "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" "$wal" "$rows" <<'PY'
+python3 - "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" "$wal" "$rows" "$t6" "$t7" "$t8" "$t9" "$snap" "$rows2" <<'PY'
 import sys
-t0, t1, t2, t3, t4, t5 = map(float, sys.argv[1:7])
-print("  load with the WAL (sync never): %.2f s; WAL %.0f MiB" % (t1 - t0, int(sys.argv[7]) / 2**20))
-print("  restart (quiverd start to serving, WAL replayed, %s rows back): %.2f s" % (sys.argv[8], t3 - t2))
+a = sys.argv
+t0, t1, t2, t3, t4, t5 = map(float, a[1:7])
+t6, t7, t8, t9 = map(float, a[9:13])
+print("  load with the WAL (sync never): %.2f s; WAL %.0f MiB" % (t1 - t0, int(a[7]) / 2**20))
+print("  restart from the WAL alone (quiverd start to serving, %s rows back): %.2f s" % (a[8], t3 - t2))
+print("  snapshot (quiverctl snapshot): %.2f s; data_dir then %.0f MiB (the WAL behind it removed)" % (t7 - t6, int(a[13]) / 2**20))
+print("  restart from the snapshot (mapped, rows loaded, nothing to replay; %s rows back): %.2f s" % (a[14], t9 - t8))
 print("  rebuild instead (empty quiverd, quiverctl load of the fvecs file): %.2f s" % (t5 - t4))
 PY

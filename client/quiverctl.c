@@ -87,6 +87,8 @@ static const char ctl_usage_text[] =
     "         [--k K] [--nprobe P] [--ef E] [--filter TEXT]\n"
     "  stats [NAME]\n"
     "  status [NAME]            write-ahead log of each collection: LSNs, size\n"
+    "  snapshot NAME            write a snapshot now; the WAL behind it is removed\n"
+    "                           (admin API: POST /collections/NAME/snapshot)\n"
     "  ping\n"
     "  engines                  the router's engines (admin API: GET /engines)\n"
     "\n"
@@ -997,7 +999,7 @@ static int ctl_cmd_ping(struct ctl *x, int argc, char **argv)
 
 /* GET path from the admin API into a malloc'ed NUL-terminated body; the
  * HTTP status into *status.  NULL with an error line on failure. */
-static char *ctl_http_get(struct ctl *x, const char *path, int *status)
+static char *ctl_http(struct ctl *x, const char *method, const char *path, int *status)
 {
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(x->admin_port) };
     if (x->admin_port == 0 || inet_pton(AF_INET, x->admin_host, &sa.sin_addr) != 1) {
@@ -1013,8 +1015,8 @@ static char *ctl_http_get(struct ctl *x, const char *path, int *status)
         return NULL;
     }
     char req[512];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path,
-                     x->admin_host);
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: %s\r\nContent-Length: 0\r\n\r\n",
+                     method, path, x->admin_host);
     size_t cap = 65536, len = 0;
     char *buf = malloc(cap);
     ssize_t r;
@@ -1044,12 +1046,41 @@ static char *ctl_http_get(struct ctl *x, const char *path, int *status)
     return buf;
 }
 
+/* snapshot NAME: POST /collections/NAME/snapshot on the admin API. */
+static int ctl_cmd_snapshot(struct ctl *x, int argc, char **argv)
+{
+    const char *name = NULL;
+    if (ctl_plain_args(argc, argv, 1, 1, &name))
+        return CTL_EXIT_USAGE;
+    char path[256];
+    snprintf(path, sizeof path, "/collections/%s/snapshot", name);
+    int status = 0;
+    char *body = ctl_http(x, "POST", path, &status);
+    if (!body)
+        return CTL_EXIT_ERROR;
+    if (status != 200) {
+        int rc = ctl_error(x, "%s: HTTP %d: %s", name, status, body);
+        free(body);
+        return rc;
+    }
+    struct json_object *j = json_tokener_parse(body), *v;
+    free(body);
+    if (!j)
+        return ctl_error(x, "the admin API's answer is not JSON");
+    if (x->json)
+        return ctl_print_json(j);
+    json_object_object_get_ex(j, "lsn", &v);
+    printf("snapshot of %s at LSN %" PRId64 "\n", name, json_object_get_int64(v));
+    json_object_put(j);
+    return CTL_EXIT_OK;
+}
+
 static int ctl_cmd_engines(struct ctl *x, int argc, char **argv)
 {
     if (ctl_no_args(argc, argv))
         return CTL_EXIT_USAGE;
     int status = 0;
-    char *body = ctl_http_get(x, "/engines", &status);
+    char *body = ctl_http(x, "GET", "/engines", &status);
     if (!body)
         return CTL_EXIT_ERROR;
     struct json_object *j = json_tokener_parse(body);
@@ -1094,6 +1125,7 @@ static const struct {
     { "search", ctl_cmd_search },
     { "stats", ctl_cmd_stats },
     { "status", ctl_cmd_status },
+    { "snapshot", ctl_cmd_snapshot },
     { "ping", ctl_cmd_ping },
     { "engines", ctl_cmd_engines },
 };

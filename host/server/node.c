@@ -320,6 +320,7 @@ static void coll_free(struct ncoll *c)
     }
     qv__idmap_fini(&c->map);
     qv_wal_close(c->wal);
+    pthread_mutex_destroy(&c->snap_mu);
     pthread_mutex_destroy(&c->wmu);
     qv_free(c);
 }
@@ -589,10 +590,16 @@ static struct ncoll *coll_new(struct qv_node *node, const struct qv_node_coll_sp
         qv_free(c);
         return NULL;
     }
+    if (pthread_mutex_init(&c->snap_mu, NULL) != 0) {
+        pthread_mutex_destroy(&c->wmu);
+        qv_free(c);
+        return NULL;
+    }
     c->slots = qv_calloc(NODE_FIRST_SLOTS, sizeof *c->slots, QV_MEM_SERVER);
     c->growing = c->slots ? qv__seg_new_growing(c, 0) : NULL;
     if (c->growing == NULL) {
         qv_free(c->slots);
+        pthread_mutex_destroy(&c->snap_mu);
         pthread_mutex_destroy(&c->wmu);
         qv_free(c);
         return NULL;
@@ -677,7 +684,7 @@ static int create_coll(struct qv_node *node, const struct qv_node_coll_spec *spe
     if (node->catalog && !fixed_id) {
         /* its WAL first (the directory exists), then the catalog record:
          * a crash between leaves a stray directory that start removes */
-        if ((rc = qv__store_open_coll(node, c, NULL, NULL)) != 0 ||
+        if ((rc = qv__store_open_coll(node, c, 0, NULL, NULL)) != 0 ||
             (rc = qv__store_log_create(node, c)) != 0) {
             qv_wal_close(c->wal);
             c->wal = NULL;
@@ -841,6 +848,7 @@ int qv_node_storage(struct qv_node *node, uint64_t id, struct qv_node_storage *o
         return QV_ENOENT;
     pthread_mutex_lock(&c->wmu);
     storage_of(c->wal, node->o.sync, out);
+    out->snapshot_lsn = c->wal ? c->snap_lsn : 0;
     pthread_mutex_unlock(&c->wmu);
     qv__node_coll_put(c);
     return 0;

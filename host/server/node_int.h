@@ -118,6 +118,10 @@ struct ncoll {
     uint32_t pending;               /* segments queued or building [mu] */
     struct qv_wal *wal;             /* [storage]: its log (node_store.c), or
                                        NULL in memory [wmu] */
+    pthread_mutex_t snap_mu;        /* serialises qv_node_snapshot; taken
+                                       before wmu */
+    uint64_t snap_lsn;              /* LSN of the snapshot in force; 0:
+                                       none [wmu] */
 };
 
 struct qv_node {
@@ -168,7 +172,7 @@ void qv__store_close(struct qv_node *node);
 int qv__store_log_create(struct qv_node *node, const struct ncoll *c);
 int qv__store_log_drop(struct qv_node *node, const struct ncoll *c);
 void qv__store_drop_files(struct qv_node *node, uint64_t id);
-int qv__store_open_coll(struct qv_node *node, struct ncoll *c,
+int qv__store_open_coll(struct qv_node *node, struct ncoll *c, uint64_t after_lsn,
                         int (*fn)(void *, uint64_t, uint8_t, const void *, size_t),
                         void *arg);
 int qv__store_log_upsert(struct ncoll *c, const struct qv_node_rows *r, uint64_t *lsn);

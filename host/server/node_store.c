@@ -11,6 +11,12 @@
  *   c<ID>/wal/       a WAL per collection ("shard"): UPSERT, DELETE and
  *                    ABORT records, in the order they were applied (the
  *                    collection's writer mutex orders them)
+ *   c<ID>/snap-<L>.qvs   the collection's snapshot (qv_node_snapshot): its
+ *                    live rows once every record up to LSN L (20 decimal
+ *                    digits in the name) was applied; normally one, the
+ *                    WAL then holds the records after L (and those of
+ *                    segments not wholly covered)
+ *   c<ID>/snap-<L>.qvs.tmp   a snapshot being written (removed at start)
  *
  * A write is logged, then applied, then acknowledged: UPSERT and DELETE
  * are validated first (every error a client can cause is found before
@@ -50,12 +56,49 @@
  *   collection ABORT (type 3)
  *     0       8           LSN of the record that was not applied
  *
+ * Snapshot file (all integers little-endian; R rows, D dim, A nattrs)
+ *     OFFSET  SIZE        MEANING
+ *     0       8           magic "QVSNAP01"
+ *     8       4           format version (1)
+ *     12      4           header size (64)
+ *     16      8           LSN L: every WAL record <= L is in the rows
+ *     24      4           D (must be the collection's)
+ *     28      4           A (must be the collection's)
+ *     32      8           R
+ *     40      8           collection id
+ *     48      12          0
+ *     60      4           CRC32C of bytes 0..59
+ *     64      8 R         ids (distinct: the live rows, in segment order)
+ *     ..      4 R D       vectors, row-major, then zero padding to 8 bytes
+ *     ..      8 R A       attribute columns (attribute-major)
+ *     ..      4           CRC32C of the body (from offset 64 to here)
+ *   The file's size must be exactly what the header implies.
+ *
+ * Snapshot (qv_node_snapshot): under the collection's wmu (so no write is
+ * half done: a write is logged, then applied, both under wmu), L = the
+ * WAL's last LSN and the live rows are copied (one copy, in the file's
+ * layout); without wmu the copy is written to snap-<L>.qvs.tmp,
+ * fdatasync'ed, renamed to snap-<L>.qvs and the directory fsync'ed; only
+ * then are older snapshots removed and qv_wal_truncate_upto(L) drops the
+ * WAL segments wholly covered.  A crash at any point leaves either the
+ * old snapshot with its WAL, or the new one with a WAL that still holds
+ * every record after L.  An ABORT always follows its record under the
+ * same wmu hold, so no snapshot falls between them.
+ *
  * Recovery (qv__store_open, inside qv_node_create): the catalog is
  * replayed into the set of live collections (a DROP cancels its CREATE);
  * ids are never reused, so the next id is one past the largest ever
  * created.  Each live collection is created again with its id and
- * specification, then its WAL is replayed through the same apply code as
- * live writes (a record followed by an ABORT of it is skipped).  Sealed
+ * specification; its newest snapshot whose header and body CRCs check
+ * out is mapped read-only and its rows applied (qv__node_apply_upsert,
+ * SNAP_BATCH rows a call, vectors straight from the mapping), then its
+ * WAL is replayed from L + 1 through the same apply code as live writes
+ * (a record followed by an ABORT of it is skipped).  A damaged snapshot
+ * is passed over with a warning for the next older one (or none) only
+ * when the WAL still starts at or before that one's L + 1; else the
+ * writes are nowhere else and the start is refused with QV_ECORRUPT
+ * naming the damaged file.  Without any snapshot, a WAL that does not
+ * start at LSN 1 is refused by qv_wal_open.  Sealed
  * segments are rebuilt by the builder thread as at run time.  A torn
  * final record is truncated; a corrupted record in the middle stops the
  * start with a message naming the file and offset (quiver/wal.h).
@@ -65,15 +108,18 @@
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "node_int.h"
 #include "quiver/alloc.h"
+#include "quiver/crc32c.h"
 #include "quiver/errors.h"
 #include "quiver/log.h"
 #include "quiver/service.h"
@@ -162,7 +208,7 @@ static void coll_dir(const struct qv_node *node, uint64_t id, char *path, size_t
 
 /* ---- collection WAL ---------------------------------------------------- */
 
-int qv__store_open_coll(struct qv_node *node, struct ncoll *c,
+int qv__store_open_coll(struct qv_node *node, struct ncoll *c, uint64_t after_lsn,
                         int (*fn)(void *, uint64_t, uint8_t, const void *, size_t),
                         void *arg)
 {
@@ -172,7 +218,7 @@ int qv__store_open_coll(struct qv_node *node, struct ncoll *c,
     int rc = wal_opts(node, sub, &o, path, sizeof path);
     if (rc)
         return rc;
-    c->wal = qv_wal_open(&o, 0, fn, arg);
+    c->wal = qv_wal_open(&o, after_lsn, fn, arg);
     return c->wal ? 0 : qv_errno;
 }
 
@@ -310,6 +356,446 @@ static int on_coll_record(void *arg, uint64_t lsn, uint8_t type, const void *pay
     R->held_lsn = lsn;
     R->held_type = type;
     return 0;
+}
+
+/* ---- snapshots --------------------------------------------------------- */
+
+#define SNAP_MAGIC "QVSNAP01"
+#define SNAP_VERSION 1u
+#define SNAP_HDR 64u
+#define SNAP_BATCH 4096u            /* rows per qv__node_apply_upsert at load */
+
+/* Where the parts of a snapshot of `rows` rows lie (byte offsets). */
+struct snap_layout {
+    uint64_t rows;
+    size_t ids, vecs, attrs, crc, size;
+};
+
+/* 0, or -1 when the sizes do not fit a size_t (a damaged header). */
+static int snap_layout(uint64_t rows, uint32_t dim, uint32_t nattrs, struct snap_layout *g)
+{
+    const uint64_t row_bytes = 8 + 4 * (uint64_t)dim + 8 * (uint64_t)nattrs;
+    if (dim == 0 || dim > 65536 || nattrs > QV_NODE_MAX_ATTRS ||
+        rows > ((uint64_t)SIZE_MAX / 2) / row_bytes)
+        return -1;
+    g->rows = rows;
+    g->ids = SNAP_HDR;
+    g->vecs = g->ids + 8 * (size_t)rows;
+    g->attrs = pad8(g->vecs + 4 * (size_t)rows * dim);
+    g->crc = g->attrs + 8 * (size_t)rows * nattrs;
+    g->size = g->crc + 4;
+    return 0;
+}
+
+static void snap_path(const struct qv_node *node, uint64_t id, uint64_t lsn, const char *ext,
+                      char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/c%llu/snap-%020llu.%s", node->o.data_dir, (unsigned long long)id,
+             (unsigned long long)lsn, ext);
+}
+
+/* The LSN of a name "snap-<20 digits>.<ext>", or -1. */
+static int64_t snap_name_lsn(const char *name, const char *ext)
+{
+    if (strncmp(name, "snap-", 5) != 0)
+        return -1;
+    for (int i = 5; i < 25; i++)
+        if (name[i] < '0' || name[i] > '9')
+            return -1;
+    if (name[25] != '.' || strcmp(name + 26, ext) != 0)
+        return -1;
+    return (int64_t)strtoull(name + 5, NULL, 10);
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+/* Write size bytes of buf to path (created or truncated) and fdatasync
+ * it: 0 or -1 with errno (the file may be partial). */
+static int write_file(const char *path, const uint8_t *buf, size_t size)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -1;
+    for (size_t off = 0; off < size;) {
+        ssize_t w = write(fd, buf + off, size - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            int e = w < 0 ? errno : EIO;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        off += (size_t)w;
+    }
+    if (fdatasync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return close(fd);
+}
+
+/* Remove the snapshot files of c older than lsn (a newer one is in force). */
+static void snap_remove_older(struct qv_node *node, struct ncoll *c, uint64_t lsn)
+{
+    char dir[4096], path[4096 + 320];
+    coll_dir(node, c->id, dir, sizeof dir);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        int64_t l = snap_name_lsn(e->d_name, "qvs");
+        if (l < 0 || (uint64_t)l >= lsn)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) != 0 && errno != ENOENT)
+            QV_WARN("storage: cannot remove the old snapshot %s: %s (remove it by hand)", path,
+                    strerror(errno));
+    }
+    if (d)
+        closedir(d);
+}
+
+/* Copy c's live rows into a new snapshot image (header and CRCs filled)
+ * under wmu; *L: the WAL's last LSN then.  *img NULL: nothing new since
+ * the snapshot in force. */
+static int snap_copy(struct ncoll *c, uint64_t *L, uint8_t **img, struct snap_layout *g)
+{
+    const uint32_t dim = c->spec.dim, na = c->spec.nattrs;
+    struct qv_wal_stats ws;
+    uint64_t rows = 0;
+
+    *img = NULL;
+    pthread_mutex_lock(&c->wmu);
+    if (atomic_load_explicit(&c->dropping, memory_order_acquire)) {
+        pthread_mutex_unlock(&c->wmu);
+        return qv_seterr(QV_ENOENT, "SNAPSHOT: collection %llu ('%s') is being dropped",
+                         (unsigned long long)c->id, c->name);
+    }
+    qv_wal_stats(c->wal, &ws);
+    *L = ws.last_lsn;
+    if (*L == c->snap_lsn) {                /* nothing logged since (or ever) */
+        pthread_mutex_unlock(&c->wmu);
+        return 0;
+    }
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        const struct nseg *s = c->slots[i];
+        for (uint64_t r = 0; s && r < s->rows; r++)
+            rows += (uint64_t)qv__seg_alive(s, r);
+    }
+    uint8_t *p = NULL;
+    if (snap_layout(rows, dim, na, g) == 0)
+        p = qv_malloc(g->size, QV_MEM_SERVER);
+    if (p == NULL) {
+        pthread_mutex_unlock(&c->wmu);
+        return qv_seterr(QV_ENOMEM, "SNAPSHOT: collection '%s': no memory for a copy of its "
+                         "%llu live rows", c->name, (unsigned long long)rows);
+    }
+    uint64_t *ids = (uint64_t *)(p + g->ids), k = 0;
+    float *vecs = (float *)(p + g->vecs);
+    int64_t *cols = (int64_t *)(p + g->attrs);
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        const struct nseg *s = c->slots[i];
+        for (uint64_t r = 0; s && r < s->rows; r++) {
+            if (!qv__seg_alive(s, r))
+                continue;
+            ids[k] = s->ids[r];
+            memcpy(vecs + k * dim, s->vecs + r * dim, dim * sizeof(float));
+            for (uint32_t a = 0; a < na; a++)
+                cols[rows * a + k] = s->cols[a][r];
+            k++;
+        }
+    }
+    pthread_mutex_unlock(&c->wmu);
+
+    memset(p + g->vecs + 4 * (size_t)rows * dim, 0, g->attrs - (g->vecs + 4 * (size_t)rows * dim));
+    memset(p, 0, SNAP_HDR);
+    memcpy(p, SNAP_MAGIC, 8);
+    put32(p + 8, SNAP_VERSION);
+    put32(p + 12, SNAP_HDR);
+    put64(p + 16, *L);
+    put32(p + 24, dim);
+    put32(p + 28, na);
+    put64(p + 32, rows);
+    put64(p + 40, c->id);
+    put32(p + 60, qv_crc32c(0, p, 60));
+    put32(p + g->crc, qv_crc32c(0, p + SNAP_HDR, g->crc - SNAP_HDR));
+    *img = p;
+    return 0;
+}
+
+static int snap_take(struct qv_node *node, struct ncoll *c, uint64_t *out_lsn)
+{
+    char tmp[4096], path[4096], dir[4096];
+    struct snap_layout g;
+    uint8_t *img;
+    uint64_t L = 0;
+    int64_t t0 = qv_now_ns();
+
+    int rc = snap_copy(c, &L, &img, &g);
+    if (rc || img == NULL) {
+        if (rc == 0 && out_lsn)
+            *out_lsn = L;
+        return rc;
+    }
+    snap_path(node, c->id, L, "qvs.tmp", tmp, sizeof tmp);
+    snap_path(node, c->id, L, "qvs", path, sizeof path);
+    coll_dir(node, c->id, dir, sizeof dir);
+    const char *failed = tmp;
+    if (write_file(tmp, img, g.size) != 0 || (failed = path, rename(tmp, path) != 0) ||
+        (failed = dir, fsync_dir(dir) != 0)) {
+        int e = errno;
+        unlink(tmp);
+        qv_free(img);
+        return qv_seterr(e == ENOSPC ? QV_ENOSPC : QV_EIO, "SNAPSHOT: collection '%s': %s: "
+                         "%s (%zu bytes): the previous snapshot and the WAL are kept; %s",
+                         c->name, failed, strerror(e), g.size,
+                         e == ENOSPC ? "free space on the disk and snapshot again"
+                                     : "check the disk and snapshot again");
+    }
+    qv_free(img);
+    pthread_mutex_lock(&c->wmu);
+    c->snap_lsn = L;
+    pthread_mutex_unlock(&c->wmu);
+    snap_remove_older(node, c, L);
+    int removed = qv_wal_truncate_upto(c->wal, L);
+    if (removed < 0)
+        QV_WARN("storage: collection '%s': snapshot %s is written, but the WAL segments it "
+                "covers could not all be removed: %s", c->name, path, qv_errmsg());
+    QV_INFO("storage: collection '%s': snapshot %s: %llu rows up to LSN %llu, %d WAL segments "
+            "removed, %.0f ms", c->name, path, (unsigned long long)g.rows,
+            (unsigned long long)L, removed < 0 ? 0 : removed,
+            (double)(qv_now_ns() - t0) / 1e6);
+    if (out_lsn)
+        *out_lsn = L;
+    return 0;
+}
+
+int qv_node_snapshot(struct qv_node *node, uint64_t id, uint64_t *lsn)
+{
+    if (lsn)
+        *lsn = 0;
+    struct ncoll *c = qv__node_coll_get(node, id);
+    if (c == NULL)
+        return qv_seterr(QV_ENOENT, "SNAPSHOT: collection %llu does not exist",
+                         (unsigned long long)id);
+    int rc;
+    if (node->catalog == NULL) {
+        rc = qv_seterr(QV_EINVAL, "SNAPSHOT: collection '%s': the node keeps its data in "
+                       "memory only ([storage] data_dir is not set): set data_dir to take "
+                       "snapshots", c->name);
+    } else {
+        pthread_mutex_lock(&c->snap_mu);
+        rc = snap_take(node, c, lsn);
+        pthread_mutex_unlock(&c->snap_mu);
+    }
+    qv__node_coll_put(c);
+    return rc;
+}
+
+/* A snapshot file of c mapped read-only. */
+struct snap_map {
+    uint8_t *base;
+    size_t size;
+    uint64_t lsn;
+    struct snap_layout g;
+};
+
+/* Map path and check it (header, sizes, CRCs, c's dim and nattrs): 0, or
+ * -1 with why (the mapping undone). */
+static int snap_map(const char *path, const struct ncoll *c, struct snap_map *m, char *why,
+                    size_t cap)
+{
+    struct stat st;
+    memset(m, 0, sizeof *m);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(why, cap, "cannot read it: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    if ((uint64_t)st.st_size < SNAP_HDR + 4) {
+        snprintf(why, cap, "%lld bytes: shorter than a header", (long long)st.st_size);
+        close(fd);
+        return -1;
+    }
+    m->size = (size_t)st.st_size;
+    m->base = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m->base == MAP_FAILED) {
+        m->base = NULL;
+        snprintf(why, cap, "mmap: %s", strerror(errno));
+        return -1;
+    }
+    const uint8_t *p = m->base;
+    if (memcmp(p, SNAP_MAGIC, 8) != 0)
+        snprintf(why, cap, "not a snapshot (bad magic)");
+    else if (get32(p + 60) != qv_crc32c(0, p, 60))
+        snprintf(why, cap, "header CRC mismatch");
+    else if (get32(p + 8) != SNAP_VERSION || get32(p + 12) != SNAP_HDR)
+        snprintf(why, cap, "format version %u (this build reads %u)", get32(p + 8),
+                 SNAP_VERSION);
+    else if (get32(p + 24) != c->spec.dim || get32(p + 28) != c->spec.nattrs ||
+             get64(p + 40) != c->id)
+        snprintf(why, cap, "written for collection %llu (dim %u, %u attributes), not this "
+                 "one", (unsigned long long)get64(p + 40), get32(p + 24), get32(p + 28));
+    else if (snap_layout(get64(p + 32), c->spec.dim, c->spec.nattrs, &m->g) != 0 ||
+             m->g.size != m->size)
+        snprintf(why, cap, "%zu bytes, but its header says %llu rows", m->size,
+                 (unsigned long long)get64(p + 32));
+    else if (get32(p + m->g.crc) != qv_crc32c(0, p + SNAP_HDR, m->g.crc - SNAP_HDR))
+        snprintf(why, cap, "body CRC mismatch");
+    else {
+        m->lsn = get64(p + 16);
+        return 0;
+    }
+    munmap(m->base, m->size);
+    m->base = NULL;
+    return -1;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The snapshot LSNs of c, newest first (*n of them; *lsns owned by the
+ * caller), after removing leftover .qvs.tmp files; *wal_first: the first
+ * LSN of c's oldest WAL segment, 0 when it has none. */
+static int snap_list(struct qv_node *node, struct ncoll *c, uint64_t **lsns, size_t *n,
+                     uint64_t *wal_first)
+{
+    char dir[4096], path[4096 + 320];
+    size_t cap = 0;
+    *lsns = NULL;
+    *n = 0;
+    *wal_first = 0;
+    coll_dir(node, c->id, dir, sizeof dir);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        if (snap_name_lsn(e->d_name, "qvs.tmp") >= 0) {
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            QV_INFO("storage: removing %s: a snapshot that was not completed", path);
+            if (unlink(path) != 0)
+                QV_WARN("storage: cannot remove %s: %s (remove it by hand)", path,
+                        strerror(errno));
+            continue;
+        }
+        int64_t l = snap_name_lsn(e->d_name, "qvs");
+        if (l < 0)
+            continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 8;
+            uint64_t *x = qv_malloc(cap * sizeof *x, QV_MEM_SERVER);
+            if (x == NULL) {
+                closedir(d);
+                qv_free(*lsns);
+                *lsns = NULL;
+                return qv_seterr(QV_ENOMEM, "storage: no memory to list snapshots");
+            }
+            if (*n)
+                memcpy(x, *lsns, *n * sizeof *x);
+            qv_free(*lsns);
+            *lsns = x;
+        }
+        (*lsns)[(*n)++] = (uint64_t)l;
+    }
+    if (d)
+        closedir(d);
+    if (*n > 1)
+        qsort(*lsns, *n, sizeof **lsns, cmp_desc);
+    snprintf(path, sizeof path, "%s/wal", dir);
+    if ((d = opendir(path)) != NULL) {
+        while ((e = readdir(d)) != NULL) {
+            const char *nm = e->d_name;
+            if (strncmp(nm, "wal-", 4) != 0 || strlen(nm) != 28 || strcmp(nm + 24, ".log"))
+                continue;
+            uint64_t l = strtoull(nm + 4, NULL, 10);
+            if (*wal_first == 0 || l < *wal_first)
+                *wal_first = l;
+        }
+        closedir(d);
+    }
+    return 0;
+}
+
+/* Load c's newest intact snapshot (wmu held, before its WAL is opened):
+ * *lsn its LSN (0: none), *rows the rows it held. */
+static int snap_load(struct qv_node *node, struct ncoll *c, uint64_t *lsn, uint64_t *rows)
+{
+    char path[4096], bad[4096 + 320] = "", why[256] = "";
+    uint64_t *lsns, wal_first;
+    size_t n;
+    struct snap_map m = { 0 };
+
+    *lsn = 0;
+    *rows = 0;
+    int rc = snap_list(node, c, &lsns, &n, &wal_first);
+    if (rc)
+        return rc;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        snap_path(node, c->id, lsns[i], "qvs", path, sizeof path);
+        if (snap_map(path, c, &m, why, sizeof why) == 0)
+            break;
+        QV_WARN("storage: collection '%s': snapshot %s is damaged (%s): %s", c->name, path,
+                why, i + 1 < n ? "trying the older one" : "no older snapshot");
+        if (!bad[0])
+            snprintf(bad, sizeof bad, "%s (%s)", path, why);
+    }
+    uint64_t from = i < n ? lsns[i] : 0;
+    qv_free(lsns);
+    if (bad[0] && wal_first > from + 1) {
+        if (m.base)
+            munmap(m.base, m.size);
+        return qv_seterr(QV_ECORRUPT, "storage: collection '%s': snapshot %s is damaged and "
+                         "the WAL starts at LSN %llu, so the writes up to LSN %llu exist "
+                         "nowhere else: restore that file from a backup, or remove %s/c%llu "
+                         "to give up the collection's data", c->name, bad,
+                         (unsigned long long)wal_first, (unsigned long long)(wal_first - 1),
+                         node->o.data_dir, (unsigned long long)c->id);
+    }
+    if (bad[0])
+        QV_WARN("storage: collection '%s': recovering from %s and the WAL after LSN %llu",
+                c->name, i < n ? path : "no snapshot", (unsigned long long)from);
+    if (m.base == NULL)
+        return 0;
+    const uint32_t dim = c->spec.dim, na = c->spec.nattrs;
+    const uint64_t total = m.g.rows;
+    for (uint64_t r0 = 0; r0 < total && rc == 0; r0 += SNAP_BATCH) {
+        size_t k = (size_t)(total - r0 < SNAP_BATCH ? total - r0 : SNAP_BATCH);
+        struct qv_node_rows r = {
+            .n = k, .dim = dim, .nattrs = na,
+            .ids = (const uint64_t *)(m.base + m.g.ids) + r0,
+            .vectors = (const float *)(m.base + m.g.vecs) + r0 * dim,
+        };
+        for (uint32_t a = 0; a < na; a++)
+            r.attrs[a] = (const int64_t *)(m.base + m.g.attrs) + total * a + r0;
+        if ((rc = qv__node_apply_upsert(c, &r)) != 0)
+            rc = qv_seterr(rc, "storage: collection '%s': loading snapshot %s: %s", c->name,
+                           path, qv_errmsg());
+    }
+    munmap(m.base, m.size);
+    if (rc == 0) {
+        *lsn = from;
+        *rows = total;
+        c->snap_lsn = from;
+    }
+    return rc;
 }
 
 /* ---- catalog ----------------------------------------------------------- */
@@ -484,12 +970,21 @@ int qv__store_open(struct qv_node *node)
             break;
         }
         struct replay CR = { .c = c };
+        uint64_t snap_lsn = 0, snap_rows = 0;
         pthread_mutex_lock(&c->wmu);
-        rc = qv__store_open_coll(node, c, on_coll_record, &CR);
+        rc = snap_load(node, c, &snap_lsn, &snap_rows);
+        if (rc == 0)
+            rc = qv__store_open_coll(node, c, snap_lsn, on_coll_record, &CR);
         if (rc == 0)
             rc = flush_held(&CR);
         pthread_mutex_unlock(&c->wmu);
         qv_free(CR.held);
+        if (rc == 0)
+            QV_INFO("storage: collection '%s' (%llu): %llu rows from the snapshot at LSN %llu, "
+                    "%llu WAL records replayed (%llu aborted)", c->name,
+                    (unsigned long long)c->id, (unsigned long long)snap_rows,
+                    (unsigned long long)snap_lsn, (unsigned long long)CR.applied,
+                    (unsigned long long)CR.aborted);
         records += CR.applied;
         aborted += CR.aborted;
         rows += c->map.count;

@@ -311,6 +311,30 @@ static int r_collection(void *arg, const struct qv_admin_req *req, struct qv_adm
     return json_answer(resp, 200, coll_json(&info));
 }
 
+/* POST /collections/NAME/snapshot: qv_node_snapshot; 200 {"lsn": L}. */
+static int r_collection_post(void *arg, const struct qv_admin_req *req,
+                             struct qv_admin_resp *resp)
+{
+    struct daemon *d = arg;
+    char name[128];
+    const char *slash = strchr(req->tail, '/');
+    if (!slash || strcmp(slash, "/snapshot") != 0 || (size_t)(slash - req->tail) >= sizeof name)
+        return qv_admin_error(resp, 404, "POST /collections/NAME/snapshot is the one POST "
+                              "under /collections/");
+    snprintf(name, sizeof name, "%.*s", (int)(slash - req->tail), req->tail);
+    uint64_t id, lsn = 0;
+    if (qv_node_find(d->node, name, &id) != 0)
+        return qv_admin_error(resp, 404, "no collection named \"%s\"", name);
+    int rc = qv_node_snapshot(d->node, id, &lsn);
+    if (rc)
+        return qv_admin_error(resp, rc == QV_EINVAL ? 409 : rc == QV_ENOENT ? 404 : 500, "%s",
+                              qv_errmsg());
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "collection", json_object_new_string(name));
+    json_object_object_add(o, "lsn", json_object_new_int64((int64_t)lsn));
+    return json_answer(resp, 200, o);
+}
+
 /* POST /collections: {"name", "dim", "metric", "index", and the index's
  * parameters as in docs/PROTOCOL.md CREATE ("nlist", "nprobe", "pq_m",
  * "pq_nbits", "hnsw_m", "ef_construction", "ef_search"), "attributes":
@@ -551,6 +575,7 @@ static int start(struct daemon *d)
         { "POST", "/collections", 0, r_create, d },
         { "GET", "/collections/", 1, r_collection, d },
         { "DELETE", "/collections/", 1, r_collection, d },
+        { "POST", "/collections/", 1, r_collection_post, d },
     };
     struct qv_admin_opts ao;
     qv_admin_opts_default(&ao);

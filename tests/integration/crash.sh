@@ -6,7 +6,9 @@
 #    same [storage] data_dir (sync cycling always / interval / never: a
 #    process crash must lose nothing acknowledged under any of them);
 #    crash_client streams upserts and deletes, logging what was
-#    acknowledged; after a random 0.2..1.2 s, kill -9; restart; crash_client
+#    acknowledged; in every other round quiverctl snapshot runs during the
+#    load (the WAL behind it is removed); after a random 0.2..1.2 s more,
+#    kill -9; restart (snapshot + WAL replay); crash_client
 #    verify: every acknowledged upsert is there with its vector, no
 #    acknowledged delete came back.  The next round writes on.
 # 2. Full disk, when tmpfs can be mounted (root): data_dir on a 2 MiB
@@ -59,6 +61,13 @@ for r in $(seq 1 "$rounds"); do
     fi
     "$client" write --server "$srv" --log "$tmp/acks" --seconds 10 > "$tmp/writer" 2>&1 &
     wpid=$!
+    if [ $((r % 2)) = 0 ]; then
+        # a snapshot taken during the load, then the kill
+        sleep 0.2
+        "$ctl" --admin "127.0.0.1:$QV_ADMIN" snapshot crash > "$tmp/snap" 2>&1 ||
+            { cat "$tmp/snap"; fail "round $r: snapshot during the load"; }
+        echo "crash.sh: round $r: $(cat "$tmp/snap")"
+    fi
     sleep "0.$(( RANDOM % 10 + 2 ))"
     kill -KILL "$QV_PID"
     wait "$QV_PID" 2>/dev/null || true
@@ -71,8 +80,8 @@ qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" || fail "final restart"
 "$client" verify --server "127.0.0.1:$QV_UDP:$QV_TCP" --log "$tmp/acks" || fail "after the last kill"
 grep -E "storage: .* rows from" "$tmp/log" | tail -1 | sed 's/.*storage: /crash.sh: recovery: /'
 "$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" status crash | tee "$tmp/status" || fail "quiverctl status"
-awk '$1 == "crash" && $3 == "always" && $4 > 0 && $5 == $4 && $6 > 0 { ok = 1 } END { exit !ok }' "$tmp/status" ||
-    fail "quiverctl status: no durable LSNs for 'crash'"
+awk '$1 == "crash" && $3 == "always" && $4 > 0 && $5 == $4 && $6 > 0 && $8 > 0 { ok = 1 } END { exit !ok }' "$tmp/status" ||
+    fail "quiverctl status: no durable LSNs or no snapshot LSN for 'crash'"
 qv_stop || fail "quiverd did not exit 0 on SIGTERM"
 
 # 2. full disk

@@ -17,7 +17,11 @@
  * the searches queued for it; 200 create / upsert / search / drop cycles
  * with max_collections 4 (node and service) all succeed, ids growing and
  * the dropped collections gone from /metrics; free with a build in
- * progress.
+ * progress.  Durability: a node restarted on its data_dir has the same
+ * collections and rows, from the WAL alone or from a snapshot plus the
+ * WAL after it (also with snapshots taken while upserts go on); a
+ * damaged snapshot falls back to an older one or is refused naming the
+ * file; failed and impossible snapshots change nothing.
  */
 #include <CUnit/Basic.h>
 #include <math.h>
@@ -27,7 +31,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "quiver/alloc.h"
 #include "quiver/config.h"
@@ -58,6 +64,7 @@ static struct {
 static struct qv_service *SVC;
 static struct qv_node *N;
 static const char *DATA_DIR;        /* [storage] data_dir of start(); NULL: none */
+static uint64_t WAL_SEG;            /* [storage] wal_segment_bytes of start(); 0: default */
 
 /* ---- fixture ----------------------------------------------------------- */
 
@@ -145,6 +152,7 @@ static void start_with(uint32_t seal_rows, struct qv_router *router, int paused,
     no.max_collections = max_coll ? max_coll : 8;
     no.engine = router ? qv_router_engine(router) : NULL;
     no.data_dir = DATA_DIR;
+    no.wal_segment_bytes = WAL_SEG;
     N = qv_node_create(&no);
     if (N == NULL)
         fprintf(stderr, "\n  node: %s\n", qv_errmsg());
@@ -1651,6 +1659,395 @@ static void test_recover_enomem(void)
     rm_data_dir(dir);
 }
 
+/* ---- snapshots ------------------------------------------------------------ */
+
+/* What a collection should hold: per base row, its id's state. */
+struct expect {
+    uint8_t live[NB];
+    unsigned vec_of[NB];            /* the base row whose vector it has */
+};
+
+static void expect_upsert(struct expect *E, unsigned from, unsigned to)
+{
+    for (unsigned i = from; i < to; i++) {
+        E->live[i] = 1;
+        E->vec_of[i] = i;
+    }
+}
+
+/* Upsert base rows [from, to) in batches of 100 (one WAL record each). */
+static void upsert_batches(uint64_t coll, struct expect *E, unsigned from, unsigned to)
+{
+    for (unsigned i = from; i < to; i += 100)
+        CU_ASSERT_EQUAL_FATAL(upsert_range(coll, i, i + 100 < to ? i + 100 : to, NULL), 0);
+    if (E)
+        expect_upsert(E, from, to);
+}
+
+static void delete_rows(uint64_t coll, struct expect *E, unsigned from, unsigned to,
+                        unsigned step)
+{
+    uint64_t ids[NB];
+    size_t n = 0;
+    for (unsigned i = from; i < to; i += step) {
+        ids[n++] = BASE_ID + i;
+        E->live[i] = 0;
+    }
+    CU_ASSERT(qv_node_delete(N, coll, n, ids, NULL) >= 0);
+}
+
+/* Every base row's id is there exactly when E says so, with its vector;
+ * DESCRIBE counts the live ones. */
+static void check_expect(uint64_t coll, const struct expect *E)
+{
+    static uint64_t ids[NB];
+    static float v[NB * DIM];
+    static uint8_t found[NB];
+    unsigned live = 0, bad_found = 0, bad_vec = 0;
+    for (unsigned i = 0; i < NB; i++)
+        ids[i] = BASE_ID + i;
+    CU_ASSERT(qv_node_get(N, coll, NB, ids, DIM, v, found) >= 0);
+    for (unsigned i = 0; i < NB; i++) {
+        live += E->live[i];
+        bad_found += found[i] != E->live[i];
+        if (found[i] && E->live[i])
+            bad_vec += memcmp(v + (size_t)i * DIM, F.base + (size_t)E->vec_of[i] * DIM,
+                              DIM * sizeof(float)) != 0;
+    }
+    CU_ASSERT_EQUAL(bad_found, 0);
+    CU_ASSERT_EQUAL(bad_vec, 0);
+    struct qv_node_coll_info info;
+    describe(coll, &info);
+    CU_ASSERT_EQUAL(info.rows, live);
+    if (bad_found || bad_vec || info.rows != live)
+        fprintf(stderr, "\n  %u ids wrongly present/absent, %u wrong vectors, rows %llu of "
+                "%u\n", bad_found, bad_vec, (unsigned long long)info.rows, live);
+}
+
+static void snap_file(const char *dir, uint64_t coll, uint64_t lsn, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/c%llu/snap-%020llu.qvs", dir, (unsigned long long)coll,
+             (unsigned long long)lsn);
+}
+
+static int file_exists(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f)
+        fclose(f);
+    return f != NULL;
+}
+
+/* Flip one byte of path at off. */
+static void flip_byte(const char *path, long off)
+{
+    FILE *f = fopen(path, "r+b");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    CU_ASSERT_EQUAL(fseek(f, off, SEEK_SET), 0);
+    int b = fgetc(f);
+    CU_ASSERT_NOT_EQUAL(b, EOF);
+    CU_ASSERT_EQUAL(fseek(f, off, SEEK_SET), 0);
+    fputc(b ^ 0x5a, f);
+    fclose(f);
+}
+
+/* Writes (rows in several sealed segments and the growing one), deletes,
+ * a snapshot, more writes and deletes (of rows in the snapshot and after
+ * it, and an upsert that moves a row of the snapshot), a stop: the node
+ * on the same directory holds exactly the expected rows; the WAL starts
+ * after the first records (its segments up to the snapshot removed),
+ * snapshot_lsn says the snapshot's LSN; a second snapshot with nothing
+ * new writes nothing; a later one replaces the first file; a leftover
+ * .qvs.tmp is removed at start. */
+static void test_recover_snapshot(void)
+{
+    static struct expect E;
+    char *dir = mk_data_dir(), path[512], path2[512];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    memset(&E, 0, sizeof E);
+    DATA_DIR = dir;
+    WAL_SEG = QV_WAL_SEGMENT_MIN;
+    start(500, NULL, 0);
+    uint64_t f = create("f", QV_NODE_FLAT), h = create("h", QV_NODE_HNSW);
+    upsert_batches(f, &E, 0, 1500);
+    upsert_batches(h, NULL, 0, 700);
+    delete_rows(f, &E, 0, 600, 3);
+    struct qv_node_storage st0, st1;
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st0), 0);
+    CU_ASSERT_EQUAL(st0.snapshot_lsn, 0);
+    CU_ASSERT_EQUAL(st0.first_lsn, 1);
+    CU_ASSERT(st0.segments > 2);
+    uint64_t L = 0, L2 = 0;
+    int rc = qv_node_snapshot(N, f, &L);
+    if (rc)
+        fprintf(stderr, "\n  snapshot: %s\n", qv_errmsg());
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_EQUAL(L, st0.last_lsn);
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st1), 0);
+    CU_ASSERT_EQUAL(st1.snapshot_lsn, L);
+    CU_ASSERT(st1.first_lsn > 1 && st1.first_lsn <= L + 1);
+    CU_ASSERT(st1.segments < st0.segments);
+    snap_file(dir, f, L, path, sizeof path);
+    CU_ASSERT(file_exists(path));
+    CU_ASSERT_EQUAL(qv_node_snapshot(N, f, &L2), 0);          /* nothing new */
+    CU_ASSERT_EQUAL(L2, L);
+    CU_ASSERT_EQUAL(qv_node_snapshot(N, h, &L2), 0);          /* another collection */
+    CU_ASSERT(L2 > 0);
+
+    upsert_batches(f, &E, 1500, 2000);
+    delete_rows(f, &E, 1000, 1010, 1);                      /* rows of the snapshot */
+    delete_rows(f, &E, 1600, 1610, 1);                      /* rows after it */
+    CU_ASSERT_EQUAL(upsert_one(f, BASE_ID + 5, F.base + 8 * DIM, 5, 6), 0);  /* moved */
+    E.vec_of[5] = 8;
+    CU_ASSERT_EQUAL(upsert_one(f, BASE_ID + 3, F.base + 9 * DIM, 5, 6), 0);  /* back */
+    E.live[3] = 1;
+    E.vec_of[3] = 9;
+    check_expect(f, &E);
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st0), 0);
+    /* a snapshot that cannot be written (a directory where its .tmp goes):
+     * QV_EIO naming the file, the previous snapshot and the WAL kept */
+    snprintf(path2, sizeof path2, "%s/c%llu/snap-%020llu.qvs.tmp", dir,
+             (unsigned long long)f, (unsigned long long)st0.last_lsn);
+    CU_ASSERT_EQUAL_FATAL(mkdir(path2, 0700), 0);
+    expect_err(qv_node_snapshot(N, f, &L2), QV_EIO, path2);
+    CU_ASSERT_EQUAL(L2, 0);
+    CU_ASSERT(file_exists(path));
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st1), 0);
+    CU_ASSERT_EQUAL(st1.snapshot_lsn, L);
+    CU_ASSERT_EQUAL(st1.first_lsn, st0.first_lsn);
+    CU_ASSERT_EQUAL(st1.segments, st0.segments);
+    CU_ASSERT_EQUAL(rmdir(path2), 0);
+    stop();
+    snprintf(path2, sizeof path2, "%s/c%llu/snap-%020llu.qvs.tmp", dir,
+             (unsigned long long)f, (unsigned long long)(L + 1));
+    FILE *t = fopen(path2, "wb");                           /* a snapshot cut short */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+    fputs("partial", t);
+    fclose(t);
+
+    start(500, NULL, 0);
+    CU_ASSERT_FALSE(file_exists(path2));
+    check_expect(f, &E);
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st1), 0);
+    CU_ASSERT_EQUAL(st1.snapshot_lsn, L);
+    CU_ASSERT_EQUAL(st1.first_lsn, st0.first_lsn);
+    CU_ASSERT_EQUAL(st1.last_lsn, st0.last_lsn);
+    struct qv_node_coll_info hi;
+    describe(h, &hi);
+    CU_ASSERT_EQUAL(hi.rows, 700);
+    /* a second snapshot after the restart replaces the first */
+    CU_ASSERT_EQUAL(qv_node_snapshot(N, f, &L2), 0);
+    CU_ASSERT(L2 > L);
+    CU_ASSERT_FALSE(file_exists(path));
+    snap_file(dir, f, L2, path, sizeof path);
+    CU_ASSERT(file_exists(path));
+    stop();
+    start(500, NULL, 0);
+    check_expect(f, &E);
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st1), 0);
+    CU_ASSERT_EQUAL(st1.snapshot_lsn, L2);
+    stop();
+    DATA_DIR = NULL;
+    WAL_SEG = 0;
+    rm_data_dir(dir);
+}
+
+static void *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *p = malloc(*len ? *len : 1);
+    if (p && fread(p, 1, *len, f) != *len) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    return p;
+}
+
+static void write_all(const char *path, const void *p, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    CU_ASSERT_EQUAL(fwrite(p, 1, len, f), len);
+    fclose(f);
+}
+
+/* A damaged newest snapshot: (1) with an older intact one that the WAL
+ * still continues (one large segment, so nothing was truncated), recovery
+ * uses the older one and replays the rest; (2) the only snapshot damaged
+ * and the WAL truncated past its start: the start is refused with
+ * QV_ECORRUPT naming the file. */
+static void test_recover_snapshot_damaged(void)
+{
+    static struct expect E;
+    char *dir = mk_data_dir(), a[512], b[512];
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    memset(&E, 0, sizeof E);
+    DATA_DIR = dir;
+    start(500, NULL, 0);
+    uint64_t f = create("f", QV_NODE_FLAT);
+    upsert_batches(f, &E, 0, 800);
+    uint64_t La = 0, Lb = 0;
+    CU_ASSERT_EQUAL_FATAL(qv_node_snapshot(N, f, &La), 0);
+    snap_file(dir, f, La, a, sizeof a);
+    size_t alen = 0;
+    void *acopy = read_all(a, &alen);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(acopy);
+    upsert_batches(f, &E, 800, 1200);
+    delete_rows(f, &E, 0, 900, 4);
+    CU_ASSERT_EQUAL_FATAL(qv_node_snapshot(N, f, &Lb), 0);
+    CU_ASSERT(Lb > La);
+    CU_ASSERT_FALSE(file_exists(a));                        /* replaced by B */
+    upsert_batches(f, &E, 1200, 1300);
+    stop();
+    write_all(a, acopy, alen);                              /* A back */
+    free(acopy);
+    snap_file(dir, f, Lb, b, sizeof b);
+    flip_byte(b, 64 + 8 * 100 + 3);                         /* a byte of B's body */
+    start(500, NULL, 0);
+    check_expect(f, &E);
+    struct qv_node_storage st;
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st), 0);
+    CU_ASSERT_EQUAL(st.snapshot_lsn, La);
+    CU_ASSERT_EQUAL(st.first_lsn, 1);
+    stop();
+    DATA_DIR = NULL;
+    rm_data_dir(dir);
+
+    /* (2) the only snapshot damaged, the WAL truncated */
+    dir = mk_data_dir();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    DATA_DIR = dir;
+    WAL_SEG = QV_WAL_SEGMENT_MIN;
+    start(500, NULL, 0);
+    f = create("f", QV_NODE_FLAT);
+    upsert_batches(f, NULL, 0, 1500);
+    CU_ASSERT_EQUAL_FATAL(qv_node_snapshot(N, f, &La), 0);
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st), 0);
+    CU_ASSERT(st.first_lsn > 1);
+    stop();
+    snap_file(dir, f, La, a, sizeof a);
+    flip_byte(a, 64 + 8 * 1500 + 77);                       /* a byte of a vector */
+    struct qv_service_opts so;
+    struct qv_node_opts no;
+    qv_service_opts_default(&so);
+    SVC = qv_service_create(&so);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(SVC);
+    qv_node_opts_default(&no);
+    no.service = SVC;
+    no.data_dir = dir;
+    no.wal_segment_bytes = WAL_SEG;
+    N = qv_node_create(&no);
+    CU_ASSERT_PTR_NULL(N);
+    expect_err(qv_errno, QV_ECORRUPT, a);
+    expect_err(qv_errno, QV_ECORRUPT, "body CRC");
+    qv_node_free(N);
+    N = NULL;
+    qv_service_free(SVC);
+    SVC = NULL;
+    DATA_DIR = NULL;
+    WAL_SEG = 0;
+    rm_data_dir(dir);
+}
+
+/* A snapshot needs a data_dir (QV_EINVAL naming it) and a collection
+ * (QV_ENOENT). */
+static void test_snapshot_errors(void)
+{
+    start(500, NULL, 0);
+    uint64_t f = create("f", QV_NODE_FLAT), lsn = 7;
+    CU_ASSERT_EQUAL(upsert_range(f, 0, 10, NULL), 0);
+    expect_err(qv_node_snapshot(N, f, &lsn), QV_EINVAL, "data_dir");
+    CU_ASSERT_EQUAL(lsn, 0);
+    expect_err(qv_node_snapshot(N, f + 100, &lsn), QV_ENOENT, "does not exist");
+    struct qv_node_storage st;
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st), 0);
+    CU_ASSERT_EQUAL(st.enabled, 0);
+    CU_ASSERT_EQUAL(st.snapshot_lsn, 0);
+    stop();
+}
+
+struct snap_writer {
+    uint64_t coll;
+    _Atomic unsigned acked;         /* base rows [0, acked) acknowledged */
+    _Atomic int stop;
+    int failed;
+};
+
+static void *snap_writer_main(void *arg)
+{
+    struct snap_writer *w = arg;
+    unsigned i = 0;
+    while (i < NB && !atomic_load(&w->stop)) {
+        unsigned to = i + 20 < NB ? i + 20 : NB;
+        if (upsert_range(w->coll, i, to, NULL) != 0) {
+            w->failed = 1;
+            break;
+        }
+        i = to;
+        atomic_store(&w->acked, i);
+    }
+    return NULL;
+}
+
+/* Snapshots taken while another thread keeps upserting: after a restart
+ * every acknowledged upsert is there (none lost between the copy and the
+ * WAL truncation), and nothing else. */
+static void test_recover_snapshot_load(void)
+{
+    char *dir = mk_data_dir();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    DATA_DIR = dir;
+    WAL_SEG = QV_WAL_SEGMENT_MIN;
+    start(500, NULL, 0);
+    static struct snap_writer w;
+    memset(&w, 0, sizeof w);
+    w.coll = create("f", QV_NODE_FLAT);
+    pthread_t t;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, snap_writer_main, &w), 0);
+    unsigned snaps = 0, during = 0;
+    uint64_t last = 0;
+    for (int k = 0; k < 40 && atomic_load(&w.acked) < NB; k++) {
+        uint64_t lsn = 0;
+        unsigned before = atomic_load(&w.acked);
+        int rc = qv_node_snapshot(N, w.coll, &lsn);
+        if (rc)
+            fprintf(stderr, "\n  snapshot: %s\n", qv_errmsg());
+        CU_ASSERT_EQUAL(rc, 0);
+        CU_ASSERT(lsn >= last);
+        last = lsn;
+        snaps++;
+        during += atomic_load(&w.acked) != before;
+        sleep_ns(2 * MS);
+    }
+    atomic_store(&w.stop, 1);
+    pthread_join(t, NULL);
+    CU_ASSERT_EQUAL(w.failed, 0);
+    unsigned acked = atomic_load(&w.acked);
+    CU_ASSERT(snaps > 1 && acked > 0);
+    stop();
+    start(500, NULL, 0);
+    static struct expect E;
+    memset(&E, 0, sizeof E);
+    expect_upsert(&E, 0, acked);
+    check_expect(w.coll, &E);
+    struct qv_node_storage st;
+    CU_ASSERT_EQUAL(qv_node_storage(N, w.coll, &st), 0);
+    CU_ASSERT_EQUAL(st.snapshot_lsn, last);
+    CU_ASSERT(last > 0);
+    printf("\n    %u snapshots (%u while upserts went on), %u rows acknowledged, all back ",
+           snaps, during, acked);
+    stop();
+    DATA_DIR = NULL;
+    WAL_SEG = 0;
+    rm_data_dir(dir);
+}
+
 static void test_config(void)
 {
     struct qv_config *cfg = qv_config_defaults();
@@ -1689,6 +2086,12 @@ int main(void)
         { "get returns the stored vectors", test_get },
         { "recover: collections, rows, deletes, drops from data_dir", test_recover },
         { "recover: failed upserts (injected ENOMEM) do not come back", test_recover_enomem },
+        { "recover: from a snapshot and the WAL after it", test_recover_snapshot },
+        { "recover: a damaged snapshot: the older one, or QV_ECORRUPT naming it",
+          test_recover_snapshot_damaged },
+        { "recover: snapshot errors (no data_dir, no collection)", test_snapshot_errors },
+        { "recover: snapshots while upserts go on lose nothing acknowledged",
+          test_recover_snapshot_load },
         { "filters across segments equal brute force", test_filters },
         { "a write bumps the epoch and the cached answer misses", test_epoch_and_cache },
         { "upsert errors name the field; ENOMEM applies nothing", test_upsert_errors },

@@ -123,8 +123,9 @@
  * the node comes back with the same collections, ids and rows (sealed
  * segments rebuilt by the builder).  host/server/node_store.c has the
  * layout, the record formats and the recovery rules.  Without a data_dir
- * the node is in memory only.  Snapshots (which would bound the replay)
- * are not written yet: recovery replays each WAL from its start.
+ * the node is in memory only.  qv_node_snapshot() writes a collection's
+ * live rows to a snapshot file and truncates its WAL up to it, so that
+ * recovery loads the snapshot and replays only the records after it.
  *
  * Drop.  qv_node_drop_collection removes the name and id at once (later
  * requests: QV_ENOENT), then qv_service_remove_collection: new searches
@@ -147,14 +148,14 @@
  * taken: node->create_mu (create, drop) -> node->tab_lock (the id table;
  * readers: every lookup) -> collection->wmu (writers, describe, the
  * builder's snapshot and swap) -> the service's pause -> node->mu (job
- * queue, reference waits).  The dispatcher takes none of them.
+ * queue, reference waits).  qv_node_snapshot takes the collection's
+ * snapshot mutex before its wmu.  The dispatcher takes none of them.
  *
  * Lifetime.  The service, engine and pool are borrowed and must outlive
  * the node; free the node before the service (the node's free removes its
  * collections from the service, which completes their queued searches).
  *
- * Not yet: persistence (the WAL and snapshots of DESIGN.md: a restart
- * starts empty), merging small sealed segments, replication.
+ * Not yet: merging small sealed segments, replication.
  */
 #ifndef QUIVER_NODE_H
 #define QUIVER_NODE_H
@@ -314,8 +315,8 @@ struct qv_node_storage {
     uint32_t segments;              /* WAL segment files */
     uint64_t bytes;                 /* their size */
     uint64_t appends, fsyncs;       /* since start */
-    uint64_t snapshot_lsn;          /* LSN the last snapshot covers; 0: none
-                                       (snapshots are not written yet) */
+    uint64_t snapshot_lsn;          /* LSN the snapshot in force covers
+                                       (qv_node_snapshot); 0: none */
 };
 
 /* Defaults (above), borrowed pointers NULL.  Cannot fail. */
@@ -329,6 +330,31 @@ int qv_node_opts_from_config(const struct qv_config *cfg, struct qv_node_opts *o
 /* qv_node_storage - fill *out for collection id (0: the catalog).  0, or
  * QV_ENOENT (no such collection).  Thread-safe. */
 int qv_node_storage(struct qv_node *node, uint64_t id, struct qv_node_storage *out);
+
+/*
+ * qv_node_snapshot - write collection id's live rows to a snapshot file
+ * and drop the WAL records it covers (node_store.c has the file format).
+ * Under the collection's writer mutex (writes wait for it; searches do
+ * not) it notes the WAL's last LSN L (every record up to L is applied)
+ * and copies the live rows (ids, vectors, attributes); then, without the
+ * mutex, writes them to data_dir/c<ID>/snap-<L>.qvs (written as .tmp,
+ * fdatasync'ed, renamed, directory fsync'ed), removes the older snapshot
+ * files and the WAL segments wholly covered by L
+ * (qv_wal_truncate_upto).  When nothing was logged since the snapshot in
+ * force (L equals its LSN, or L is 0) nothing is written.  *lsn (may be
+ * NULL) gets L.  Snapshots of one collection are serialised; other
+ * collections are not affected.
+ * Memory: one copy of the collection's live rows (8 + 4 x dim + 8 x
+ * nattrs bytes a row) while it runs.  Cost: O(rows) copy under the mutex,
+ * then one sequential write of that size and two fsyncs.
+ * Returns 0, or QV_ENOENT (no such collection, or it is being dropped),
+ * QV_EINVAL (the node has no data_dir: nothing to write to), QV_ENOMEM,
+ * QV_ENOSPC or QV_EIO (the message names the file; a failed snapshot
+ * leaves the previous snapshot and the WAL as they were).  A failure to
+ * remove covered WAL segments is only logged: the snapshot stands.
+ * Thread-safe.
+ */
+int qv_node_snapshot(struct qv_node *node, uint64_t id, uint64_t *lsn);
 
 /*
  * qv_node_create - an empty node and its builder thread.  Returns NULL
