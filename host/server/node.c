@@ -52,6 +52,7 @@ int qv_node_opts_from_config(const struct qv_config *cfg, struct qv_node_opts *o
     qv_wal_sync_parse(qv_config_string(cfg, "storage", "sync"), &o->sync);
     o->sync_interval_ms = (unsigned)qv_config_int(cfg, "storage", "sync_interval_ms");
     o->wal_segment_bytes = qv_config_size(cfg, "storage", "wal_segment_bytes");
+    o->snapshot_wal_bytes = qv_config_size(cfg, "storage", "snapshot_wal_bytes");
     return 0;
 }
 
@@ -282,7 +283,8 @@ struct qv_node *qv_node_create(const struct qv_node_opts *o)
         node->o.data_dir = NULL;        /* borrowed: our copy below */
         node->data_dir = qv_strdup(dir, QV_MEM_SERVER);
         node->o.data_dir = node->data_dir;
-        if (!node->data_dir || qv__store_open(node) != 0) {
+        if (!node->data_dir || qv__store_open(node) != 0 ||
+            qv__store_start_snapshotter(node) != 0) {
             rc = node->data_dir ? qv_errno : QV_ENOMEM;
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", qv_errmsg());
@@ -356,6 +358,7 @@ void qv_node_free(struct qv_node *node)
 {
     if (node == NULL)
         return;
+    qv__store_stop_snapshotter(node);
     qv__build_stop(node);
     for (;;) {
         struct ncoll *c = NULL;

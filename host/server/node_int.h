@@ -145,6 +145,12 @@ struct qv_node {
     struct qv_wal *catalog;         /* [storage]: CREATE / DROP log, or NULL
                                        [create_mu] */
     char *data_dir;                 /* our copy of o.data_dir [imm] */
+    /* the snapshotter thread (node_store.c), with snapshot_wal_bytes */
+    pthread_t snapper;
+    int snap_started;
+    pthread_mutex_t snap_tmu;
+    pthread_cond_t snap_cv;         /* CLOCK_MONOTONIC */
+    int snap_stop;                  /* [snap_tmu] */
 };
 
 /* node.c */
@@ -169,6 +175,8 @@ int qv__node_recreate(struct qv_node *node, const struct qv_node_coll_spec *spec
 struct qv_wal;
 int qv__store_open(struct qv_node *node);
 void qv__store_close(struct qv_node *node);
+int qv__store_start_snapshotter(struct qv_node *node);
+void qv__store_stop_snapshotter(struct qv_node *node);
 int qv__store_log_create(struct qv_node *node, const struct ncoll *c);
 int qv__store_log_drop(struct qv_node *node, const struct ncoll *c);
 void qv__store_drop_files(struct qv_node *node, uint64_t id);

@@ -115,6 +115,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "node_int.h"
@@ -1005,4 +1006,94 @@ void qv__store_close(struct qv_node *node)
 {
     qv_wal_close(node->catalog);
     node->catalog = NULL;
+}
+
+/* ---- the snapshotter ---------------------------------------------------- */
+
+/*
+ * With opts.snapshot_wal_bytes > 0 a thread looks at every collection once
+ * a second and snapshots one whose WAL holds at least that many bytes and
+ * records the snapshot in force does not cover (qv_node_snapshot, so
+ * searches go on and the collection's writes wait only for the copy of
+ * its rows).  The current WAL segment is never removed, so the threshold
+ * should be above [storage] wal_segment_bytes.  Errors are logged (rate
+ * limited by the one-second period) and retried at the next look.
+ */
+static void *snapshotter(void *arg)
+{
+    struct qv_node *node = arg;
+    uint32_t cap = node->o.max_collections;
+    struct qv_node_coll_info *list = qv_malloc(cap * sizeof *list, QV_MEM_SERVER);
+
+    pthread_mutex_lock(&node->snap_tmu);
+    while (!node->snap_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&node->snap_cv, &node->snap_tmu, &until);
+        if (node->snap_stop || !list)
+            break;
+        pthread_mutex_unlock(&node->snap_tmu);
+        uint32_t n = 0;
+        qv_node_list(node, list, cap, &n);
+        for (uint32_t i = 0; i < n && i < cap; i++) {
+            struct qv_node_storage st;
+            uint64_t lsn;
+            if (qv_node_storage(node, list[i].id, &st) != 0 || !st.enabled ||
+                st.bytes < node->o.snapshot_wal_bytes || st.last_lsn <= st.snapshot_lsn)
+                continue;
+            int64_t t0 = qv_now_ns();
+            if (qv_node_snapshot(node, list[i].id, &lsn) == 0)
+                QV_INFO("storage: collection '%s': snapshot at LSN %llu (its WAL held %llu "
+                        "bytes) in %.0f ms", list[i].name, (unsigned long long)lsn,
+                        (unsigned long long)st.bytes, (double)(qv_now_ns() - t0) / 1e6);
+            else if (qv_errno != QV_ENOENT)
+                QV_WARN("storage: collection '%s': automatic snapshot failed: %s",
+                        list[i].name, qv_errmsg());
+        }
+        pthread_mutex_lock(&node->snap_tmu);
+    }
+    pthread_mutex_unlock(&node->snap_tmu);
+    qv_free(list);
+    return NULL;
+}
+
+int qv__store_start_snapshotter(struct qv_node *node)
+{
+    pthread_condattr_t ca;
+    if (!node->catalog || !node->o.snapshot_wal_bytes)
+        return 0;
+    if (pthread_mutex_init(&node->snap_tmu, NULL) != 0)
+        return qv_seterr(QV_ENOMEM, "storage: cannot create the snapshotter's mutex");
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&node->snap_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (rc != 0) {
+        pthread_mutex_destroy(&node->snap_tmu);
+        return qv_seterr(QV_ENOMEM, "storage: cannot create the snapshotter's condition");
+    }
+    node->snap_stop = 0;
+    if ((rc = pthread_create(&node->snapper, NULL, snapshotter, node)) != 0) {
+        pthread_cond_destroy(&node->snap_cv);
+        pthread_mutex_destroy(&node->snap_tmu);
+        return qv_seterr(-rc, "storage: cannot start the snapshotter thread: %s",
+                         strerror(rc));
+    }
+    node->snap_started = 1;
+    return 0;
+}
+
+void qv__store_stop_snapshotter(struct qv_node *node)
+{
+    if (!node->snap_started)
+        return;
+    pthread_mutex_lock(&node->snap_tmu);
+    node->snap_stop = 1;
+    pthread_cond_broadcast(&node->snap_cv);
+    pthread_mutex_unlock(&node->snap_tmu);
+    pthread_join(node->snapper, NULL);
+    pthread_cond_destroy(&node->snap_cv);
+    pthread_mutex_destroy(&node->snap_tmu);
+    node->snap_started = 0;
 }

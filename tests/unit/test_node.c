@@ -65,6 +65,7 @@ static struct qv_service *SVC;
 static struct qv_node *N;
 static const char *DATA_DIR;        /* [storage] data_dir of start(); NULL: none */
 static uint64_t WAL_SEG;            /* [storage] wal_segment_bytes of start(); 0: default */
+static uint64_t SNAP_BYTES;         /* [storage] snapshot_wal_bytes of start(); 0: off */
 
 /* ---- fixture ----------------------------------------------------------- */
 
@@ -153,6 +154,7 @@ static void start_with(uint32_t seal_rows, struct qv_router *router, int paused,
     no.engine = router ? qv_router_engine(router) : NULL;
     no.data_dir = DATA_DIR;
     no.wal_segment_bytes = WAL_SEG;
+    no.snapshot_wal_bytes = SNAP_BYTES;
     N = qv_node_create(&no);
     if (N == NULL)
         fprintf(stderr, "\n  node: %s\n", qv_errmsg());
@@ -1942,6 +1944,7 @@ static void test_recover_snapshot_damaged(void)
     no.service = SVC;
     no.data_dir = dir;
     no.wal_segment_bytes = WAL_SEG;
+    no.snapshot_wal_bytes = SNAP_BYTES;
     N = qv_node_create(&no);
     CU_ASSERT_PTR_NULL(N);
     expect_err(qv_errno, QV_ECORRUPT, a);
@@ -2048,6 +2051,55 @@ static void test_recover_snapshot_load(void)
     rm_data_dir(dir);
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The snapshotter: a WAL past snapshot_wal_bytes gets a snapshot without
+ * being asked (within a few seconds), its segments behind it go, and a
+ * restart comes back from it. */
+static void test_recover_auto_snapshot(void)
+{
+    char *dir = mk_data_dir();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    DATA_DIR = dir;
+    WAL_SEG = QV_WAL_SEGMENT_MIN;
+    SNAP_BYTES = 4 * QV_WAL_SEGMENT_MIN;
+    start(100000, NULL, 0);
+    uint64_t f = create("auto", QV_NODE_FLAT);
+    for (unsigned at = 0; at < 3000; at += 100)
+        CU_ASSERT_EQUAL_FATAL(upsert_range(f, at, at + 100, NULL), 0);
+    struct qv_node_storage st;
+    int64_t until = now_ms() + 10000;
+    do {
+        CU_ASSERT_EQUAL_FATAL(qv_node_storage(N, f, &st), 0);
+        if (st.snapshot_lsn)
+            break;
+        struct timespec ts = { 0, 50 * 1000000 };
+        nanosleep(&ts, NULL);
+    } while (now_ms() < until);
+    CU_ASSERT(st.snapshot_lsn > 0);
+    CU_ASSERT(st.first_lsn > 1);                /* the covered segments went */
+    printf("\n    automatic snapshot at LSN %llu of %llu; WAL now %llu bytes in %u segments ",
+           (unsigned long long)st.snapshot_lsn, (unsigned long long)st.last_lsn,
+           (unsigned long long)st.bytes, st.segments);
+    stop();
+    SNAP_BYTES = 0;
+    start(100000, NULL, 0);
+    struct qv_node_coll_info fi;
+    describe(f, &fi);
+    CU_ASSERT_EQUAL(fi.rows, 3000);
+    CU_ASSERT_EQUAL(qv_node_storage(N, f, &st), 0);
+    CU_ASSERT(st.snapshot_lsn > 0);
+    stop();
+    WAL_SEG = 0;
+    DATA_DIR = NULL;
+    rm_data_dir(dir);
+}
+
 static void test_config(void)
 {
     struct qv_config *cfg = qv_config_defaults();
@@ -2086,6 +2138,7 @@ int main(void)
         { "get returns the stored vectors", test_get },
         { "recover: collections, rows, deletes, drops from data_dir", test_recover },
         { "recover: failed upserts (injected ENOMEM) do not come back", test_recover_enomem },
+        { "recover: the snapshotter snapshots a large WAL by itself", test_recover_auto_snapshot },
         { "recover: from a snapshot and the WAL after it", test_recover_snapshot },
         { "recover: a damaged snapshot: the older one, or QV_ECORRUPT naming it",
           test_recover_snapshot_damaged },

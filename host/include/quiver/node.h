@@ -302,6 +302,11 @@ struct qv_node_opts {
     enum qv_wal_sync sync;          /* quiver/wal.h; ALWAYS */
     unsigned sync_interval_ms;      /* INTERVAL's period; 0 = 10 */
     uint64_t wal_segment_bytes;     /* 0 = 64 MiB */
+    uint64_t snapshot_wal_bytes;    /* snapshot a collection automatically
+                                       once its WAL holds this many bytes it
+                                       does not cover (checked each second);
+                                       0 = only on request; default 0 here,
+                                       1 GiB in quiverd's configuration */
 };
 
 /* The write-ahead log of a collection (or, id 0, the catalog's), for
