@@ -156,6 +156,10 @@ uint32_t qv_dp_write_answer(uint8_t *out, const struct qv_dp_flow *flow,
  * an odd length. */
 uint32_t qv_dp_csum_add(uint32_t sum, const void *buf, size_t len);
 
+/* Tests: 1 = the AVX2 bulk sum where the CPU has it (the default), 0 =
+ * the scalar loop only.  Not thread-safe with checksums in flight. */
+void qv__dp_csum_use_avx2(int on);
+
 /* Fold a 32-bit partial sum to 16 bits (not complemented). */
 uint16_t qv_dp_csum_fold(uint32_t sum);
 
