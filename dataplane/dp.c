@@ -568,8 +568,15 @@ static void on_packet(struct dp_lcore *lc, unsigned p, struct rte_mbuf *m)
         rte_pktmbuf_free(m);
         return;
     }
-    switch (qv_dp_classify(rte_pktmbuf_mtod(m, uint8_t *), m->data_len,
-                           &lc->dp->ports[p].self, &flow, &why)) {
+    unsigned rx = 0;
+    if (lc->dp->ports[p].rx_csum) {
+        if ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_GOOD)
+            rx |= QV_DP_RX_IP_CSUM_GOOD;
+        if ((m->ol_flags & RTE_MBUF_F_RX_L4_CKSUM_MASK) == RTE_MBUF_F_RX_L4_CKSUM_GOOD)
+            rx |= QV_DP_RX_L4_CSUM_GOOD;
+    }
+    switch (qv_dp_classify_rx(rte_pktmbuf_mtod(m, uint8_t *), m->data_len,
+                              &lc->dp->ports[p].self, rx, &flow, &why)) {
     case QV_DP_UDP:
         on_request(lc, p, m, &flow);
         return;
@@ -687,6 +694,11 @@ static int port_setup(struct qv_dp *dp, struct dp_port *P, unsigned idx)
         conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_UDP_CKSUM;
         P->tx_udp_csum = 1;
     }
+    const uint64_t rxc = RTE_ETH_RX_OFFLOAD_IPV4_CKSUM | RTE_ETH_RX_OFFLOAD_UDP_CKSUM;
+    if ((info.rx_offload_capa & rxc) == rxc) {
+        conf.rxmode.offloads |= rxc;
+        P->rx_csum = 1;
+    }
     if ((rc = rte_eth_dev_configure(P->port_id, nq, nq, &conf)) != 0)
         return qv_seterr(QV_EIO, "dataplane: port %s: configure %u queues: %s", P->name, nq,
                          rte_strerror(-rc));
@@ -727,11 +739,12 @@ static int port_setup(struct qv_dp *dp, struct dp_port *P, unsigned idx)
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &o->ip, ip, sizeof ip);
     QV_INFO("dataplane: port %s: %u queue%s, %u/%u descriptors, socket %d, mac "
-            "%02x:%02x:%02x:%02x:%02x:%02x, serving %s udp %u%s%s", P->name, nq,
+            "%02x:%02x:%02x:%02x:%02x:%02x, serving %s udp %u%s%s%s", P->name, nq,
             nq == 1 ? "" : "s", nrx, ntx, socket, P->self.mac[0], P->self.mac[1],
             P->self.mac[2], P->self.mac[3], P->self.mac[4], P->self.mac[5], ip, o->udp_port,
             P->tx_ip_csum ? ", tx ip csum offload" : "",
-            P->tx_udp_csum ? ", tx udp csum offload" : "");
+            P->tx_udp_csum ? ", tx udp csum offload" : "",
+            P->rx_csum ? ", rx csum offload" : "");
     return 0;
 }
 

@@ -91,6 +91,7 @@ struct dp_port {
     struct rte_mempool *pool;
     struct qv_dp_self self;         /* our MAC / IP / port on it */
     int tx_ip_csum, tx_udp_csum;    /* offloads enabled */
+    int rx_csum;                    /* rx IPv4 + UDP checksum offload on */
     int started;
     int given;                      /* created by the caller: not closed */
 };

@@ -315,7 +315,8 @@ static enum qv_dp_kind icmp_in(uint8_t *frame, uint8_t *ip, uint32_t hlen, uint3
 /* ip = the IPv4 header (hlen bytes, checked), ip_pay bytes after it. */
 static enum qv_dp_kind udp_in(const uint8_t *frame, const uint8_t *ip, uint32_t hlen,
                               uint32_t ip_pay, const struct qv_dp_self *self,
-                              struct qv_dp_flow *flow, enum qv_dp_drop *drop)
+                              unsigned rx_flags, struct qv_dp_flow *flow,
+                              enum qv_dp_drop *drop)
 {
     const uint8_t *udp = ip + hlen;
 
@@ -333,7 +334,7 @@ static enum qv_dp_kind udp_in(const uint8_t *frame, const uint8_t *ip, uint32_t 
         return QV_DP_DROPPED;
     }
     uint16_t field = ld16(udp + 6);
-    if (field != 0) {
+    if (field != 0 && !(rx_flags & QV_DP_RX_L4_CSUM_GOOD)) {
         uint32_t pseudo = udp_pseudo_sum(ip + 12, ip + 16, ulen);
         if (!(self->accept_partial_csum && field == qv_dp_csum_fold(pseudo)) &&
             qv_dp_csum_fold(qv_dp_csum_add(pseudo, udp, ulen)) != 0xffff) {
@@ -358,6 +359,15 @@ static enum qv_dp_kind udp_in(const uint8_t *frame, const uint8_t *ip, uint32_t 
  * check.  Cannot fail. */
 enum qv_dp_kind qv_dp_classify(uint8_t *frame, uint32_t len, const struct qv_dp_self *self,
                                struct qv_dp_flow *flow, enum qv_dp_drop *drop)
+{
+    return qv_dp_classify_rx(frame, len, self, 0, flow, drop);
+}
+
+/* As qv_dp_classify; rx_flags (QV_DP_RX_*) say which checksums the NIC
+ * found good: those are not computed again. */
+enum qv_dp_kind qv_dp_classify_rx(uint8_t *frame, uint32_t len, const struct qv_dp_self *self,
+                                  unsigned rx_flags, struct qv_dp_flow *flow,
+                                  enum qv_dp_drop *drop)
 {
     enum qv_dp_drop why;
 
@@ -425,7 +435,8 @@ enum qv_dp_kind qv_dp_classify(uint8_t *frame, uint32_t len, const struct qv_dp_
         why = QV_DP_DROP_IP_LEN;
         goto dropped;
     }
-    if (qv_dp_csum_fold(qv_dp_csum_add(0, ip, hlen)) != 0xffff) {
+    if (!(rx_flags & QV_DP_RX_IP_CSUM_GOOD) &&
+        qv_dp_csum_fold(qv_dp_csum_add(0, ip, hlen)) != 0xffff) {
         why = QV_DP_DROP_IP_CSUM;
         goto dropped;
     }
@@ -438,7 +449,7 @@ enum qv_dp_kind qv_dp_classify(uint8_t *frame, uint32_t len, const struct qv_dp_
         goto dropped;
     }
     if (ip[9] == IPPROTO_UDP_)
-        return udp_in(frame, ip, hlen, tot - hlen, self, flow, drop);
+        return udp_in(frame, ip, hlen, tot - hlen, self, rx_flags, flow, drop);
     if (ip[9] == IPPROTO_ICMP_)
         return icmp_in(frame, ip, hlen, tot - hlen, self, drop);
     why = QV_DP_DROP_IP_PROTO;

@@ -127,6 +127,21 @@ struct qv_dp_flow {
 enum qv_dp_kind qv_dp_classify(uint8_t *frame, uint32_t len, const struct qv_dp_self *self,
                                struct qv_dp_flow *flow, enum qv_dp_drop *drop);
 
+/*
+ * qv_dp_classify_rx - qv_dp_classify, told by rx_flags which checksums
+ * the NIC already verified as good (the port's rx checksum offload:
+ * RTE_MBUF_F_RX_IP_CKSUM_GOOD / RTE_MBUF_F_RX_L4_CKSUM_GOOD): those are
+ * not computed again.  Only a GOOD verdict is trusted; a checksum the NIC
+ * calls bad or did not check is verified in software by the rules above
+ * (so a partial checksum the NIC calls bad is still accepted when
+ * accept_partial_csum).  ICMP checksums are always verified here.
+ */
+#define QV_DP_RX_IP_CSUM_GOOD   1u
+#define QV_DP_RX_L4_CSUM_GOOD   2u
+enum qv_dp_kind qv_dp_classify_rx(uint8_t *frame, uint32_t len, const struct qv_dp_self *self,
+                                  unsigned rx_flags, struct qv_dp_flow *flow,
+                                  enum qv_dp_drop *drop);
+
 /* The header bytes an answer to flow needs before its payload
  * (42, or 46 with a VLAN tag). */
 uint32_t qv_dp_answer_hdr_len(const struct qv_dp_flow *flow);

@@ -536,6 +536,43 @@ static void test_csum_avx2(void)
            "scalar ", runs, ns[0], ns[1]);
 }
 
+/* The NIC's checksum verdicts (qv_dp_classify_rx): a GOOD one is trusted
+ * (the software check is skipped), no verdict means the software check. */
+static void test_rx_csum_flags(void)
+{
+    struct qv_dp_self strict = self_of(0, 0);
+    struct qv_dp_flow flow;
+    enum qv_dp_drop drop;
+    struct spec s = udp_spec(100);
+    s.csum = CS_FULL;
+    uint32_t len = build(g_f, &s);
+    /* a wrong UDP checksum: dropped unless the NIC said L4 good */
+    g_f[len - 1] ^= 0x40;
+    CU_ASSERT_EQUAL(qv_dp_classify_rx(g_f, len, &strict, 0, &flow, &drop), QV_DP_DROPPED);
+    CU_ASSERT_EQUAL(drop, QV_DP_DROP_UDP_CSUM);
+    CU_ASSERT_EQUAL(qv_dp_classify_rx(g_f, len, &strict, QV_DP_RX_IP_CSUM_GOOD, &flow, &drop),
+                    QV_DP_DROPPED);
+    CU_ASSERT_EQUAL(qv_dp_classify_rx(g_f, len, &strict, QV_DP_RX_L4_CSUM_GOOD, &flow, &drop),
+                    QV_DP_UDP);
+    CU_ASSERT_EQUAL(flow.payload_len, 100);
+    /* a wrong IP header checksum: dropped unless the NIC said IP good */
+    len = build(g_f, &s);
+    g_f[14 + 10] ^= 0x01;
+    CU_ASSERT_EQUAL(qv_dp_classify_rx(g_f, len, &strict, QV_DP_RX_L4_CSUM_GOOD, &flow, &drop),
+                    QV_DP_DROPPED);
+    CU_ASSERT_EQUAL(drop, QV_DP_DROP_IP_CSUM);
+    CU_ASSERT_EQUAL(qv_dp_classify_rx(g_f, len, &strict,
+                                      QV_DP_RX_IP_CSUM_GOOD | QV_DP_RX_L4_CSUM_GOOD, &flow,
+                                      &drop), QV_DP_UDP);
+    /* the flags skip only checksums: lengths and ports are still checked */
+    len = build(g_f, &s);
+    g_f[14 + 20 + 2] ^= 0xff;           /* another port */
+    CU_ASSERT_EQUAL(qv_dp_classify_rx(g_f, len, &strict,
+                                      QV_DP_RX_IP_CSUM_GOOD | QV_DP_RX_L4_CSUM_GOOD, &flow,
+                                      &drop), QV_DP_DROPPED);
+    CU_ASSERT_EQUAL(drop, QV_DP_DROP_UDP_PORT);
+}
+
 static void test_udp_csum(void)
 {
     struct qv_dp_self strict = self_of(0, 0), lax = self_of(0, 1);
@@ -1473,6 +1510,7 @@ int main(void)
     CU_pSuite s = CU_add_suite("dp_pkt", NULL, NULL);
     CU_add_test(s, "checksum primitives: RFC 1071, offsets, chains", test_csum);
     CU_add_test(s, "checksum: AVX2 bulk sum = scalar = reference", test_csum_avx2);
+    CU_add_test(s, "the NIC's rx checksum verdicts", test_rx_csum_flags);
     CU_add_test(s, "UDP requests: tags, options, padding, flows", test_udp_accept);
     CU_add_test(s, "UDP checksums: none, full, 0xffff, partial, corrupt", test_udp_csum);
     CU_add_test(s, "answer headers: known-answer bytes", test_answer_known);
