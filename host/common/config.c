@@ -196,6 +196,8 @@ const struct qv_conf_key qv_conf_schema[] = {
       "rows at which a growing segment is sealed and its index built" },
     { "server", "compact_ratio", QV_CONF_DOUBLE, "0.5", 0, 1, NULL,
       "deleted share of a sealed segment that rebuilds it; 0 = never" },
+    { "server", "build_share", QV_CONF_DOUBLE, "1", 0.01, 1, NULL,
+      "share of one CPU the background index builds and compactions may use" },
     { "server", "bind", QV_CONF_STRING, "127.0.0.1", 0, 0, NULL,
       "address the UDP and TCP transports listen on" },
     { "server", "udp_port", QV_CONF_INT, "7700", 0, 65535, NULL,

@@ -39,6 +39,7 @@ void qv_node_opts_default(struct qv_node_opts *o)
     o->seal_rows = 65536;
     o->compact_ratio = 0.5;
     o->build_seed = 0x5156;
+    o->build_share = 1.0;
 }
 
 int qv_node_opts_from_config(const struct qv_config *cfg, struct qv_node_opts *o)
@@ -47,6 +48,7 @@ int qv_node_opts_from_config(const struct qv_config *cfg, struct qv_node_opts *o
     o->max_collections = (uint32_t)qv_config_int(cfg, "server", "max_collections");
     o->seal_rows = (uint32_t)qv_config_int(cfg, "server", "seal_rows");
     o->compact_ratio = qv_config_double(cfg, "server", "compact_ratio");
+    o->build_share = qv_config_double(cfg, "server", "build_share");
     const char *dir = qv_config_string(cfg, "storage", "data_dir");
     o->data_dir = strcmp(dir, "none") == 0 ? NULL : dir;
     qv_wal_sync_parse(qv_config_string(cfg, "storage", "sync"), &o->sync);
@@ -64,6 +66,9 @@ static int check_opts(const struct qv_node_opts *o)
     if (o->max_collections < 1 || o->max_collections > QV_NODE_MAX_COLLECTIONS)
         return qv_seterr(QV_EINVAL, "node: max_collections = %u: expected 1..%u",
                          o->max_collections, QV_NODE_MAX_COLLECTIONS);
+    if (!(o->build_share > 0.0 && o->build_share <= 1.0))
+        return qv_seterr(QV_EINVAL, "node: build_share = %g: expected a share of one CPU in "
+                         "(0, 1] (1 = the builder never rests)", o->build_share);
     if (o->seal_rows < 16 || o->seal_rows > (1u << 30))
         return qv_seterr(QV_EINVAL, "node: seal_rows = %u: expected 16..%u", o->seal_rows,
                          1u << 30);

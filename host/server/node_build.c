@@ -23,6 +23,11 @@
  * segment, searched exactly, and marks it so that it is not queued again.
  * A collection being dropped abandons the job at 1 or 3.
  *
+ * Pace: with opts.build_share < 1 the thread rests after each job for
+ * its build time x (1 / share - 1) (a timed wait on node->cv: a stop ends
+ * it), so background builds and compactions use at most that share of a
+ * CPU however many are queued; searches keep the rest.
+ *
  * Queue: a FIFO of segments (job_next) under node->mu, with the count of
  * each collection's queued or building segments (c->pending, for
  * qv_node_wait_builds).  The thread holds a reference on the collection
@@ -30,9 +35,11 @@
  * the job in hand finish (index builds have no cancel point) and leaves
  * the queue to the drops that follow.
  */
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include "node_int.h"
 #include "quiver/alloc.h"
@@ -41,6 +48,7 @@
 #include "quiver/ivfpq.h"
 #include "quiver/log.h"
 #include "quiver/service.h"
+#include "quiver/timeutil.h"
 
 /* Append s (wmu held by the caller); refused quietly when c is being
  * dropped. */
@@ -200,16 +208,42 @@ static void *builder_main(void *arg)
             node->jobs_tail = NULL;
         atomic_fetch_add_explicit(&c->refs, 1, memory_order_acq_rel);
         pthread_mutex_unlock(&node->mu);
+        int64_t t0 = qv_now_ns();
         run_job(c, s);
+        int64_t took = qv_now_ns() - t0;
         pthread_mutex_lock(&node->mu);
         c->pending--;
+        node->bst.builds++;
+        node->bst.build_ns += took;
+        node->bst.last_build_ns = took;
         pthread_cond_broadcast(&node->cv);
         pthread_mutex_unlock(&node->mu);
         qv__node_coll_put(c);
         pthread_mutex_lock(&node->mu);
+        double share = node->o.build_share;
+        if (share > 0 && share < 1 && !node->stop) {
+            int64_t rest = (int64_t)((double)took * (1.0 / share - 1.0));
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            int64_t ns = (int64_t)until.tv_nsec + rest % 1000000000;
+            until.tv_sec += rest / 1000000000 + ns / 1000000000;
+            until.tv_nsec = ns % 1000000000;
+            int64_t r0 = qv_now_ns();
+            while (!node->stop &&
+                   pthread_cond_timedwait(&node->cv, &node->mu, &until) != ETIMEDOUT)
+                ;
+            node->bst.rest_ns += qv_now_ns() - r0;
+        }
     }
     pthread_mutex_unlock(&node->mu);
     return NULL;
+}
+
+void qv_node_build_stats(struct qv_node *node, struct qv_node_build_stats *out)
+{
+    pthread_mutex_lock(&node->mu);
+    *out = node->bst;
+    pthread_mutex_unlock(&node->mu);
 }
 
 int qv__build_start(struct qv_node *node)

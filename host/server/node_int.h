@@ -142,6 +142,7 @@ struct qv_node {
     int stop;                                           /* [mu] */
     pthread_t builder;
     int started;
+    struct qv_node_build_stats bst;                     /* [mu] */
     struct qv_wal *catalog;         /* [storage]: CREATE / DROP log, or NULL
                                        [create_mu] */
     char *data_dir;                 /* our copy of o.data_dir [imm] */

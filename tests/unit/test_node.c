@@ -66,6 +66,7 @@ static struct qv_node *N;
 static const char *DATA_DIR;        /* [storage] data_dir of start(); NULL: none */
 static uint64_t WAL_SEG;            /* [storage] wal_segment_bytes of start(); 0: default */
 static uint64_t SNAP_BYTES;         /* [storage] snapshot_wal_bytes of start(); 0: off */
+static double BUILD_SHARE;          /* [server] build_share of start(); 0: the default */
 
 /* ---- fixture ----------------------------------------------------------- */
 
@@ -155,6 +156,8 @@ static void start_with(uint32_t seal_rows, struct qv_router *router, int paused,
     no.data_dir = DATA_DIR;
     no.wal_segment_bytes = WAL_SEG;
     no.snapshot_wal_bytes = SNAP_BYTES;
+    if (BUILD_SHARE > 0)
+        no.build_share = BUILD_SHARE;
     N = qv_node_create(&no);
     if (N == NULL)
         fprintf(stderr, "\n  node: %s\n", qv_errmsg());
@@ -1945,6 +1948,8 @@ static void test_recover_snapshot_damaged(void)
     no.data_dir = dir;
     no.wal_segment_bytes = WAL_SEG;
     no.snapshot_wal_bytes = SNAP_BYTES;
+    if (BUILD_SHARE > 0)
+        no.build_share = BUILD_SHARE;
     N = qv_node_create(&no);
     CU_ASSERT_PTR_NULL(N);
     expect_err(qv_errno, QV_ECORRUPT, a);
@@ -2100,6 +2105,40 @@ static void test_recover_auto_snapshot(void)
     rm_data_dir(dir);
 }
 
+/* The builder's pace: with build_share 0.25 it rests three times each
+ * build's time after it.  Checked from its own stats, and against the
+ * wall clock as a lower bound (load can only make the wall time longer). */
+static void test_build_share(void)
+{
+    BUILD_SHARE = 0.25;
+    start(500, NULL, 0);
+    uint64_t h = create("paced", QV_NODE_HNSW);
+    int64_t t0 = now_ms();
+    for (unsigned at = 0; at < 2000; at += 500)
+        CU_ASSERT_EQUAL_FATAL(upsert_range(h, at, at + 500, NULL), 0);
+    CU_ASSERT_EQUAL(qv_node_wait_builds(N, h, 60 * SEC), 0);
+    int64_t wall_ns = (now_ms() - t0) * 1000000;
+    struct qv_node_build_stats b;
+    qv_node_build_stats(N, &b);
+    CU_ASSERT(b.builds >= 4);
+    /* every rest but the last one has ended by now: >= 3 x those builds */
+    int64_t rested_min = 3 * (b.build_ns - b.last_build_ns);
+    CU_ASSERT(b.rest_ns >= rested_min - rested_min / 20);
+    CU_ASSERT(wall_ns >= b.build_ns + rested_min - rested_min / 20);
+    printf("\n    %llu builds took %.1f ms, the builder rested %.1f ms; %.1f ms from the "
+           "first seal to the last build ", (unsigned long long)b.builds, b.build_ns / 1e6,
+           b.rest_ns / 1e6, wall_ns / 1e6);
+    stop();
+    BUILD_SHARE = 0;
+    /* out of range: refused, naming the option */
+    struct qv_node_opts o;
+    qv_node_opts_default(&o);
+    o.service = (struct qv_service *)1;
+    o.build_share = 0;
+    CU_ASSERT_PTR_NULL(qv_node_create(&o));
+    CU_ASSERT_PTR_NOT_NULL(strstr(qv_errmsg(), "build_share"));
+}
+
 static void test_config(void)
 {
     struct qv_config *cfg = qv_config_defaults();
@@ -2139,6 +2178,7 @@ int main(void)
         { "recover: collections, rows, deletes, drops from data_dir", test_recover },
         { "recover: failed upserts (injected ENOMEM) do not come back", test_recover_enomem },
         { "recover: the snapshotter snapshots a large WAL by itself", test_recover_auto_snapshot },
+        { "the builder keeps to build_share of a CPU", test_build_share },
         { "recover: from a snapshot and the WAL after it", test_recover_snapshot },
         { "recover: a damaged snapshot: the older one, or QV_ECORRUPT naming it",
           test_recover_snapshot_damaged },

@@ -302,6 +302,12 @@ struct qv_node_opts {
     enum qv_wal_sync sync;          /* quiver/wal.h; ALWAYS */
     unsigned sync_interval_ms;      /* INTERVAL's period; 0 = 10 */
     uint64_t wal_segment_bytes;     /* 0 = 64 MiB */
+    double build_share;             /* pace of the builder thread (index
+                                       builds and compacting rebuilds): the
+                                       share of one CPU it may use, in
+                                       (0, 1]; after a build of t it rests
+                                       t (1 / share - 1).  1 = no rest;
+                                       default 1 */
     uint64_t snapshot_wal_bytes;    /* snapshot a collection automatically
                                        once its WAL holds this many bytes it
                                        does not cover (checked each second);
@@ -478,6 +484,15 @@ int qv_node_seal(struct qv_node *node, uint64_t id);
  * Thread-safe.
  */
 int qv_node_wait_builds(struct qv_node *node, uint64_t id, int64_t timeout_ns);
+
+/* The builder thread's work since the node started: builds (index builds
+ * and compacting rebuilds) done, their time, the last one's, and the rest
+ * the pace (opts.build_share) imposed after them.  Thread-safe. */
+struct qv_node_build_stats {
+    uint64_t builds;
+    int64_t build_ns, last_build_ns, rest_ns;
+};
+void qv_node_build_stats(struct qv_node *node, struct qv_node_build_stats *out);
 
 /* Name of an index type ("flat", "ivf", "ivf_sq8", "ivf_pq", "hnsw";
  * "unknown" out of range). */
