@@ -20,7 +20,8 @@
  * vector; ids in a D line must be absent; ids in a d line without its D
  * may be either (the kill came between the log and the answer).  write
  * stops at the first failed request (the server is gone) or after S
- * seconds, exit 0; verify exits 1 on the first difference.
+ * seconds, exit 0; verify exits 1 on the first difference (CHECK,
+ * check.h), as does either mode when the ack log cannot be written.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -28,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "check.h"
 #include "quiver/client.h"
 
 #define DIM 8
@@ -105,6 +107,7 @@ static uint64_t rnd(uint64_t *x)
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "", *server = NULL, *log = NULL;
+    check_prog = "crash_client";
     double seconds = 10;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--server"))
@@ -126,22 +129,17 @@ int main(int argc, char **argv)
     qv_client_opts_default(&o);
     o.tcp_timeout_ms = 5000;
     struct qv_client *c = qv_client_connect(host, (uint16_t)up, (uint16_t)tp, &o);
-    if (!c) {
-        fprintf(stderr, "crash_client: %s\n", qv_client_connect_errmsg());
-        return 1;
-    }
+    CHECK(c != NULL, "connect: %s", qv_client_connect_errmsg());
     struct state s = { 0 };
-    if (read_log(log, &s)) {
-        perror(log);
-        return 1;
-    }
+    CHECK(read_log(log, &s) == 0, "%s: %s", log, strerror(errno));
     uint64_t coll = 0;
 
     if (!strcmp(mode, "verify")) {
         if (qv_client_lookup(c, "crash", &coll)) {
-            fprintf(stderr, "crash_client: verify: no collection 'crash': %s\n",
-                    qv_client_errmsg(c));
-            return s.max_id ? 1 : 0;
+            /* nothing acknowledged yet: nothing to find */
+            CHECK(s.max_id == 0, "verify: no collection 'crash' after %llu acknowledged "
+                  "ids: %s", (unsigned long long)s.max_id, qv_client_errmsg(c));
+            return 0;
         }
         uint64_t alive = 0, deleted = 0, either = 0;
         static uint64_t ids[1024];
@@ -151,36 +149,28 @@ int main(int argc, char **argv)
             uint32_t n = 0;
             for (uint64_t id = base; id < s.max_id && id < base + 1024; id++)
                 ids[n++] = id;
-            if (qv_client_get(c, coll, n, ids, DIM, got, found)) {
-                fprintf(stderr, "crash_client: verify: GET: %s\n", qv_client_errmsg(c));
-                return 1;
-            }
+            CHECK(qv_client_get(c, coll, n, ids, DIM, got, found) == 0, "verify: GET: %s",
+                  qv_client_errmsg(c));
             for (uint32_t i = 0; i < n; i++) {
                 uint64_t id = ids[i];
                 uint8_t st = id < s.cap ? s.st[id] : ABSENT;
                 float want[DIM];
                 vec_of(id, want);
+                int same = found[i] && memcmp(got + (size_t)i * DIM, want, sizeof want) == 0;
                 if (st == ALIVE) {
                     alive++;
-                    if (!found[i] || memcmp(got + (size_t)i * DIM, want, sizeof want)) {
-                        fprintf(stderr, "crash_client: verify: FAIL: acknowledged id %llu is "
-                                "%s after the restart\n", (unsigned long long)id,
-                                found[i] ? "there with another vector" : "missing");
-                        return 1;
-                    }
+                    CHECK(same, "verify: acknowledged id %llu is %s after the restart",
+                          (unsigned long long)id,
+                          found[i] ? "there with another vector" : "missing");
                 } else if (st == DELETED) {
                     deleted++;
-                    if (found[i]) {
-                        fprintf(stderr, "crash_client: verify: FAIL: id %llu, deleted and "
-                                "acknowledged, came back\n", (unsigned long long)id);
-                        return 1;
-                    }
+                    CHECK(!found[i], "verify: id %llu, deleted and acknowledged, came back",
+                          (unsigned long long)id);
                 } else if (st == DEL_SENT) {
                     either++;
-                } else if (found[i] && memcmp(got + (size_t)i * DIM, want, sizeof want)) {
-                    fprintf(stderr, "crash_client: verify: FAIL: unacknowledged id %llu has "
-                            "a vector no client sent\n", (unsigned long long)id);
-                    return 1;
+                } else {
+                    CHECK(!found[i] || same, "verify: unacknowledged id %llu has a vector no "
+                          "client sent", (unsigned long long)id);
                 }
             }
         }
@@ -196,15 +186,9 @@ int main(int argc, char **argv)
     int rc = qv_client_create(c, &cr, &coll);
     if (rc == QV_CLIENT_EEXISTS)
         rc = qv_client_lookup(c, "crash", &coll);
-    if (rc) {
-        fprintf(stderr, "crash_client: write: create: %s\n", qv_client_errmsg(c));
-        return 1;
-    }
+    CHECK(rc == 0, "write: create: %s", qv_client_errmsg(c));
     FILE *f = fopen(log, "a");
-    if (!f) {
-        perror(log);
-        return 1;
-    }
+    CHECK(f != NULL, "%s: %s", log, strerror(errno));
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     uint64_t next = s.max_id, x = 0x9E3779B97F4A7C15ull ^ s.max_id, batches = 0, dels = 0;
@@ -224,7 +208,7 @@ int main(int argc, char **argv)
             break;
         }
         fprintf(f, "U %llu %d\n", (unsigned long long)next, BATCH);
-        fflush(f);
+        CHECK(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
         for (int i = 0; i < BATCH; i++)
             set(&s, next + (uint64_t)i, ALIVE);
         next += BATCH;
@@ -246,7 +230,7 @@ int main(int argc, char **argv)
         for (int j = 0; j < nd; j++)
             fprintf(f, " %llu", (unsigned long long)del[j]);
         fputc('\n', f);
-        fflush(f);
+        CHECK(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
         for (int j = 0; j < nd; j++)
             set(&s, del[j], DEL_SENT);
         if (qv_client_delete(c, coll, (uint64_t)nd, del, NULL)) {
@@ -257,7 +241,7 @@ int main(int argc, char **argv)
         for (int j = 0; j < nd; j++)
             fprintf(f, " %llu", (unsigned long long)del[j]);
         fputc('\n', f);
-        fflush(f);
+        CHECK(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
         for (int j = 0; j < nd; j++)
             set(&s, del[j], DELETED);
         dels++;
