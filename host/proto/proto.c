@@ -82,24 +82,6 @@ const char *qv_proto_status_name(unsigned status)
     return status < QV_PROTO_STATUS__COUNT ? names[status] : "unknown";
 }
 
-int qv__proto_nonfinite(const float *p, uint64_t n, uint64_t *first)
-{
-    const uint8_t *b = (const uint8_t *)p;
-    /* (bits & exponent) + one exponent step carries into bit 31 exactly
-     * when the exponent is all ones (Inf, NaN); vectorises. */
-    uint32_t acc = 0;
-    for (uint64_t i = 0; i < n; i++)
-        acc |= (qv__ld32(b + 4 * i) & 0x7f800000u) + 0x00800000u;
-    if (!(acc & 0x80000000u))
-        return 0;
-    for (uint64_t i = 0; i < n; i++)
-        if ((qv__ld32(b + 4 * i) & 0x7f800000u) == 0x7f800000u) {
-            *first = i;
-            return 1;
-        }
-    return 1;   /* not reached */
-}
-
 /* ---- header -------------------------------------------------------------- */
 
 static int known_opcode(unsigned op)

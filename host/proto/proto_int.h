@@ -236,10 +236,6 @@ int qv__proto_fail(struct qv_proto_err *err, uint16_t status, const char *fmt, .
 int qv__proto_failc(struct qv_proto_err *err, int code, uint16_t status, const char *fmt,
                     ...) __attribute__((format(printf, 4, 5)));
 
-/* 1 when any of n floats at p (4-byte aligned) is NaN or +-Inf; *first
- * then gets the index of the first such. */
-int qv__proto_nonfinite(const float *p, uint64_t n, uint64_t *first);
-
 /* 1 when bytes [p, p + n) are all zero. */
 static inline int qv__zeros(const uint8_t *p, uint64_t n)
 {

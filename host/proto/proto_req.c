@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "proto_int.h"
+#include "quiver/finite.h"
 
 #define BAD QV_PROTO_BAD_REQUEST
 
@@ -326,8 +327,7 @@ int qv_proto_decode_search(const struct qv_proto_hdr *h, const void *msg,
                               "defined; the others must be 0", nm, out->sflags);
     if (b[23] != 0)
         return qv__proto_fail(err, BAD, "%s: reserved byte 23 = 0x%02x: must be 0", nm, b[23]);
-    uint64_t bad;
-    if (qv__proto_nonfinite(&out->semantic, 1, &bad) || out->semantic < 0.0f)
+    if (qv_first_nonfinite(&out->semantic, 1) == 0 || out->semantic < 0.0f)
         return qv__proto_fail(err, BAD, "%s: semantic = %g: use a finite threshold >= 0", nm,
                               (double)out->semantic);
     if (flen > QV_PROTO_MAX_FILTER)
@@ -383,7 +383,8 @@ int qv_proto_decode_search(const struct qv_proto_hdr *h, const void *msg,
                                   QV_PROTO_UDP_MAX);
     }
     out->queries = (const float *)(b + hdr_end);
-    if (qv__proto_nonfinite(out->queries, (uint64_t)out->nq * out->dim, &bad)) {
+    uint64_t nf = (uint64_t)out->nq * out->dim, bad = qv_first_nonfinite(out->queries, nf);
+    if (bad < nf) {
         float v = qv__ldf(b + hdr_end + 4 * bad);
         return qv__proto_fail(err, BAD, "%s: query %llu, element %llu = %g: use finite "
                               "floats (no NaN, no Inf)", nm,
@@ -545,10 +546,11 @@ int qv_proto_decode_upsert(const struct qv_proto_hdr *h, const void *msg, void *
                                   "are unique within a request",
                                   (unsigned long long)sorted[i]);
     uint64_t voff = qv__upsert_off_vectors(n), aoff = qv__upsert_off_attrs(n, out->dim);
-    uint64_t nv = (uint64_t)n * out->dim, bad;
+    uint64_t nv = (uint64_t)n * out->dim;
     out->ids = ids;
     out->vectors = (const float *)(b + voff);
-    if (qv__proto_nonfinite(out->vectors, nv, &bad)) {
+    uint64_t bad = qv_first_nonfinite(out->vectors, nv);
+    if (bad < nv) {
         float v = qv__ldf(b + voff + 4 * bad);
         return qv__proto_fail(err, BAD, "UPSERT: vector %llu (id %llu), element %llu = %g: "
                               "use finite floats (no NaN, no Inf)",

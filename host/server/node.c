@@ -15,6 +15,7 @@
 #include "quiver/alloc.h"
 #include "quiver/config.h"
 #include "quiver/errors.h"
+#include "quiver/finite.h"
 #include "quiver/flat.h"
 #include "quiver/log.h"
 #include "quiver/service.h"
@@ -1012,27 +1013,6 @@ int qv_node_seal(struct qv_node *node, uint64_t id)
 /* UPSERT                                                              */
 /* ------------------------------------------------------------------ */
 
-static uint32_t first_nonfinite(const float *v, size_t n)
-{
-    uint32_t bad = 0;
-
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &v[i], sizeof bits);
-        bad |= (bits & 0x7f800000u) == 0x7f800000u;
-    }
-    if (!bad)
-        return UINT32_MAX;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &v[i], sizeof bits);
-        if ((bits & 0x7f800000u) == 0x7f800000u)
-            return (uint32_t)i;
-    }
-    return UINT32_MAX;
-}
-
-/* Every rule of UPSERT but the collection's existence.  O(n dim). */
 static int check_rows(const struct ncoll *c, const struct qv_node_rows *r)
 {
     const struct qv_node_coll_spec *s = &c->spec;
@@ -1058,9 +1038,9 @@ static int check_rows(const struct ncoll *c, const struct qv_node_rows *r)
         if (r->ids[i] == QV_ID_NONE)
             return qv_seterr(QV_EINVAL, "UPSERT: ids[%zu] = 2^64-1 is reserved: use ids "
                              "below it", i);
-        uint32_t bad = first_nonfinite(r->vectors + i * s->dim, s->dim);
-        if (bad != UINT32_MAX)
-            return qv_seterr(QV_EINVAL, "UPSERT: vectors[%zu][%u] = %g (id %llu): values "
+        size_t bad = qv_first_nonfinite(r->vectors + i * s->dim, s->dim);
+        if (bad < s->dim)
+            return qv_seterr(QV_EINVAL, "UPSERT: vectors[%zu][%zu] = %g (id %llu): values "
                              "must be finite", i, bad,
                              (double)r->vectors[i * s->dim + bad],
                              (unsigned long long)r->ids[i]);

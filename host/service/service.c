@@ -20,6 +20,7 @@
 #include "quiver/alloc.h"
 #include "quiver/config.h"
 #include "quiver/errors.h"
+#include "quiver/finite.h"
 #include "quiver/flat.h"
 #include "quiver/hnsw.h"
 #include "quiver/ivf.h"
@@ -562,28 +563,6 @@ static struct qv_cache_key cache_key(const struct svc_coll *c,
 /* Submit (producers)                                                  */
 /* ------------------------------------------------------------------ */
 
-/* Index of the first NaN / infinite value of q, or dim when none.  The
- * common case (none) is one branch-free pass over the exponent bits. */
-static uint32_t first_nonfinite(const float *q, uint32_t dim)
-{
-    uint32_t bad = 0;
-
-    for (uint32_t i = 0; i < dim; i++) {
-        uint32_t bits;
-        memcpy(&bits, &q[i], sizeof bits);
-        bad |= (bits & 0x7f800000u) == 0x7f800000u;
-    }
-    if (!bad)
-        return dim;
-    for (uint32_t i = 0; i < dim; i++) {
-        uint32_t bits;
-        memcpy(&bits, &q[i], sizeof bits);
-        if ((bits & 0x7f800000u) == 0x7f800000u)
-            return i;
-    }
-    return dim;
-}
-
 static int check_request(const struct qv_service *svc, const struct svc_coll *c,
                          const struct qv_service_request *req)
 {
@@ -624,7 +603,7 @@ static int check_request(const struct qv_service *svc, const struct svc_coll *c,
         req->ef > QV_HNSW_MAX_EF)
         return qv_seterr(QV_EINVAL, "service: collection %llu: ef = %u: expected at most "
                          "%u (0 = the collection's)", id, req->ef, QV_HNSW_MAX_EF);
-    bad = first_nonfinite(req->query, c->spec.dim);
+    bad = (uint32_t)qv_first_nonfinite(req->query, c->spec.dim);
     if (bad < c->spec.dim)
         return qv_seterr(QV_EINVAL, "service: collection %llu: query[%u] = %g: queries "
                          "must be finite", id, bad, (double)req->query[bad]);
