@@ -943,8 +943,9 @@ static int ctl_cmd_status(struct ctl *x, int argc, char **argv)
     }
     if (x->json)
         return ctl_print_json(out);
-    printf("%-20s %12s %-8s %12s %12s %12s %5s %12s %s\n", "NAME", "ROWS", "SYNC", "LAST_LSN",
-           "DURABLE_LSN", "WAL_BYTES", "SEGS", "SNAPSHOT_LSN", "");
+    printf("%-20s %12s %-8s %12s %12s %12s %5s %12s %9s %6s\n", "NAME", "ROWS", "SYNC",
+           "LAST_LSN", "DURABLE_LSN", "WAL_BYTES", "WSEGS", "SNAPSHOT_LSN", "SEG_FILES",
+           "MAPPED");
     for (size_t i = 0; i < json_object_array_length(out); i++) {
         struct json_object *e = json_object_array_get_idx(out, i), *v, *w = NULL;
         json_object_object_get_ex(e, "name", &v);
@@ -952,8 +953,9 @@ static int ctl_cmd_status(struct ctl *x, int argc, char **argv)
         json_object_object_get_ex(e, "rows", &v);
         int64_t rows = json_object_get_int64(v);
         if (!json_object_object_get_ex(e, "wal", &w)) {
-            printf("%-20s %12" PRId64 " %-8s %12s %12s %12s %5s %12s in memory only ([storage] "
-                   "data_dir = none)\n", nm, rows, "-", "-", "-", "-", "-", "-");
+            printf("%-20s %12" PRId64 " %-8s %12s %12s %12s %5s %12s %9s %6s in memory only "
+                   "([storage] data_dir = none)\n", nm, rows, "-", "-", "-", "-", "-", "-", "-",
+                   "-");
             continue;
         }
 #define F(k) (json_object_object_get_ex(w, k, &v) ? json_object_get_int64(v) : 0)
@@ -963,8 +965,9 @@ static int ctl_cmd_status(struct ctl *x, int argc, char **argv)
         if (F("snapshot_lsn"))
             snprintf(snap, sizeof snap, "%" PRId64, F("snapshot_lsn"));
         printf("%-20s %12" PRId64 " %-8s %12" PRId64 " %12" PRId64 " %12" PRId64 " %5" PRId64
-               " %12s\n", nm, rows, sync, F("last_lsn"), F("durable_lsn"), F("bytes"),
-               F("segments"), snap);
+               " %12s %9" PRId64 " %6" PRId64 "\n", nm, rows, sync, F("last_lsn"),
+               F("durable_lsn"), F("bytes"), F("segments"), snap, F("segment_files"),
+               F("segments_mapped"));
 #undef F
     }
     json_object_put(out);

@@ -32,6 +32,7 @@ static const char *type_name(uint32_t t)
     case QV_IX_IVF_SQ8: return "IVF-SQ8";
     case QV_IX_IVF_PQ: return "IVF-PQ";
     case QV_IX_HNSW: return "HNSW";
+    case QV_IX_SEGMENT: return "segment rows";
     default: return "unknown";
     }
 }

@@ -391,6 +391,10 @@ static void op_stats(struct qv_handler *h, const struct qv_proto_req *r, struct 
             json_object_object_add(w, "fsyncs", json_object_new_int64((int64_t)st.fsyncs));
             json_object_object_add(w, "snapshot_lsn",
                                    json_object_new_int64((int64_t)st.snapshot_lsn));
+            json_object_object_add(w, "segment_files",
+                                   json_object_new_int64(st.segment_files));
+            json_object_object_add(w, "segments_mapped",
+                                   json_object_new_int64(st.segments_mapped));
             json_object_object_add(o, "wal", w);
         }
     } else {

@@ -17,6 +17,8 @@
 #include "quiver/errors.h"
 #include "quiver/finite.h"
 #include "quiver/flat.h"
+#include "quiver/ivf.h"
+#include "quiver/ivfpq.h"
 #include "quiver/log.h"
 #include "quiver/service.h"
 #include "quiver/topk.h"
@@ -592,6 +594,7 @@ static struct ncoll *coll_new(struct qv_node *node, const struct qv_node_coll_sp
         c->nlist_eff = s->nlist;
     }
     c->trained = s->index == QV_NODE_FLAT || s->index == QV_NODE_HNSW;
+    c->next_file = 1;
     atomic_init(&c->refs, 0);
     atomic_init(&c->dropping, 0);
     qv__idmap_init(&c->map);
@@ -858,6 +861,11 @@ int qv_node_storage(struct qv_node *node, uint64_t id, struct qv_node_storage *o
     pthread_mutex_lock(&c->wmu);
     storage_of(c->wal, node->o.sync, out);
     out->snapshot_lsn = c->wal ? c->snap_lsn : 0;
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        const struct nseg *s = c->slots[i];
+        out->segment_files += s != NULL && s->file_no != 0;
+        out->segments_mapped += s != NULL && s->rows_file != NULL;
+    }
     pthread_mutex_unlock(&c->wmu);
     qv__node_coll_put(c);
     return 0;
@@ -964,19 +972,47 @@ static int seal(struct ncoll *c)
     c->slot_cap = cap;
     c->seals++;
     qv_free(old);
-    if (c->spec.index == QV_NODE_FLAT)
-        g->state = NSEG_SEALED;
+    if (c->spec.index == QV_NODE_FLAT && c->node->o.data_dir == NULL)
+        g->state = NSEG_SEALED;         /* final: its flat index is exact */
     else
-        qv__build_enqueue(c, g);
+        qv__build_enqueue(c, g);        /* an index; with a data_dir, files */
     return 1;
 }
 
-/* After a write: seal when the growing segment is full; queue sealed
- * segments that have lost compact_ratio of their rows (all of them: any
- * ratio) for a rebuild. */
+/* Queue the group head..(merge_next chain) built in maintain when it is
+ * worth a build: it holds a segment to compact, or merges two or more. */
+static void queue_group(struct ncoll *c, struct nseg *head, uint32_t count, int compact)
+{
+    if (head == NULL)
+        return;
+    if (!compact && count < 2) {
+        head->merge_next = NULL;
+        return;
+    }
+    for (struct nseg *x = head->merge_next; x != NULL; x = x->merge_next)
+        x->state = NSEG_QUEUED;
+    qv__build_enqueue(c, head);
+}
+
+/*
+ * After a write: seal when the growing segment is full; then compaction.
+ * A sealed segment is compacted when it has lost compact_ratio of its
+ * rows (or all of them), and "small" when it holds fewer live rows than
+ * half a growing segment's seal size (what compactions and early seals
+ * leave).  Candidates are grouped in slot order into merges of at most
+ * seal size live rows and NODE_MERGE_MAX segments; a group is queued when
+ * it compacts one or merges two or more: one build writes their live
+ * rows into one segment, in the first one's slot (node_build.c).  The
+ * builder's pace ([server] build_share) rate-limits the work.
+ * compact_ratio 0 turns both off.
+ */
 static void maintain(struct ncoll *c)
 {
     const double ratio = c->node->o.compact_ratio;
+    struct nseg *head = NULL, *tail = NULL;
+    uint64_t sum = 0, target;
+    uint32_t count = 0;
+    int compact = 0;
 
     if (c->growing->rows >= qv__node_seal_at(c)) {
         int rc = seal(c);
@@ -984,14 +1020,128 @@ static void maintain(struct ncoll *c)
             QV_LOG_RL(QV_LOG_WARN, 1, "node: collection '%s': cannot seal its growing "
                       "segment (%s); it keeps growing", c->name, qv_errmsg());
     }
+    if (!(ratio > 0.0))
+        return;
+    target = qv__node_seal_at(c);
     for (uint32_t i = 0; i < c->nslots; i++) {
         struct nseg *g = c->slots[i];
         if (g == NULL || g->state != NSEG_SEALED || g->build_failed || g->rows == 0)
             continue;
         uint64_t dead = g->rows - g->live;
-        if (g->live == 0 || (ratio > 0.0 && (double)dead >= ratio * (double)g->rows))
-            qv__build_enqueue(c, g);
+        int want = g->live == 0 || (double)dead >= ratio * (double)g->rows;
+        if (!want && 2 * g->live >= target)
+            continue;
+        if (head != NULL && (sum + g->live > target || count == NODE_MERGE_MAX)) {
+            queue_group(c, head, count, compact);
+            head = NULL;
+        }
+        if (head == NULL) {
+            head = tail = g;
+            sum = count = 0;
+            compact = 0;
+        } else {
+            tail->merge_next = g;
+            tail = g;
+        }
+        g->merge_next = NULL;
+        sum += g->live;
+        count++;
+        compact |= want;
     }
+    queue_group(c, head, count, compact);
+}
+
+int qv__node_install(struct ncoll *c, struct nseg **segs, size_t n)
+{
+    struct nseg **tab, *g, *old_g = c->growing, **old = c->slots;
+    struct qv_engine *e = c->node->o.engine;
+    uint32_t top = 0, cap = NODE_FIRST_SLOTS, gslot = 0;
+    uint64_t live = 0;
+
+    int rc;
+
+    if (c->nslots != 1 || old_g->rows != 0) {
+        rc = qv_seterr(QV_EINVAL, "node: collection '%s': segments are installed only "
+                         "into a new collection", c->name);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (segs[i]->slot >= NODE_MAX_SLOTS) {
+            rc = qv_seterr(QV_ECORRUPT, "node: collection '%s': segment slot %u is out of "
+                           "range", c->name, segs[i]->slot);
+            goto fail;
+        }
+        top = segs[i]->slot + 1 > top ? segs[i]->slot + 1 : top;
+        live += segs[i]->live;
+    }
+    while (cap < top + 1)
+        cap *= 2;
+    if (qv__idmap_reserve(&c->map, live) != 0) {
+        rc = qv_seterr(QV_ENOMEM, "node: collection '%s': no memory for the id map of "
+                       "%llu rows", c->name, (unsigned long long)live);
+        goto fail;
+    }
+    tab = qv_calloc(cap, sizeof *tab, QV_MEM_SERVER);
+    if (tab == NULL) {
+        rc = qv_seterr(QV_ENOMEM, "node: collection '%s': no memory for %u segment slots",
+                       c->name, cap);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (tab[segs[i]->slot] != NULL) {
+            qv_free(tab);
+            rc = qv_seterr(QV_ECORRUPT, "node: collection '%s': two segments in slot %u",
+                           c->name, segs[i]->slot);
+            goto fail;
+        }
+        tab[segs[i]->slot] = segs[i];
+    }
+    while (tab[gslot] != NULL)
+        gslot++;
+    g = qv__seg_new_growing(c, gslot);
+    if (g == NULL) {
+        qv_free(tab);
+        rc = QV_ENOMEM;
+        goto fail;
+    }
+    tab[gslot] = g;
+    qv__node_pause(c);
+    for (size_t i = 0; i < n && e != NULL; i++) {
+        if (segs[i]->kind == NSEG_IVF)
+            qv_ivf_set_engine(segs[i]->ix.ivf, e);
+        else if (segs[i]->kind == NSEG_IVFPQ)
+            qv_ivfpq_set_engine(segs[i]->ix.ivfpq, e);
+    }
+    c->slots = tab;
+    c->nslots = top > gslot + 1 ? top : gslot + 1;
+    c->growing = g;
+    qv__seg_detach(old_g);
+    qv__node_resume(c);
+    c->slot_cap = cap;
+    qv__seg_free(old_g, 0);
+    qv_free(old);
+    /* from here the segments are the collection's */
+    for (size_t i = 0; i < n; i++) {
+        const struct nseg *s = segs[i];
+        for (uint64_t r = 0; r < s->rows; r++) {
+            if (!qv__seg_alive(s, r))
+                continue;
+            if (qv__idmap_get(&c->map, s->ids[r]) >= 0)
+                return qv_seterr(QV_ECORRUPT, "node: collection '%s': id %llu is live in two "
+                                 "segments (slot %u and another)", c->name,
+                                 (unsigned long long)s->ids[r], s->slot);
+            qv__idmap_put(&c->map, s->ids[r], node_key(s->slot, r));    /* reserved */
+        }
+        if (s->kind == NSEG_IVF || s->kind == NSEG_IVFPQ)
+            c->trained = 1;
+    }
+    c->epoch++;
+    qv_service_bump_epoch(c->node->o.service, c->id);
+    return 0;
+fail:
+    for (size_t i = 0; i < n; i++)
+        qv__seg_free(segs[i], 0);
+    return rc;
 }
 
 int qv_node_seal(struct qv_node *node, uint64_t id)

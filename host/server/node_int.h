@@ -37,6 +37,7 @@
 #define NODE_MAX_SEG_ROWS (1ULL << 31)  /* rows of one segment */
 #define NODE_IN_CAP 1024                /* IN values of one filter */
 #define NODE_MAX_CANDIDATES 100000u     /* refine x k at most (the indexes') */
+#define NODE_MERGE_MAX 64u              /* segments one compaction merges */
 
 /* The key of row `row` of the segment in slot `slot`: what the indexes
  * store as the vector's id. */
@@ -60,6 +61,22 @@ enum nseg_state {
 };
 
 struct ncoll;
+struct qv_ixfile;
+
+/* The "SHDR" section of a segment's rows file (node_store.c writes it,
+ * qv__seg_load checks it against the snapshot's entry). */
+#define NSEG_FILE_VERSION 1u
+struct nseg_file_hdr {
+    uint32_t version;
+    uint32_t dim;
+    uint32_t nattrs;
+    uint32_t slot;                  /* its keys are slot << 40 | row */
+    uint32_t kind;                  /* enum nseg_kind */
+    uint32_t nlist;
+    uint64_t rows;
+    uint64_t coll_id;
+    uint64_t file_no;
+};
 
 struct nseg {
     struct ncoll *coll;                                 /* [imm] */
@@ -87,6 +104,14 @@ struct nseg {
                                        [wmu] */
     int detached;                   /* the engine forgot it (qv__seg_detach) */
     struct nseg *job_next;          /* the builder's queue [mu] */
+    struct nseg *merge_next;        /* the other segments a queued job merges
+                                       into one (node_build.c) [wmu] */
+    uint64_t file_no;               /* [storage]: its files seg-<F>.qvseg and
+                                       .qvix are written (node_store.c); 0:
+                                       not on disk [wmu, then imm] */
+    struct qv_ixfile *rows_file;    /* loaded from disk: ids, vecs and cols
+                                       point into this mapping (read-only);
+                                       NULL: they are heap arrays [imm] */
 };
 
 struct ncoll {
@@ -122,6 +147,10 @@ struct ncoll {
                                        before wmu */
     uint64_t snap_lsn;              /* LSN of the snapshot in force; 0:
                                        none [wmu] */
+    uint64_t next_file;             /* [storage]: number of the next segment
+                                       file (seg-<F>.*) [wmu] */
+    uint64_t build_file;            /* the file number the builder's job in
+                                       hand writes; 0: none [wmu] */
 };
 
 struct qv_node {
@@ -171,6 +200,12 @@ int qv__node_apply_upsert(struct ncoll *c, const struct qv_node_rows *r);
 long qv__node_apply_delete(struct ncoll *c, size_t n, const uint64_t *ids);
 int qv__node_recreate(struct qv_node *node, const struct qv_node_coll_spec *spec,
                       uint64_t id, struct ncoll **out);
+/* Recovery (wmu held, c new: no rows yet): put the n loaded segments in
+ * their slots (distinct; the empty growing segment moves to a free slot),
+ * attach the engine, point the id map at their live rows.  The segments
+ * are c's from the call (freed on failure).  0, QV_ENOMEM, QV_ECORRUPT
+ * (two in a slot, or an id live in two segments). */
+int qv__node_install(struct ncoll *c, struct nseg **segs, size_t n);
 
 /* node_store.c (its header comment has the design) */
 struct qv_wal;
@@ -184,6 +219,10 @@ void qv__store_drop_files(struct qv_node *node, uint64_t id);
 int qv__store_open_coll(struct qv_node *node, struct ncoll *c, uint64_t after_lsn,
                         int (*fn)(void *, uint64_t, uint8_t, const void *, size_t),
                         void *arg);
+/* Write s's rows and index files as file number F (no lock: s is the
+ * builder's until it is swapped in).  0, or the error (nothing left). */
+int qv__store_write_seg(struct ncoll *c, const struct nseg *s, uint64_t F);
+void qv__store_remove_seg(struct ncoll *c, uint64_t F);
 int qv__store_log_upsert(struct ncoll *c, const struct qv_node_rows *r, uint64_t *lsn);
 int qv__store_log_delete(struct ncoll *c, size_t n, const uint64_t *ids, uint64_t *lsn);
 void qv__store_log_abort(struct ncoll *c, uint64_t lsn);
@@ -197,8 +236,22 @@ void qv__seg_detach(struct nseg *s);
 int qv__seg_reserve(struct nseg *s, uint64_t need);
 long qv__seg_remove_key(struct nseg *s, uint64_t key);
 int qv__seg_alive(const struct nseg *s, uint64_t row);
-struct nseg *qv__seg_build(struct ncoll *c, uint32_t slot, const struct nseg *src,
-                           const uint32_t *sel, uint64_t n, uint32_t nlist);
+/* A sealed segment in slot from the selected rows of nsrc segments
+ * (src[j]'s rows sel[j][0..n[j]-1], in that order). */
+struct nseg *qv__seg_build(struct ncoll *c, uint32_t slot, struct nseg *const *src,
+                           uint32_t *const *sel, const uint64_t *n, uint32_t nsrc,
+                           uint32_t nlist);
+/* A sealed segment of kind in slot from its files (node_store.c wrote
+ * them): the rows file mapped (ids, vectors, attributes not copied), the
+ * index mapped by its load function, alive = a copy of the `words`
+ * bitmap words given (tombstones applied to the index).  NULL and
+ * qv_errno (QV_ECORRUPT with the file named, QV_ENOMEM, QV_EIO). */
+struct nseg *qv__seg_load(struct ncoll *c, uint32_t slot, enum nseg_kind kind, uint32_t nlist,
+                          uint64_t rows, const uint64_t *alive, const char *rows_path,
+                          const char *ix_path);
+/* The ixfile.h index type of a segment of kind (IVF: the collection's
+ * encoding). */
+int qv__seg_ix_type(const struct ncoll *c, enum nseg_kind kind);
 uint32_t qv__slot_free(const struct ncoll *c);
 
 /* node_build.c */

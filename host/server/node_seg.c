@@ -21,6 +21,7 @@
 #include "quiver/hnsw.h"
 #include "quiver/ivf.h"
 #include "quiver/ivfpq.h"
+#include "quiver/ixfile.h"
 #include "quiver/log.h"
 #include "quiver/topk.h"
 
@@ -84,9 +85,14 @@ static int seg_arrays(struct nseg *s, uint64_t cap)
 
 static void seg_arrays_free(struct nseg *s)
 {
+    qv_free(s->alive);
+    if (s->rows_file != NULL) {         /* ids, vecs, cols: the mapping's */
+        qv_ixfile_close(s->rows_file);
+        qv_free(s->rows_file);
+        return;
+    }
     qv_free(s->ids);
     qv_free(s->vecs);
-    qv_free(s->alive);
     for (uint32_t a = 0; a < QV_NODE_MAX_ATTRS; a++)
         qv_free(s->cols[a]);
 }
@@ -323,30 +329,36 @@ static enum nseg_kind build_kind(const struct ncoll *c, uint64_t n, uint32_t *nl
     }
 }
 
-struct nseg *qv__seg_build(struct ncoll *c, uint32_t slot, const struct nseg *src,
-                           const uint32_t *sel, uint64_t n, uint32_t nlist)
+struct nseg *qv__seg_build(struct ncoll *c, uint32_t slot, struct nseg *const *src,
+                           uint32_t *const *sel, const uint64_t *n_of, uint32_t nsrc,
+                           uint32_t nlist)
 {
     const uint32_t dim = c->spec.dim, na = c->spec.nattrs;
-    uint64_t *keys = NULL;
+    uint64_t *keys = NULL, n = 0, i = 0;
     struct nseg *s;
     int rc = QV_ENOMEM;
 
+    for (uint32_t j = 0; j < nsrc; j++)
+        n += n_of[j];
     s = seg_alloc(c, slot, build_kind(c, n, &nlist));
     if (s == NULL)
         goto fail;
     s->nlist = nlist;
     s->state = NSEG_SEALED;
-    keys = qv_malloc(n * sizeof *keys, QV_MEM_SERVER);
+    keys = qv_malloc((n ? n : 1) * sizeof *keys, QV_MEM_SERVER);
     if (keys == NULL || seg_arrays(s, n ? n : 1) != 0)
         goto fail;
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t r = sel[i];
-        memcpy(s->vecs + i * dim, src->vecs + r * dim, dim * sizeof(float));
-        s->ids[i] = src->ids[r];
-        for (uint32_t a = 0; a < na; a++)
-            s->cols[a][i] = src->cols[a][r];
-        s->alive[i / 64] |= 1ULL << (i % 64);
-        keys[i] = node_key(slot, i);
+    for (uint32_t j = 0; j < nsrc; j++) {
+        const struct nseg *from = src[j];
+        for (uint64_t t = 0; t < n_of[j]; t++, i++) {
+            uint64_t r = sel[j][t];
+            memcpy(s->vecs + i * dim, from->vecs + r * dim, dim * sizeof(float));
+            s->ids[i] = from->ids[r];
+            for (uint32_t a = 0; a < na; a++)
+                s->cols[a][i] = from->cols[a][r];
+            s->alive[i / 64] |= 1ULL << (i % 64);
+            keys[i] = node_key(slot, i);
+        }
     }
     s->rows = n;
     s->live = n;
@@ -366,6 +378,125 @@ fail:
         qv_free(s);
     }
     qv_errno = rc ? rc : QV_ENOMEM;
+    return NULL;
+}
+
+int qv__seg_ix_type(const struct ncoll *c, enum nseg_kind kind)
+{
+    switch (kind) {
+    case NSEG_FLAT: return QV_IX_FLAT;
+    case NSEG_IVF: return c->spec.index == QV_NODE_IVF_SQ8 ? QV_IX_IVF_SQ8 : QV_IX_IVF_FLAT;
+    case NSEG_IVFPQ: return QV_IX_IVF_PQ;
+    case NSEG_HNSW: return QV_IX_HNSW;
+    }
+    return 0;
+}
+
+/* The sections of a rows file (node_store.c writes them). */
+#define TAG_SHDR QV_FOURCC('S', 'H', 'D', 'R')
+#define TAG_SIDS QV_FOURCC('S', 'I', 'D', 'S')
+#define TAG_SVEC QV_FOURCC('S', 'V', 'E', 'C')
+#define TAG_SCOL(a) QV_FOURCC('S', 'C', '0' + (a) / 10, '0' + (a) % 10)
+
+static uint64_t index_rows(const struct nseg *s)
+{
+    switch (s->kind) {
+    case NSEG_FLAT: return qv_flat_rows(s->ix.flat);
+    case NSEG_IVF: return qv_ivf_rows(s->ix.ivf);
+    case NSEG_IVFPQ: return qv_ivfpq_rows(s->ix.ivfpq);
+    case NSEG_HNSW: return qv_hnsw_rows(s->ix.hnsw);
+    }
+    return 0;
+}
+
+struct nseg *qv__seg_load(struct ncoll *c, uint32_t slot, enum nseg_kind kind, uint32_t nlist,
+                          uint64_t rows, const uint64_t *alive, const char *rows_path,
+                          const char *ix_path)
+{
+    const uint32_t dim = c->spec.dim, na = c->spec.nattrs;
+    const uint64_t words = (rows + 63) / 64;
+    struct qv_pool *pool = c->node->o.pool;
+    struct nseg *s = seg_alloc(c, slot, kind);
+    uint64_t sz;
+    int rc = QV_ENOMEM;
+
+    if (s == NULL)
+        goto nomem;
+    s->state = NSEG_SEALED;
+    s->nlist = nlist;
+    s->rows_file = qv_calloc(1, sizeof *s->rows_file, QV_MEM_SERVER);
+    s->alive = qv_malloc((words ? words : 1) * sizeof *s->alive, QV_MEM_SERVER);
+    if (s->rows_file == NULL || s->alive == NULL)
+        goto nomem;
+    if ((rc = qv_ixfile_open(s->rows_file, rows_path, QV_IX_SEGMENT)) != 0)
+        goto fail;
+    const struct nseg_file_hdr *h = qv_ixfile_section(s->rows_file, TAG_SHDR, &sz);
+    if (h == NULL || sz != sizeof *h || h->version != NSEG_FILE_VERSION || h->dim != dim ||
+        h->nattrs != na || h->slot != slot || h->kind != (uint32_t)kind || h->rows != rows ||
+        h->coll_id != c->id) {
+        rc = qv_seterr(QV_ECORRUPT, "%s: its header does not describe the segment the "
+                       "snapshot lists (collection %llu, slot %u, kind %d, %llu rows, dim %u, "
+                       "%u attributes)", rows_path, (unsigned long long)c->id, slot, (int)kind,
+                       (unsigned long long)rows, dim, na);
+        goto fail;
+    }
+    s->ids = (uint64_t *)qv_ixfile_section(s->rows_file, TAG_SIDS, &sz);
+    if (s->ids == NULL || sz != rows * sizeof(uint64_t))
+        goto bad;
+    s->vecs = (float *)qv_ixfile_section(s->rows_file, TAG_SVEC, &sz);
+    if (s->vecs == NULL || sz != rows * dim * sizeof(float))
+        goto bad;
+    for (uint32_t a = 0; a < na; a++) {
+        s->cols[a] = (int64_t *)qv_ixfile_section(s->rows_file, TAG_SCOL(a), &sz);
+        if (s->cols[a] == NULL || sz != rows * sizeof(int64_t))
+            goto bad;
+        s->attrs.cols[a] = s->cols[a];
+    }
+    if (words)
+        memcpy(s->alive, alive, words * sizeof *alive);
+    for (uint64_t r = 0; r < rows; r++)
+        s->live += (uint64_t)qv__seg_alive(s, r);
+    s->rows = rows;
+    s->cap = rows;
+    s->attrs.rows = rows;
+
+    switch (kind) {
+    case NSEG_FLAT: s->ix.flat = qv_flat_load(ix_path, pool); break;
+    case NSEG_IVF: s->ix.ivf = qv_ivf_load(ix_path, pool); break;
+    case NSEG_IVFPQ: s->ix.ivfpq = qv_ivfpq_load(ix_path, pool); break;
+    case NSEG_HNSW: s->ix.hnsw = qv_hnsw_load(ix_path, pool); break;
+    }
+    if (s->ix.flat == NULL) {
+        rc = qv_errno;
+        goto fail;
+    }
+    if (index_rows(s) != rows) {
+        rc = qv_seterr(QV_ECORRUPT, "%s: %llu rows, but its rows file %s has %llu: the two "
+                       "files are not of the same segment", ix_path,
+                       (unsigned long long)index_rows(s), rows_path, (unsigned long long)rows);
+        goto fail;
+    }
+    for (uint64_t r = 0; r < rows; r++)     /* deletes since the index was written */
+        if (!qv__seg_alive(s, r) && qv__seg_remove_key(s, node_key(slot, r)) < 0) {
+            rc = qv_errno;
+            goto fail;
+        }
+    return s;
+bad:
+    rc = qv_seterr(QV_ECORRUPT, "%s: the sections do not hold %llu rows of dim %u and %u "
+                   "attributes: the file is not this segment's", rows_path,
+                   (unsigned long long)rows, dim, na);
+    goto fail;
+nomem:
+    rc = qv_seterr(QV_ENOMEM, "node: collection '%s': no memory to load a segment of %llu "
+                   "rows", c->name, (unsigned long long)rows);
+fail:
+    if (s) {
+        free_index(s);              /* never seen by an engine */
+        seg_arrays_free(s);
+        qv_free(s);
+    }
+    qv_errno = rc;
     return NULL;
 }
 

@@ -11,12 +11,21 @@
  *   c<ID>/wal/       a WAL per collection ("shard"): UPSERT, DELETE and
  *                    ABORT records, in the order they were applied (the
  *                    collection's writer mutex orders them)
- *   c<ID>/snap-<L>.qvs   the collection's snapshot (qv_node_snapshot): its
- *                    live rows once every record up to LSN L (20 decimal
- *                    digits in the name) was applied; normally one, the
- *                    WAL then holds the records after L (and those of
- *                    segments not wholly covered)
- *   c<ID>/snap-<L>.qvs.tmp   a snapshot being written (removed at start)
+ *   c<ID>/seg-<F>.qvseg  a segment's rows: ids, vectors and attribute
+ *                    columns, written by the builder thread when it made
+ *                    the segment (an index build, a compaction, a merge),
+ *                    before the segment could be searched; never changed
+ *                    after (deletes are in the snapshot's bitmaps)
+ *   c<ID>/seg-<F>.qvix   that segment's index (flat, IVF, IVF-PQ or HNSW
+ *                    index file, quiver/ixfile.h)
+ *   c<ID>/snap-<L>.qvs   the collection's snapshot, the manifest of what
+ *                    is live once every record up to LSN L (20 decimal
+ *                    digits in the name) was applied: the segment files
+ *                    in use with each one's live-row bitmap, and the rows
+ *                    of segments that have no files (yet); normally one,
+ *                    the WAL then holds the records after L (and those of
+ *                    WAL segments not wholly covered)
+ *   *.tmp            a file being written (removed at start)
  *
  * A write is logged, then applied, then acknowledged: UPSERT and DELETE
  * are validated first (every error a client can cause is found before
@@ -56,54 +65,89 @@
  *   collection ABORT (type 3)
  *     0       8           LSN of the record that was not applied
  *
- * Snapshot file (all integers little-endian; R rows, D dim, A nattrs)
+ * Segment rows file seg-<F>.qvseg: a quiver/ixfile.h container of type
+ * QV_IX_SEGMENT (each section 4096-aligned and CRC32C-checked), sections
+ *     SHDR    struct nseg_file_hdr (node_int.h): version, dim, nattrs, slot,
+ *             kind, nlist, rows, collection id, F
+ *     SIDS    8 x rows      user ids, by row
+ *     SVEC    4 x rows x D  vectors, row-major
+ *     SCaa    8 x rows      attribute column aa (00..15)
+ *   The index file seg-<F>.qvix holds keys slot << 40 | row: the segment
+ *   goes back to the same slot.  The index is written first, the rows
+ *   file second (each: .tmp, fsync, rename, directory fsync), so a rows
+ *   file never stands without its index.
+ *
+ * Snapshot (manifest) file (all integers little-endian; S segments, R
+ * rows, D dim, A nattrs)
  *     OFFSET  SIZE        MEANING
- *     0       8           magic "QVSNAP01"
- *     8       4           format version (1)
- *     12      4           header size (64)
- *     16      8           LSN L: every WAL record <= L is in the rows
+ *     0       8           magic "QVSNAP02"
+ *     8       4           format version (2)
+ *     12      4           header size (128)
+ *     16      8           LSN L: every WAL record <= L is in what it lists
  *     24      4           D (must be the collection's)
  *     28      4           A (must be the collection's)
- *     32      8           R
+ *     32      8           R: rows of segments without files
  *     40      8           collection id
- *     48      12          0
- *     60      4           CRC32C of bytes 0..59
- *     64      8 R         ids (distinct: the live rows, in segment order)
- *     ..      4 R D       vectors, row-major, then zero padding to 8 bytes
- *     ..      8 R A       attribute columns (attribute-major)
- *     ..      4           CRC32C of the body (from offset 64 to here)
- *   The file's size must be exactly what the header implies.
+ *     48      4           S
+ *     52      4           nlist chosen for builds (0: not yet)
+ *     56      8           segments sealed so far
+ *     64      8           next segment file number
+ *     72      4           flags: bit 0 = trained
+ *     76      48          0
+ *     124     4           CRC32C of bytes 0..123
+ *     128     32 S        segment table: F (8), rows (8), slot (4), kind
+ *                         (4: 0 flat, 1 IVF, 2 IVF-PQ, 3 HNSW), nlist (4),
+ *                         0 (4)
+ *     ..      8 W         each segment's live-row bitmap, ceil(rows / 64)
+ *                         words in table order (bit set = row live)
+ *     ..      8 R         ids of the other rows (distinct, live)
+ *     ..      4 R D       their vectors, row-major, then zero padding to 8
+ *     ..      8 R A       their attribute columns (attribute-major)
+ *     ..      4           CRC32C of the body (from offset 128 to here)
+ *   The file's size must be exactly what the header and table imply.
  *
  * Snapshot (qv_node_snapshot): under the collection's wmu (so no write is
  * half done: a write is logged, then applied, both under wmu), L = the
- * WAL's last LSN and the live rows are copied (one copy, in the file's
- * layout); without wmu the copy is written to snap-<L>.qvs.tmp,
- * fdatasync'ed, renamed to snap-<L>.qvs and the directory fsync'ed; only
- * then are older snapshots removed and qv_wal_truncate_upto(L) drops the
- * WAL segments wholly covered.  A crash at any point leaves either the
- * old snapshot with its WAL, or the new one with a WAL that still holds
- * every record after L.  An ABORT always follows its record under the
- * same wmu hold, so no snapshot falls between them.
+ * WAL's last LSN; segments with files are listed with a copy of their
+ * bitmaps, the live rows of the others (the growing segment, sealed ones
+ * not built yet, failed builds) copied.  Without wmu that is written to
+ * snap-<L>.qvs.tmp, fdatasync'ed, renamed to snap-<L>.qvs and the
+ * directory fsync'ed; only then are older snapshots removed, segment
+ * files that neither the collection nor the builder's job in hand uses
+ * (numbers below the next one noted under wmu) removed, and
+ * qv_wal_truncate_upto(L) drops the WAL segments wholly covered.  Sealed
+ * segments are never rewritten by a snapshot: its cost is the bitmaps and
+ * the unindexed rows.  A crash at any point leaves either the old
+ * snapshot with its files and WAL, or the new one with a WAL that still
+ * holds every record after L.  An ABORT always follows its record under
+ * the same wmu hold, so no snapshot falls between them.
  *
  * Recovery (qv__store_open, inside qv_node_create): the catalog is
  * replayed into the set of live collections (a DROP cancels its CREATE);
  * ids are never reused, so the next id is one past the largest ever
  * created.  Each live collection is created again with its id and
  * specification; its newest snapshot whose header and body CRCs check
- * out is mapped read-only and its rows applied (qv__node_apply_upsert,
- * SNAP_BATCH rows a call, vectors straight from the mapping), then its
- * WAL is replayed from L + 1 through the same apply code as live writes
- * (a record followed by an ABORT of it is skipped).  A damaged snapshot
- * is passed over with a warning for the next older one (or none) only
- * when the WAL still starts at or before that one's L + 1; else the
- * writes are nowhere else and the start is refused with QV_ECORRUPT
- * naming the damaged file.  Without any snapshot, a WAL that does not
- * start at LSN 1 is refused by qv_wal_open.  Sealed
- * segments are rebuilt by the builder thread as at run time.  A torn
- * final record is truncated; a corrupted record in the middle stops the
- * start with a message naming the file and offset (quiver/wal.h).
- * Directories c<ID> of collections the catalog does not hold (a drop or a
- * failed create cut short) are removed.
+ * out is mapped, and every segment it lists is loaded from its files
+ * (qv__seg_load): the rows file and the index file are mapped read-only
+ * and checked (ixfile.h: every section's CRC), the segment's ids,
+ * vectors and attributes and the index's arrays point into the mappings
+ * (no copy, no rebuild), the bitmap is copied and the rows it marks dead
+ * are tombstoned in the index.  The segments take their slots
+ * (qv__node_install), the snapshot's other rows are applied
+ * (qv__node_apply_upsert, SNAP_BATCH rows a call, vectors straight from
+ * the mapping), then the WAL is replayed from L + 1 through the same
+ * apply code as live writes (a record followed by an ABORT of it is
+ * skipped).  A snapshot that is damaged, or one of whose files is, is
+ * passed over with a warning for the next older one (or none) only when
+ * the WAL still starts at or before that one's L + 1; else the writes
+ * are nowhere else and the start is refused with QV_ECORRUPT naming the
+ * damaged file.  Without any snapshot, a WAL that does not start at LSN 1
+ * is refused by qv_wal_open.  Segment files the chosen snapshot does not
+ * list, older snapshots and .tmp files are removed.  A torn final record
+ * is truncated; a corrupted record in the middle stops the start with a
+ * message naming the file and offset (quiver/wal.h).  Directories c<ID>
+ * of collections the catalog does not hold (a drop or a failed create
+ * cut short) are removed.
  */
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
@@ -122,6 +166,11 @@
 #include "quiver/alloc.h"
 #include "quiver/crc32c.h"
 #include "quiver/errors.h"
+#include "quiver/flat.h"
+#include "quiver/hnsw.h"
+#include "quiver/ivf.h"
+#include "quiver/ivfpq.h"
+#include "quiver/ixfile.h"
 #include "quiver/log.h"
 #include "quiver/service.h"
 #include "quiver/timeutil.h"
@@ -359,28 +408,123 @@ static int on_coll_record(void *arg, uint64_t lsn, uint8_t type, const void *pay
     return 0;
 }
 
+/* ---- segment files ------------------------------------------------------ */
+
+#define TAG_SHDR QV_FOURCC('S', 'H', 'D', 'R')
+#define TAG_SIDS QV_FOURCC('S', 'I', 'D', 'S')
+#define TAG_SVEC QV_FOURCC('S', 'V', 'E', 'C')
+#define TAG_SCOL(a) QV_FOURCC('S', 'C', '0' + (a) / 10, '0' + (a) % 10)
+
+static void seg_path(const struct qv_node *node, uint64_t id, uint64_t file, const char *ext,
+                     char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/c%llu/seg-%020llu.%s", node->o.data_dir, (unsigned long long)id,
+             (unsigned long long)file, ext);
+}
+
+/* The number of a name "seg-<20 digits>.<ext>" with ext qvseg or qvix
+ * (or either + ".tmp" when tmp), or -1. */
+static int64_t seg_name_file(const char *name, int tmp)
+{
+    if (strncmp(name, "seg-", 4) != 0)
+        return -1;
+    for (int i = 4; i < 24; i++)
+        if (name[i] < '0' || name[i] > '9')
+            return -1;
+    const char *ext = name + 24;
+    if (tmp ? strcmp(ext, ".qvseg.tmp") && strcmp(ext, ".qvix.tmp")
+            : strcmp(ext, ".qvseg") && strcmp(ext, ".qvix"))
+        return -1;
+    return (int64_t)strtoull(name + 4, NULL, 10);
+}
+
+void qv__store_remove_seg(struct ncoll *c, uint64_t F)
+{
+    char path[4096];
+    seg_path(c->node, c->id, F, "qvseg", path, sizeof path);
+    if (unlink(path) != 0 && errno != ENOENT)
+        QV_WARN("storage: cannot remove %s: %s (remove it by hand)", path, strerror(errno));
+    seg_path(c->node, c->id, F, "qvix", path, sizeof path);
+    if (unlink(path) != 0 && errno != ENOENT)
+        QV_WARN("storage: cannot remove %s: %s (remove it by hand)", path, strerror(errno));
+}
+
+static int save_index(const struct nseg *s, const char *path)
+{
+    switch (s->kind) {
+    case NSEG_FLAT: return qv_flat_save(s->ix.flat, path);
+    case NSEG_IVF: return qv_ivf_save(s->ix.ivf, path);
+    case NSEG_IVFPQ: return qv_ivfpq_save(s->ix.ivfpq, path);
+    case NSEG_HNSW: return qv_hnsw_save(s->ix.hnsw, path);
+    }
+    return qv_seterr(QV_EINVAL, "storage: segment kind %d", (int)s->kind);
+}
+
+int qv__store_write_seg(struct ncoll *c, const struct nseg *s, uint64_t F)
+{
+    char rows_path[4096], ix_path[4096];
+    struct qv_ixfile_writer *w = qv_malloc(sizeof *w, QV_MEM_SERVER);
+    struct nseg_file_hdr h = {
+        .version = NSEG_FILE_VERSION, .dim = c->spec.dim, .nattrs = c->spec.nattrs,
+        .slot = s->slot, .kind = (uint32_t)s->kind, .nlist = s->nlist, .rows = s->rows,
+        .coll_id = c->id, .file_no = F,
+    };
+    int rc;
+
+    if (w == NULL)
+        return qv_seterr(QV_ENOMEM, "storage: no memory to write a segment");
+    seg_path(c->node, c->id, F, "qvseg", rows_path, sizeof rows_path);
+    seg_path(c->node, c->id, F, "qvix", ix_path, sizeof ix_path);
+    qv_ixfile_writer_init(w, rows_path, QV_IX_SEGMENT);
+    rc = qv_ixfile_add(w, TAG_SHDR, &h, sizeof h);
+    if (rc == 0)
+        rc = qv_ixfile_add(w, TAG_SIDS, s->ids, s->rows * sizeof *s->ids);
+    if (rc == 0)
+        rc = qv_ixfile_add(w, TAG_SVEC, s->vecs, s->rows * c->spec.dim * sizeof *s->vecs);
+    for (uint32_t a = 0; a < c->spec.nattrs && rc == 0; a++)
+        rc = qv_ixfile_add(w, TAG_SCOL(a), s->cols[a], s->rows * sizeof(int64_t));
+    /* the index first: a rows file never stands without its index */
+    if (rc == 0)
+        rc = save_index(s, ix_path);
+    if (rc == 0)
+        rc = qv_ixfile_commit(w);
+    qv_free(w);
+    if (rc != 0)
+        qv__store_remove_seg(c, F);
+    return rc;
+}
+
 /* ---- snapshots --------------------------------------------------------- */
 
-#define SNAP_MAGIC "QVSNAP01"
-#define SNAP_VERSION 1u
-#define SNAP_HDR 64u
+#define SNAP_MAGIC "QVSNAP02"
+#define SNAP_VERSION 2u
+#define SNAP_HDR 128u
+#define SNAP_ENTRY 32u
 #define SNAP_BATCH 4096u            /* rows per qv__node_apply_upsert at load */
 
-/* Where the parts of a snapshot of `rows` rows lie (byte offsets). */
+/* Where the parts of a snapshot lie (byte offsets): S segment entries
+ * whose bitmaps take `words` words, R loose rows. */
 struct snap_layout {
-    uint64_t rows;
-    size_t ids, vecs, attrs, crc, size;
+    uint64_t rows;                  /* R */
+    uint32_t nseg;                  /* S */
+    uint64_t words;
+    size_t table, bits, ids, vecs, attrs, crc, size;
 };
 
 /* 0, or -1 when the sizes do not fit a size_t (a damaged header). */
-static int snap_layout(uint64_t rows, uint32_t dim, uint32_t nattrs, struct snap_layout *g)
+static int snap_layout(uint32_t nseg, uint64_t words, uint64_t rows, uint32_t dim,
+                       uint32_t nattrs, struct snap_layout *g)
 {
     const uint64_t row_bytes = 8 + 4 * (uint64_t)dim + 8 * (uint64_t)nattrs;
-    if (dim == 0 || dim > 65536 || nattrs > QV_NODE_MAX_ATTRS ||
-        rows > ((uint64_t)SIZE_MAX / 2) / row_bytes)
+    if (dim == 0 || dim > 65536 || nattrs > QV_NODE_MAX_ATTRS || nseg > NODE_MAX_SLOTS ||
+        words > ((uint64_t)SIZE_MAX / 8) / 4 || rows > ((uint64_t)SIZE_MAX / 4) / row_bytes)
         return -1;
     g->rows = rows;
-    g->ids = SNAP_HDR;
+    g->nseg = nseg;
+    g->words = words;
+    g->table = SNAP_HDR;
+    g->bits = g->table + (size_t)SNAP_ENTRY * nseg;
+    g->ids = g->bits + 8 * (size_t)words;
     g->vecs = g->ids + 8 * (size_t)rows;
     g->attrs = pad8(g->vecs + 4 * (size_t)rows * dim);
     g->crc = g->attrs + 8 * (size_t)rows * nattrs;
@@ -448,36 +592,74 @@ static int write_file(const char *path, const uint8_t *buf, size_t size)
     return close(fd);
 }
 
-/* Remove the snapshot files of c older than lsn (a newer one is in force). */
-static void snap_remove_older(struct qv_node *node, struct ncoll *c, uint64_t lsn)
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The files of c to keep: numbers sorted (keep[0..nkeep-1]); every other
+ * segment file below `below`, snapshots older than lsn (when lsn > 0) and
+ * leftover .tmp files (when tmp) are removed.  *max_file: the largest
+ * segment file number seen (may be NULL). */
+static void remove_unused(struct qv_node *node, struct ncoll *c, uint64_t lsn,
+                          const uint64_t *keep, size_t nkeep, uint64_t below, int tmp,
+                          uint64_t *max_file)
 {
     char dir[4096], path[4096 + 320];
     coll_dir(node, c->id, dir, sizeof dir);
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d)) != NULL) {
-        int64_t l = snap_name_lsn(e->d_name, "qvs");
-        if (l < 0 || (uint64_t)l >= lsn)
+        int64_t l = snap_name_lsn(e->d_name, "qvs"), f = seg_name_file(e->d_name, 0);
+        const char *what = NULL;
+        if (f >= 0 && max_file && (uint64_t)f > *max_file)
+            *max_file = (uint64_t)f;
+        if (l >= 0 && (uint64_t)l < lsn)
+            what = "an older snapshot";
+        else if (f >= 0 && (uint64_t)f < below &&
+                 (nkeep == 0 ||
+                  !bsearch(&(uint64_t){ (uint64_t)f }, keep, nkeep, sizeof *keep, cmp_u64)))
+            what = "a segment no snapshot or collection uses";
+        else if (tmp && (snap_name_lsn(e->d_name, "qvs.tmp") >= 0 ||
+                         seg_name_file(e->d_name, 1) >= 0))
+            what = "a file that was not completed";
+        if (what == NULL)
             continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        QV_DEBUG("storage: removing %s: %s", path, what);
         if (unlink(path) != 0 && errno != ENOENT)
-            QV_WARN("storage: cannot remove the old snapshot %s: %s (remove it by hand)", path,
+            QV_WARN("storage: cannot remove %s (%s): %s (remove it by hand)", path, what,
                     strerror(errno));
     }
     if (d)
         closedir(d);
 }
 
-/* Copy c's live rows into a new snapshot image (header and CRCs filled)
- * under wmu; *L: the WAL's last LSN then.  *img NULL: nothing new since
- * the snapshot in force. */
-static int snap_copy(struct ncoll *c, uint64_t *L, uint8_t **img, struct snap_layout *g)
+/* What a snapshot needs from under wmu. */
+struct snap_image {
+    uint8_t *p;                     /* the file's bytes, header and CRCs filled */
+    struct snap_layout g;
+    uint64_t *keep;                 /* file numbers in use (sorted) */
+    size_t nkeep;
+    uint64_t below;                 /* file numbers from here on are newer */
+};
+
+/*
+ * Under wmu: *L = the WAL's last LSN; a segment with its files on disk
+ * is listed (file number, rows, slot, kind, nlist) with a copy of its
+ * alive bitmap; the live rows of every other segment (the growing one,
+ * ones sealed but not built, failed builds) are copied.  Image NULL:
+ * nothing new since the snapshot in force.
+ */
+static int snap_copy(struct ncoll *c, uint64_t *L, struct snap_image *im)
 {
     const uint32_t dim = c->spec.dim, na = c->spec.nattrs;
     struct qv_wal_stats ws;
-    uint64_t rows = 0;
+    uint64_t rows = 0, words = 0;
+    uint32_t nseg = 0;
 
-    *img = NULL;
+    memset(im, 0, sizeof *im);
     pthread_mutex_lock(&c->wmu);
     if (atomic_load_explicit(&c->dropping, memory_order_acquire)) {
         pthread_mutex_unlock(&c->wmu);
@@ -492,23 +674,53 @@ static int snap_copy(struct ncoll *c, uint64_t *L, uint8_t **img, struct snap_la
     }
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct nseg *s = c->slots[i];
-        for (uint64_t r = 0; s && r < s->rows; r++)
+        if (s == NULL)
+            continue;
+        if (s->file_no) {
+            nseg++;
+            words += (s->rows + 63) / 64;
+            continue;
+        }
+        for (uint64_t r = 0; r < s->rows; r++)
             rows += (uint64_t)qv__seg_alive(s, r);
     }
     uint8_t *p = NULL;
-    if (snap_layout(rows, dim, na, g) == 0)
-        p = qv_malloc(g->size, QV_MEM_SERVER);
-    if (p == NULL) {
+    if (snap_layout(nseg, words, rows, dim, na, &im->g) == 0)
+        p = qv_malloc(im->g.size, QV_MEM_SERVER);
+    im->keep = qv_malloc((nseg + 1) * sizeof *im->keep, QV_MEM_SERVER);
+    if (p == NULL || im->keep == NULL) {
         pthread_mutex_unlock(&c->wmu);
+        qv_free(p);
+        qv_free(im->keep);
+        im->keep = NULL;
         return qv_seterr(QV_ENOMEM, "SNAPSHOT: collection '%s': no memory for a copy of its "
-                         "%llu live rows", c->name, (unsigned long long)rows);
+                         "%llu unindexed rows and %u segment bitmaps", c->name,
+                         (unsigned long long)rows, nseg);
     }
-    uint64_t *ids = (uint64_t *)(p + g->ids), k = 0;
+    const struct snap_layout *g = &im->g;
+    uint64_t *ids = (uint64_t *)(p + g->ids), k = 0, *bits = (uint64_t *)(p + g->bits);
     float *vecs = (float *)(p + g->vecs);
     int64_t *cols = (int64_t *)(p + g->attrs);
+    uint8_t *ent = p + g->table;
     for (uint32_t i = 0; i < c->nslots; i++) {
         const struct nseg *s = c->slots[i];
-        for (uint64_t r = 0; s && r < s->rows; r++) {
+        if (s == NULL)
+            continue;
+        if (s->file_no) {
+            uint64_t w = (s->rows + 63) / 64;
+            put64(ent, s->file_no);
+            put64(ent + 8, s->rows);
+            put32(ent + 16, s->slot);
+            put32(ent + 20, (uint32_t)s->kind);
+            put32(ent + 24, s->nlist);
+            put32(ent + 28, 0);
+            ent += SNAP_ENTRY;
+            memcpy(bits, s->alive, w * sizeof *bits);
+            bits += w;
+            im->keep[im->nkeep++] = s->file_no;
+            continue;
+        }
+        for (uint64_t r = 0; r < s->rows; r++) {
             if (!qv__seg_alive(s, r))
                 continue;
             ids[k] = s->ids[r];
@@ -518,9 +730,9 @@ static int snap_copy(struct ncoll *c, uint64_t *L, uint8_t **img, struct snap_la
             k++;
         }
     }
-    pthread_mutex_unlock(&c->wmu);
-
-    memset(p + g->vecs + 4 * (size_t)rows * dim, 0, g->attrs - (g->vecs + 4 * (size_t)rows * dim));
+    if (c->build_file)
+        im->keep[im->nkeep++] = c->build_file;
+    im->below = c->next_file;
     memset(p, 0, SNAP_HDR);
     memcpy(p, SNAP_MAGIC, 8);
     put32(p + 8, SNAP_VERSION);
@@ -530,22 +742,30 @@ static int snap_copy(struct ncoll *c, uint64_t *L, uint8_t **img, struct snap_la
     put32(p + 28, na);
     put64(p + 32, rows);
     put64(p + 40, c->id);
-    put32(p + 60, qv_crc32c(0, p, 60));
+    put32(p + 48, nseg);
+    put32(p + 52, c->nlist_eff);
+    put64(p + 56, c->seals);
+    put64(p + 64, c->next_file);
+    put32(p + 72, c->trained ? 1u : 0u);
+    pthread_mutex_unlock(&c->wmu);
+
+    qsort(im->keep, im->nkeep, sizeof *im->keep, cmp_u64);
+    memset(p + g->vecs + 4 * (size_t)rows * dim, 0, g->attrs - (g->vecs + 4 * (size_t)rows * dim));
+    put32(p + SNAP_HDR - 4, qv_crc32c(0, p, SNAP_HDR - 4));
     put32(p + g->crc, qv_crc32c(0, p + SNAP_HDR, g->crc - SNAP_HDR));
-    *img = p;
+    im->p = p;
     return 0;
 }
 
 static int snap_take(struct qv_node *node, struct ncoll *c, uint64_t *out_lsn)
 {
     char tmp[4096], path[4096], dir[4096];
-    struct snap_layout g;
-    uint8_t *img;
+    struct snap_image im;
     uint64_t L = 0;
     int64_t t0 = qv_now_ns();
 
-    int rc = snap_copy(c, &L, &img, &g);
-    if (rc || img == NULL) {
+    int rc = snap_copy(c, &L, &im);
+    if (rc || im.p == NULL) {
         if (rc == 0 && out_lsn)
             *out_lsn = L;
         return rc;
@@ -554,29 +774,31 @@ static int snap_take(struct qv_node *node, struct ncoll *c, uint64_t *out_lsn)
     snap_path(node, c->id, L, "qvs", path, sizeof path);
     coll_dir(node, c->id, dir, sizeof dir);
     const char *failed = tmp;
-    if (write_file(tmp, img, g.size) != 0 || (failed = path, rename(tmp, path) != 0) ||
+    if (write_file(tmp, im.p, im.g.size) != 0 || (failed = path, rename(tmp, path) != 0) ||
         (failed = dir, fsync_dir(dir) != 0)) {
         int e = errno;
         unlink(tmp);
-        qv_free(img);
+        qv_free(im.p);
+        qv_free(im.keep);
         return qv_seterr(e == ENOSPC ? QV_ENOSPC : QV_EIO, "SNAPSHOT: collection '%s': %s: "
                          "%s (%zu bytes): the previous snapshot and the WAL are kept; %s",
-                         c->name, failed, strerror(e), g.size,
+                         c->name, failed, strerror(e), im.g.size,
                          e == ENOSPC ? "free space on the disk and snapshot again"
                                      : "check the disk and snapshot again");
     }
-    qv_free(img);
+    qv_free(im.p);
     pthread_mutex_lock(&c->wmu);
     c->snap_lsn = L;
     pthread_mutex_unlock(&c->wmu);
-    snap_remove_older(node, c, L);
+    remove_unused(node, c, L, im.keep, im.nkeep, im.below, 0, NULL);
+    qv_free(im.keep);
     int removed = qv_wal_truncate_upto(c->wal, L);
     if (removed < 0)
         QV_WARN("storage: collection '%s': snapshot %s is written, but the WAL segments it "
                 "covers could not all be removed: %s", c->name, path, qv_errmsg());
-    QV_INFO("storage: collection '%s': snapshot %s: %llu rows up to LSN %llu, %d WAL segments "
-            "removed, %.0f ms", c->name, path, (unsigned long long)g.rows,
-            (unsigned long long)L, removed < 0 ? 0 : removed,
+    QV_INFO("storage: collection '%s': snapshot %s: %u segment files and %llu unindexed rows "
+            "up to LSN %llu, %d WAL segments removed, %.0f ms", c->name, path, im.g.nseg,
+            (unsigned long long)im.g.rows, (unsigned long long)L, removed < 0 ? 0 : removed,
             (double)(qv_now_ns() - t0) / 1e6);
     if (out_lsn)
         *out_lsn = L;
@@ -613,8 +835,8 @@ struct snap_map {
     struct snap_layout g;
 };
 
-/* Map path and check it (header, sizes, CRCs, c's dim and nattrs): 0, or
- * -1 with why (the mapping undone). */
+/* Map path and check it (header, sizes, CRCs, c's dim and nattrs, the
+ * segment table): 0, or -1 with why (the mapping undone). */
 static int snap_map(const char *path, const struct ncoll *c, struct snap_map *m, char *why,
                     size_t cap)
 {
@@ -641,21 +863,31 @@ static int snap_map(const char *path, const struct ncoll *c, struct snap_map *m,
         return -1;
     }
     const uint8_t *p = m->base;
-    if (memcmp(p, SNAP_MAGIC, 8) != 0)
+    uint32_t nseg = get32(p + 48);
+    uint64_t words = 0;
+    int table_ok = 1;
+    if (nseg <= NODE_MAX_SLOTS && m->size >= SNAP_HDR + (size_t)SNAP_ENTRY * nseg)
+        for (uint32_t i = 0; i < nseg; i++)
+            words += (get64(p + SNAP_HDR + (size_t)SNAP_ENTRY * i + 8) + 63) / 64;
+    else
+        table_ok = 0;
+    if (memcmp(p, SNAP_MAGIC, 6) != 0)
         snprintf(why, cap, "not a snapshot (bad magic)");
-    else if (get32(p + 60) != qv_crc32c(0, p, 60))
+    else if (memcmp(p, SNAP_MAGIC, 8) != 0 || get32(p + 8) != SNAP_VERSION ||
+             get32(p + 12) != SNAP_HDR)
+        snprintf(why, cap, "format version %u (this build reads %u): written by another "
+                 "version of quiverd", get32(p + 8), SNAP_VERSION);
+    else if (get32(p + SNAP_HDR - 4) != qv_crc32c(0, p, SNAP_HDR - 4))
         snprintf(why, cap, "header CRC mismatch");
-    else if (get32(p + 8) != SNAP_VERSION || get32(p + 12) != SNAP_HDR)
-        snprintf(why, cap, "format version %u (this build reads %u)", get32(p + 8),
-                 SNAP_VERSION);
     else if (get32(p + 24) != c->spec.dim || get32(p + 28) != c->spec.nattrs ||
              get64(p + 40) != c->id)
         snprintf(why, cap, "written for collection %llu (dim %u, %u attributes), not this "
                  "one", (unsigned long long)get64(p + 40), get32(p + 24), get32(p + 28));
-    else if (snap_layout(get64(p + 32), c->spec.dim, c->spec.nattrs, &m->g) != 0 ||
+    else if (!table_ok ||
+             snap_layout(nseg, words, get64(p + 32), c->spec.dim, c->spec.nattrs, &m->g) != 0 ||
              m->g.size != m->size)
-        snprintf(why, cap, "%zu bytes, but its header says %llu rows", m->size,
-                 (unsigned long long)get64(p + 32));
+        snprintf(why, cap, "%zu bytes, but its header says %u segments and %llu rows", m->size,
+                 nseg, (unsigned long long)get64(p + 32));
     else if (get32(p + m->g.crc) != qv_crc32c(0, p + SNAP_HDR, m->g.crc - SNAP_HDR))
         snprintf(why, cap, "body CRC mismatch");
     else {
@@ -674,8 +906,8 @@ static int cmp_desc(const void *a, const void *b)
 }
 
 /* The snapshot LSNs of c, newest first (*n of them; *lsns owned by the
- * caller), after removing leftover .qvs.tmp files; *wal_first: the first
- * LSN of c's oldest WAL segment, 0 when it has none. */
+ * caller); *wal_first: the first LSN of c's oldest WAL segment, 0 when it
+ * has none. */
 static int snap_list(struct qv_node *node, struct ncoll *c, uint64_t **lsns, size_t *n,
                      uint64_t *wal_first)
 {
@@ -688,14 +920,6 @@ static int snap_list(struct qv_node *node, struct ncoll *c, uint64_t **lsns, siz
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d)) != NULL) {
-        if (snap_name_lsn(e->d_name, "qvs.tmp") >= 0) {
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            QV_INFO("storage: removing %s: a snapshot that was not completed", path);
-            if (unlink(path) != 0)
-                QV_WARN("storage: cannot remove %s: %s (remove it by hand)", path,
-                        strerror(errno));
-            continue;
-        }
         int64_t l = snap_name_lsn(e->d_name, "qvs");
         if (l < 0)
             continue;
@@ -734,25 +958,82 @@ static int snap_list(struct qv_node *node, struct ncoll *c, uint64_t **lsns, siz
     return 0;
 }
 
-/* Load c's newest intact snapshot (wmu held, before its WAL is opened):
- * *lsn its LSN (0: none), *rows the rows it held. */
-static int snap_load(struct qv_node *node, struct ncoll *c, uint64_t *lsn, uint64_t *rows)
+/* The segments of the mapped snapshot m, loaded from their files (*segs,
+ * m->g.nseg of them, the caller's): 0, or -1 with why (nothing left). */
+static int snap_open_segs(struct qv_node *node, struct ncoll *c, const struct snap_map *m,
+                          struct nseg ***segs, char *why, size_t cap)
 {
-    char path[4096], bad[4096 + 320] = "", why[256] = "";
-    uint64_t *lsns, wal_first;
+    const uint8_t *p = m->base;
+    const uint64_t *bits = (const uint64_t *)(p + m->g.bits);
+    char rows_path[4096], ix_path[4096];
+    uint32_t i;
+
+    *segs = qv_calloc(m->g.nseg ? m->g.nseg : 1, sizeof **segs, QV_MEM_SERVER);
+    if (*segs == NULL) {
+        snprintf(why, cap, "no memory for %u segments", m->g.nseg);
+        return -1;
+    }
+    for (i = 0; i < m->g.nseg; i++) {
+        const uint8_t *e = p + m->g.table + (size_t)SNAP_ENTRY * i;
+        uint64_t F = get64(e), rows = get64(e + 8);
+        uint32_t slot = get32(e + 16), kind = get32(e + 20), nlist = get32(e + 24);
+        seg_path(node, c->id, F, "qvseg", rows_path, sizeof rows_path);
+        seg_path(node, c->id, F, "qvix", ix_path, sizeof ix_path);
+        if (F == 0 || kind > NSEG_HNSW || slot >= NODE_MAX_SLOTS || rows > NODE_MAX_SEG_ROWS) {
+            snprintf(why, cap, "segment entry %u (file %llu, slot %u, kind %u, %llu rows) is "
+                     "out of range", i, (unsigned long long)F, slot, kind,
+                     (unsigned long long)rows);
+            break;
+        }
+        (*segs)[i] = qv__seg_load(c, slot, (enum nseg_kind)kind, nlist, rows, bits, rows_path,
+                                  ix_path);
+        if ((*segs)[i] == NULL) {
+            snprintf(why, cap, "%s", qv_errmsg());
+            break;
+        }
+        (*segs)[i]->file_no = F;
+        bits += (rows + 63) / 64;
+    }
+    if (i == m->g.nseg)
+        return 0;
+    for (uint32_t j = 0; j < i; j++)
+        qv__seg_free((*segs)[j], 0);
+    qv_free(*segs);
+    *segs = NULL;
+    return -1;
+}
+
+/*
+ * Load c's newest intact snapshot (wmu held, before its WAL is opened):
+ * its segments mapped from their files and installed, its unindexed rows
+ * applied; *lsn its LSN (0: none), *rows the rows it held, *nseg its
+ * segments.  Unused segment files, older snapshots and leftover .tmp
+ * files are removed.
+ */
+static int snap_load(struct qv_node *node, struct ncoll *c, uint64_t *lsn, uint64_t *rows,
+                     uint32_t *nseg)
+{
+    char path[4096], bad[4096 + 600] = "", why[512] = "";
+    uint64_t *lsns, wal_first, max_file = 0;
+    struct nseg **segs = NULL;
     size_t n;
     struct snap_map m = { 0 };
 
     *lsn = 0;
     *rows = 0;
+    *nseg = 0;
     int rc = snap_list(node, c, &lsns, &n, &wal_first);
     if (rc)
         return rc;
     size_t i;
     for (i = 0; i < n; i++) {
         snap_path(node, c->id, lsns[i], "qvs", path, sizeof path);
-        if (snap_map(path, c, &m, why, sizeof why) == 0)
-            break;
+        if (snap_map(path, c, &m, why, sizeof why) == 0) {
+            if (snap_open_segs(node, c, &m, &segs, why, sizeof why) == 0)
+                break;
+            munmap(m.base, m.size);
+            m.base = NULL;
+        }
         QV_WARN("storage: collection '%s': snapshot %s is damaged (%s): %s", c->name, path,
                 why, i + 1 < n ? "trying the older one" : "no older snapshot");
         if (!bad[0])
@@ -761,20 +1042,53 @@ static int snap_load(struct qv_node *node, struct ncoll *c, uint64_t *lsn, uint6
     uint64_t from = i < n ? lsns[i] : 0;
     qv_free(lsns);
     if (bad[0] && wal_first > from + 1) {
-        if (m.base)
+        if (m.base) {
+            for (uint32_t j = 0; j < m.g.nseg; j++)
+                qv__seg_free(segs[j], 0);
+            qv_free(segs);
             munmap(m.base, m.size);
+        }
         return qv_seterr(QV_ECORRUPT, "storage: collection '%s': snapshot %s is damaged and "
                          "the WAL starts at LSN %llu, so the writes up to LSN %llu exist "
-                         "nowhere else: restore that file from a backup, or remove %s/c%llu "
-                         "to give up the collection's data", c->name, bad,
+                         "nowhere else: restore the damaged file from a backup, or remove "
+                         "%s/c%llu to give up the collection's data", c->name, bad,
                          (unsigned long long)wal_first, (unsigned long long)(wal_first - 1),
                          node->o.data_dir, (unsigned long long)c->id);
     }
     if (bad[0])
         QV_WARN("storage: collection '%s': recovering from %s and the WAL after LSN %llu",
                 c->name, i < n ? path : "no snapshot", (unsigned long long)from);
+    /* the files the chosen snapshot uses stay; the rest go */
+    uint64_t *keep = NULL;
+    size_t nkeep = 0;
+    if (m.base) {
+        keep = qv_malloc((m.g.nseg ? m.g.nseg : 1) * sizeof *keep, QV_MEM_SERVER);
+        for (uint32_t j = 0; keep && j < m.g.nseg; j++)
+            keep[nkeep++] = segs[j]->file_no;
+        if (keep)
+            qsort(keep, nkeep, sizeof *keep, cmp_u64);
+    }
+    if (m.base == NULL || keep != NULL)
+        remove_unused(node, c, from, keep, nkeep, UINT64_MAX, 1, &max_file);
+    qv_free(keep);
+    c->next_file = max_file + 1;
     if (m.base == NULL)
         return 0;
+
+    const uint8_t *p = m.base;
+    if (get64(p + 64) > c->next_file)
+        c->next_file = get64(p + 64);
+    c->nlist_eff = get32(p + 52);
+    c->seals = get64(p + 56);
+    c->trained |= (int)(get32(p + 72) & 1u);
+    rc = qv__node_install(c, segs, m.g.nseg);       /* segs are c's now */
+    qv_free(segs);
+    if (rc != 0) {
+        munmap(m.base, m.size);
+        return qv_seterr(rc, "storage: collection '%s': loading snapshot %s: %s", c->name,
+                         path, qv_errmsg());
+    }
+    uint64_t live = c->map.count;
     const uint32_t dim = c->spec.dim, na = c->spec.nattrs;
     const uint64_t total = m.g.rows;
     for (uint64_t r0 = 0; r0 < total && rc == 0; r0 += SNAP_BATCH) {
@@ -793,7 +1107,8 @@ static int snap_load(struct qv_node *node, struct ncoll *c, uint64_t *lsn, uint6
     munmap(m.base, m.size);
     if (rc == 0) {
         *lsn = from;
-        *rows = total;
+        *rows = live + total;
+        *nseg = m.g.nseg;
         c->snap_lsn = from;
     }
     return rc;
@@ -972,8 +1287,9 @@ int qv__store_open(struct qv_node *node)
         }
         struct replay CR = { .c = c };
         uint64_t snap_lsn = 0, snap_rows = 0;
+        uint32_t snap_segs = 0;
         pthread_mutex_lock(&c->wmu);
-        rc = snap_load(node, c, &snap_lsn, &snap_rows);
+        rc = snap_load(node, c, &snap_lsn, &snap_rows, &snap_segs);
         if (rc == 0)
             rc = qv__store_open_coll(node, c, snap_lsn, on_coll_record, &CR);
         if (rc == 0)
@@ -981,10 +1297,11 @@ int qv__store_open(struct qv_node *node)
         pthread_mutex_unlock(&c->wmu);
         qv_free(CR.held);
         if (rc == 0)
-            QV_INFO("storage: collection '%s' (%llu): %llu rows from the snapshot at LSN %llu, "
-                    "%llu WAL records replayed (%llu aborted)", c->name,
+            QV_INFO("storage: collection '%s' (%llu): %llu rows from the snapshot at LSN %llu "
+                    "(%u segments mapped with their indexes), %llu WAL records replayed "
+                    "(%llu aborted)", c->name,
                     (unsigned long long)c->id, (unsigned long long)snap_rows,
-                    (unsigned long long)snap_lsn, (unsigned long long)CR.applied,
+                    (unsigned long long)snap_lsn, snap_segs, (unsigned long long)CR.applied,
                     (unsigned long long)CR.aborted);
         records += CR.applied;
         aborted += CR.aborted;

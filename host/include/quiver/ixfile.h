@@ -48,6 +48,7 @@ enum qv_ix_type {
     QV_IX_IVF_SQ8 = 3,
     QV_IX_IVF_PQ = 4,
     QV_IX_HNSW = 5,
+    QV_IX_SEGMENT = 6,          /* a node segment's rows (host/server/node_store.c) */
 };
 
 #define QV_FOURCC(a, b, c, d) \

@@ -44,13 +44,17 @@
  *                  data; afterwards max(seal_rows, train)
  *     IVF_PQ       as IVF, with train at least 39 x 2^pq_nbits (codebooks)
  * (39 points per centroid is where k-means stops warning.)  A sealed
- * segment of a FLAT collection stays as it is; of the other types it is
+ * segment of a FLAT collection in memory stays as it is; of the other
+ * types (and with a data_dir of FLAT too: its files are written) it is
  * queued for the builder thread, which builds the index from the
  * segment's rows that are live at that moment (so a build compacts), with
  * the node's fixed seed (opts.build_seed) on one thread, then swaps it in.
  * Until then the sealed flat is searched exactly.  A sealed segment whose
  * tombstones reach compact_ratio of its rows ([server] compact_ratio) is
  * queued again and rebuilt from its live rows; one with none is removed.
+ * Segments to compact and small sealed ones (fewer live rows than half
+ * the seal size) are merged: grouped in slot order up to the seal size
+ * in live rows, each group rebuilt as one segment (node.c maintain).
  * A build that cannot train (fewer live rows than 39 x nlist: nlist is
  * lowered to rows / 39; under 39 rows, or fewer than 2^pq_nbits for
  * IVF_PQ) builds a flat segment.  "trained" (DESCRIBE) is 1 for FLAT and
@@ -120,12 +124,16 @@
  * CREATE and DROP goes to a catalog WAL and every UPSERT and DELETE to
  * its collection's WAL (quiver/wal.h) and is durable under opts.sync
  * BEFORE it is applied and acknowledged; qv_node_create replays them, so
- * the node comes back with the same collections, ids and rows (sealed
- * segments rebuilt by the builder).  host/server/node_store.c has the
- * layout, the record formats and the recovery rules.  Without a data_dir
- * the node is in memory only.  qv_node_snapshot() writes a collection's
- * live rows to a snapshot file and truncates its WAL up to it, so that
- * recovery loads the snapshot and replays only the records after it.
+ * the node comes back with the same collections, ids and rows.  Every
+ * segment the builder makes (an index build, a compaction, a merge) is
+ * also written to two files (its rows and its index) before it is
+ * swapped in; qv_node_snapshot() writes a manifest that lists those
+ * files with each segment's live-row bitmap, plus the rows not in such
+ * a segment yet, and truncates the WAL up to it, so that recovery maps
+ * the segment files back (the indexes searched in place, not rebuilt)
+ * and replays only the records after it.  host/server/node_store.c has
+ * the layout, the formats and the recovery rules.  Without a data_dir
+ * the node is in memory only.
  *
  * Drop.  qv_node_drop_collection removes the name and id at once (later
  * requests: QV_ENOENT), then qv_service_remove_collection: new searches
@@ -282,8 +290,8 @@ struct qv_node_opts {
     uint32_t seal_rows;             /* growing rows at which it is sealed,
                                        16..2^30; 65536 */
     double compact_ratio;           /* tombstone share of a sealed segment
-                                       that rebuilds it, [0, 1]; 0 = never;
-                                       0.5 */
+                                       that rebuilds it (merged with small
+                                       ones), [0, 1]; 0 = never; 0.5 */
     uint64_t build_seed;            /* k-means and HNSW seed of every build;
                                        0x5156 */
     struct qv_service *service;     /* borrowed, required */
@@ -328,6 +336,10 @@ struct qv_node_storage {
     uint64_t appends, fsyncs;       /* since start */
     uint64_t snapshot_lsn;          /* LSN the snapshot in force covers
                                        (qv_node_snapshot); 0: none */
+    uint32_t segment_files;         /* segments whose rows and index are on
+                                       disk (seg-<F>.qvseg / .qvix) */
+    uint32_t segments_mapped;       /* of those, loaded by mapping the files
+                                       at start (not rebuilt) */
 };
 
 /* Defaults (above), borrowed pointers NULL.  Cannot fail. */
@@ -343,21 +355,25 @@ int qv_node_opts_from_config(const struct qv_config *cfg, struct qv_node_opts *o
 int qv_node_storage(struct qv_node *node, uint64_t id, struct qv_node_storage *out);
 
 /*
- * qv_node_snapshot - write collection id's live rows to a snapshot file
- * and drop the WAL records it covers (node_store.c has the file format).
- * Under the collection's writer mutex (writes wait for it; searches do
- * not) it notes the WAL's last LSN L (every record up to L is applied)
- * and copies the live rows (ids, vectors, attributes); then, without the
- * mutex, writes them to data_dir/c<ID>/snap-<L>.qvs (written as .tmp,
- * fdatasync'ed, renamed, directory fsync'ed), removes the older snapshot
- * files and the WAL segments wholly covered by L
+ * qv_node_snapshot - write collection id's manifest (snapshot) and drop
+ * the WAL records it covers (node_store.c has the file formats).  Under
+ * the collection's writer mutex (writes wait for it; searches do not) it
+ * notes the WAL's last LSN L (every record up to L is applied), lists
+ * the segments whose files the builder wrote (file number, slot, kind)
+ * with a copy of each one's live-row bitmap, and copies the live rows of
+ * the others (the growing segment, segments not built yet); then,
+ * without the mutex, writes that to data_dir/c<ID>/snap-<L>.qvs (written
+ * as .tmp, fdatasync'ed, renamed, directory fsync'ed), removes the older
+ * snapshots, the segment files nothing uses any more (segments replaced
+ * by compactions and merges) and the WAL segments wholly covered by L
  * (qv_wal_truncate_upto).  When nothing was logged since the snapshot in
  * force (L equals its LSN, or L is 0) nothing is written.  *lsn (may be
  * NULL) gets L.  Snapshots of one collection are serialised; other
  * collections are not affected.
- * Memory: one copy of the collection's live rows (8 + 4 x dim + 8 x
- * nattrs bytes a row) while it runs.  Cost: O(rows) copy under the mutex,
- * then one sequential write of that size and two fsyncs.
+ * Memory: the bitmaps (rows / 8 bytes) and a copy of the unindexed rows
+ * (8 + 4 x dim + 8 x nattrs bytes a row; at most a few segments' worth).
+ * Cost: that copy under the mutex, then one sequential write of that
+ * size and two fsyncs: sealed segments are never rewritten.
  * Returns 0, or QV_ENOENT (no such collection, or it is being dropped),
  * QV_EINVAL (the node has no data_dir: nothing to write to), QV_ENOMEM,
  * QV_ENOSPC or QV_EIO (the message names the file; a failed snapshot
