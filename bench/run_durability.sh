@@ -5,14 +5,18 @@
 #    policy (always / interval / never) and without a data_dir (in memory),
 #    with quiverbench upsert: 4 clients x batches of 64 rows of dim 128,
 #    and 1 client x single rows (the latency of one small write).
-# 2. Restart time of a 1M x 128 FLAT collection recovered from its WAL
-#    alone, then from a snapshot (quiverctl snapshot), next to rebuilding
-#    it from the fvecs file (an empty quiverd + quiverctl load).
+# 2. Restart time of a 1M x 128 collection per index type (INDEXES,
+#    default "flat ivf hnsw"): from its snapshot (the segment and index
+#    files mapped back, the WAL after it replayed) next to rebuilding it
+#    from the fvecs file (an empty quiverd + quiverctl load + the index
+#    builds); for FLAT also from the WAL alone.  Times run until DESCRIBE
+#    shows no build pending.
 # The data directory lives under BUILD_DIR (the build's disk: fdatasync
 # means something there, unlike on a tmpfs /tmp).
 #
 # usage: bench/run_durability.sh [BUILD_DIR] [SECONDS_PER_ROW] [N]
-#        (defaults build, 5, 1m)
+#        (defaults build, 5, 1m); POLICIES= (empty) skips part 1,
+#        INDEXES="flat ivf" picks part 2's index types
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -45,7 +49,7 @@ CONF
 }
 
 echo "== 1. UPSERT throughput and acknowledgement latency, per sync policy =="
-for p in always interval never none; do
+for p in ${POLICIES-always interval never none}; do
     rm -rf "$work/data"
     start "$p"
     srv="127.0.0.1:$QV_UDP:$QV_TCP"
@@ -61,45 +65,74 @@ print("  %-10s 4 x 64 rows: %9.0f vectors/s  ack p50 %7.1f us p99 %7.1f us | 1 x
 PY
 done
 
-echo "== 2. restart of a $n x 128 FLAT collection: WAL replay vs rebuilding from fvecs =="
-"$bench" gen --n "$n" --dim 128 --nq 10 --clusters 100 --seed 7 --out "$work/gen" > /dev/null 2>&1
-rm -rf "$work/data"
-start never
-t0=$(date +%s.%N)
-"$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" create big --dim 128 > /dev/null
-"$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" load big "$work/gen/base.fvecs" 2> /dev/null | tail -1
-t1=$(date +%s.%N)
-qv_stop > /dev/null
-wal=$(du -sb "$work/data" | cut -f1)
-t2=$(date +%s.%N)
-start never
-t3=$(date +%s.%N)
-rows=$("$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" --json describe big | python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"])')
-t6=$(date +%s.%N)
-"$ctl" --admin "127.0.0.1:$QV_ADMIN" snapshot big > /dev/null
-t7=$(date +%s.%N)
-qv_stop > /dev/null
-snap=$(du -sb "$work/data" | cut -f1)
-t8=$(date +%s.%N)
-start never
-t9=$(date +%s.%N)
-rows2=$("$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" --json describe big | python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"])')
-qv_stop > /dev/null
-rm -rf "$work/data"
-start none
-t4=$(date +%s.%N)
-"$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" create big --dim 128 > /dev/null
-"$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" load big "$work/gen/base.fvecs" 2> /dev/null > /dev/null
-t5=$(date +%s.%N)
-qv_stop > /dev/null
-python3 - "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" "$wal" "$rows" "$t6" "$t7" "$t8" "$t9" "$snap" "$rows2" <<'PY'
-import sys
-a = sys.argv
-t0, t1, t2, t3, t4, t5 = map(float, a[1:7])
-t6, t7, t8, t9 = map(float, a[9:13])
-print("  load with the WAL (sync never): %.2f s; WAL %.0f MiB" % (t1 - t0, int(a[7]) / 2**20))
-print("  restart from the WAL alone (quiverd start to serving, %s rows back): %.2f s" % (a[8], t3 - t2))
-print("  snapshot (quiverctl snapshot): %.2f s; data_dir then %.0f MiB (the WAL behind it removed)" % (t7 - t6, int(a[13]) / 2**20))
-print("  restart from the snapshot (mapped, rows loaded, nothing to replay; %s rows back): %.2f s" % (a[14], t9 - t8))
-print("  rebuild instead (empty quiverd, quiverctl load of the fvecs file): %.2f s" % (t5 - t4))
+# Seconds until collection big answers DESCRIBE with no build pending.
+wait_built() {
+    python3 - "$ctl" "127.0.0.1:$QV_UDP:$QV_TCP" <<'PY'
+import json, subprocess, sys, time
+while True:
+    out = subprocess.run([sys.argv[1], "--server", sys.argv[2], "--json", "stats", "big"],
+                         capture_output=True, text=True)
+    if out.returncode == 0:
+        d = json.loads(out.stdout)
+        if d["pending_builds"] == 0 and d["growing_rows"] < d["rows"]:
+            print(d["rows"], d["segments"])
+            break
+    time.sleep(0.05)
 PY
+}
+
+secs_since() { python3 -c "import sys,time; print('%.2f' % (time.time() - float(sys.argv[1])))" "$1"; }
+
+srv() { echo "127.0.0.1:$QV_UDP:$QV_TCP"; }
+
+echo "== 2. restart of a $n x 128 collection: snapshot (segment and index files mapped) + WAL vs rebuilding from fvecs =="
+"$bench" gen --n "$n" --dim 128 --nq 10 --clusters 100 --seed 7 --out "$work/gen" > /dev/null 2>&1
+# times until the collection is back with every index built (DESCRIBE:
+# no build pending): the point at which it searches at full speed
+for ix in ${INDEXES:-flat ivf hnsw}; do
+    rm -rf "$work/data"
+    start never
+    t=$(date +%s.%N)
+    "$ctl" --server "$(srv)" create big --dim 128 --index "$ix" > /dev/null
+    "$ctl" --server "$(srv)" load big "$work/gen/base.fvecs" > /dev/null 2>&1
+    r=$(wait_built)
+    load=$(secs_since "$t")
+    if [ "$ix" = flat ]; then           # the WAL alone (no snapshot yet)
+        qv_stop > /dev/null
+        t=$(date +%s.%N)
+        start never
+        r=$(wait_built)
+        walrs=$(secs_since "$t")
+        walmb=$(du -sm "$work/data" | cut -f1)
+        echo "  $ix: restart from the WAL alone ($walmb MiB), until built: $walrs s ($r rows, segments)"
+    fi
+    t=$(date +%s.%N)
+    "$ctl" --admin "127.0.0.1:$QV_ADMIN" snapshot big > /dev/null
+    snap=$(secs_since "$t")
+    qv_stop > /dev/null
+    mb=$(du -sm "$work/data" | cut -f1)
+    t=$(date +%s.%N)
+    start never
+    r2=$(wait_built)
+    rs=$(secs_since "$t")
+    st=$("$ctl" --server "$(srv)" status big | awk '$1 == "big" { print $9 " files, " $10 " mapped" }')
+    qv_stop > /dev/null
+    cold=n/a
+    if sync && echo 3 > /proc/sys/vm/drop_caches 2> /dev/null; then
+        t=$(date +%s.%N)
+        start never
+        wait_built > /dev/null
+        cold=$(secs_since "$t")
+        qv_stop > /dev/null
+    fi
+    rm -rf "$work/data"
+    start none
+    t=$(date +%s.%N)
+    "$ctl" --server "$(srv)" create big --dim 128 --index "$ix" > /dev/null
+    "$ctl" --server "$(srv)" load big "$work/gen/base.fvecs" > /dev/null 2>&1
+    wait_built > /dev/null
+    rebuild=$(secs_since "$t")
+    qv_stop > /dev/null
+    echo "  $ix: load + build with the WAL (sync never) $load s; quiverctl snapshot $snap s (data_dir $mb MiB)"
+    echo "  $ix: restart from the snapshot until built: $rs s ($r2 rows, segments; $st); with the page cache dropped first $cold s | rebuild from fvecs (empty quiverd, load, builds; file in the page cache) $rebuild s"
+done

@@ -10,7 +10,11 @@
 #    load (the WAL behind it is removed); after a random 0.2..1.2 s more,
 #    kill -9; restart (snapshot + WAL replay); crash_client
 #    verify: every acknowledged upsert is there with its vector, no
-#    acknowledged delete came back.  The next round writes on.
+#    acknowledged delete came back, searches (collection "crash" is HNSW,
+#    sealed every 16384 rows) find live ids and never a deleted one.  The
+#    next round writes on.  At the end: once the builds are done, a
+#    snapshot lists every segment's files and a restart maps them all back
+#    (quiverctl status), with the same checks.
 # 2. Full disk, when tmpfs can be mounted (root): data_dir on a 2 MiB
 #    tmpfs, partly taken by a filler file; the writer runs until the node
 #    refuses a write with a clear error (UNAVAILABLE, naming the disk);
@@ -38,6 +42,7 @@ fail() { echo "crash.sh: FAIL: $*" >&2; echo "--- quiverd log ---" >&2; tail -30
 conf() {   # conf DATA_DIR SYNC
     cat > "$tmp/quiver.conf" <<CONF
 [server]
+seal_rows = 16384
 udp_port = 0
 tcp_port = 0
 admin_port = 0
@@ -59,7 +64,7 @@ for r in $(seq 1 "$rounds"); do
     if [ "$r" -gt 1 ]; then
         "$client" verify --server "$srv" --log "$tmp/acks" || fail "round $r: after the kill of round $((r - 1))"
     fi
-    "$client" write --server "$srv" --log "$tmp/acks" --seconds 10 > "$tmp/writer" 2>&1 &
+    "$client" write --server "$srv" --log "$tmp/acks" --seconds 10 --index hnsw > "$tmp/writer" 2>&1 &
     wpid=$!
     if [ $((r % 2)) = 0 ]; then
         # a snapshot taken during the load, then the kill
@@ -82,6 +87,23 @@ grep -E "storage: .* rows from" "$tmp/log" | tail -1 | sed 's/.*storage: /crash.
 "$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" status crash | tee "$tmp/status" || fail "quiverctl status"
 awk '$1 == "crash" && $3 == "always" && $4 > 0 && $5 == $4 && $6 > 0 && $8 > 0 { ok = 1 } END { exit !ok }' "$tmp/status" ||
     fail "quiverctl status: no durable LSNs or no snapshot LSN for 'crash'"
+# the builds the kills cut short finish; a snapshot then lists every sealed
+# segment's files, and the next start maps them all back
+for i in $(seq 1 600); do
+    pending=$("$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" --json stats crash |
+              python3 -c 'import json,sys; print(json.load(sys.stdin)["pending_builds"])')
+    [ "$pending" = 0 ] && break
+    sleep 0.2
+done
+[ "$pending" = 0 ] || fail "the builds of 'crash' did not finish in 120 s"
+"$ctl" --admin "127.0.0.1:$QV_ADMIN" snapshot crash > /dev/null || fail "snapshot after the builds"
+qv_stop || fail "quiverd did not exit 0 on SIGTERM"
+qv_start "$quiverd" "$tmp/quiver.conf" "$tmp" || fail "restart from the segment files"
+"$client" verify --server "127.0.0.1:$QV_UDP:$QV_TCP" --log "$tmp/acks" || fail "after the restart from the segment files"
+"$ctl" --server "127.0.0.1:$QV_UDP:$QV_TCP" status crash | tee "$tmp/status" || fail "quiverctl status"
+awk '$1 == "crash" && $9 > 0 && $10 == $9 { ok = 1 } END { exit !ok }' "$tmp/status" ||
+    fail "quiverctl status: the segments of 'crash' were not all mapped from their files"
+grep -E "storage: .* rows from" "$tmp/log" | tail -1 | sed 's/.*storage: /crash.sh: recovery: /'
 qv_stop || fail "quiverd did not exit 0 on SIGTERM"
 
 # 2. full disk

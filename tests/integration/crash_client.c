@@ -4,10 +4,11 @@
  * keeping a log of what was acknowledged, and checks after the restart
  * that every acknowledged write is there and no deleted id came back.
  *
- *   crash_client write  --server H:UDP:TCP --log FILE [--seconds S]
+ *   crash_client write  --server H:UDP:TCP --log FILE [--seconds S] [--index T]
  *   crash_client verify --server H:UDP:TCP --log FILE
  *
- * Collection "crash" (FLAT, dim 8; created when missing).  Ids are new in
+ * Collection "crash" (dim 8, index T: flat (default) or hnsw; created
+ * when missing).  Ids are new in
  * every upsert (batches of 16, continuing after the largest id in the
  * log), each row's vector a function of its id (vec_of), so a check needs
  * only the id.  Every third batch deletes 8 ids acknowledged alive.  The
@@ -18,7 +19,11 @@
  *   D ID ...       that delete was acknowledged
  * verify: ids upserted and not in any d line must be present with their
  * vector; ids in a D line must be absent; ids in a d line without its D
- * may be either (the kill came between the log and the answer).  write
+ * may be either (the kill came between the log and the answer).  Then
+ * searches (k 10, the vectors of up to 500 acknowledged live ids) must
+ * never answer an acknowledged deleted id (the recovered indexes honour
+ * the deletes) and must find the id itself at least 95% of the time (an
+ * approximate index over the recovered rows).  write
  * stops at the first failed request (the server is gone) or after S
  * seconds, exit 0; verify exits 1 on the first difference (CHECK,
  * check.h), as does either mode when the ack log cannot be written.
@@ -36,10 +41,17 @@
 #define BATCH 16
 #define DEL 8
 
+/* A vector per id, distinct for distinct ids (splitmix64 of id and
+ * coordinate, 24 bits each), so a search for it should find the id. */
 static void vec_of(uint64_t id, float *v)
 {
-    for (int j = 0; j < DIM; j++)
-        v[j] = (float)((id * 2654435761u + (uint64_t)j * 40503u) % 10007) / 97.0f;
+    for (int j = 0; j < DIM; j++) {
+        uint64_t z = id * DIM + (uint64_t)j + 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        v[j] = (float)(z >> 40) / (float)(1u << 24);
+    }
 }
 
 /* id states, indexed by id */
@@ -109,6 +121,7 @@ int main(int argc, char **argv)
     const char *mode = argc > 1 ? argv[1] : "", *server = NULL, *log = NULL;
     check_prog = "crash_client";
     double seconds = 10;
+    const char *index = "flat";
     for (int i = 2; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--server"))
             server = argv[i + 1];
@@ -116,13 +129,16 @@ int main(int argc, char **argv)
             log = argv[i + 1];
         else if (!strcmp(argv[i], "--seconds"))
             seconds = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--index"))
+            index = argv[i + 1];
     }
     char host[256];
     unsigned up, tp;
     if ((strcmp(mode, "write") && strcmp(mode, "verify")) || !server || !log ||
-        sscanf(server, "%255[^:]:%u:%u", host, &up, &tp) != 3) {
+        sscanf(server, "%255[^:]:%u:%u", host, &up, &tp) != 3 ||
+        (strcmp(index, "flat") && strcmp(index, "hnsw"))) {
         fprintf(stderr, "usage: crash_client write|verify --server H:UDP:TCP --log FILE "
-                "[--seconds S]\n");
+                "[--seconds S] [--index flat|hnsw]\n");
         return 2;
     }
     struct qv_client_opts o;
@@ -174,15 +190,42 @@ int main(int argc, char **argv)
                 }
             }
         }
+        /* searches: the vectors of up to 500 live ids spread over the range */
+        uint64_t step = s.max_id / 500 + 1, searched = 0, self = 0;
+        for (uint64_t id = 0; id < s.max_id; id += step) {
+            uint64_t q = id;
+            while (q < s.max_id && (q >= s.cap || s.st[q] != ALIVE))
+                q++;
+            if (q >= s.max_id)
+                break;
+            float v[DIM];
+            uint64_t hit[10];
+            uint32_t n = 0;
+            vec_of(q, v);
+            CHECK(qv_client_search(c, coll, v, DIM, 10, NULL, hit, NULL, &n) == 0,
+                  "verify: SEARCH: %s", qv_client_errmsg(c));
+            searched++;
+            for (uint32_t i = 0; i < n; i++) {
+                CHECK(hit[i] >= s.cap || s.st[hit[i]] != DELETED, "verify: a search for id "
+                      "%llu answered id %llu, deleted and acknowledged",
+                      (unsigned long long)q, (unsigned long long)hit[i]);
+                self += hit[i] == q;
+            }
+        }
+        CHECK(self * 100 >= searched * 95, "verify: searches found the queried id itself "
+              "in %llu of %llu", (unsigned long long)self, (unsigned long long)searched);
         printf("crash_client: verify: %llu acknowledged ids present, %llu deleted ids "
-               "absent, %llu in flight at the kill\n", (unsigned long long)alive,
-               (unsigned long long)deleted, (unsigned long long)either);
+               "absent, %llu in flight at the kill; %llu searches found their id %llu "
+               "times, no deleted id\n", (unsigned long long)alive,
+               (unsigned long long)deleted, (unsigned long long)either,
+               (unsigned long long)searched, (unsigned long long)self);
         return 0;
     }
 
     /* write */
     struct qv_client_create cr = { .name = "crash", .dim = DIM, .metric = QV_CLIENT_L2,
-                                   .index = QV_CLIENT_FLAT };
+                                   .index = strcmp(index, "hnsw") ? QV_CLIENT_FLAT
+                                                                  : QV_CLIENT_HNSW };
     int rc = qv_client_create(c, &cr, &coll);
     if (rc == QV_CLIENT_EEXISTS)
         rc = qv_client_lookup(c, "crash", &coll);
