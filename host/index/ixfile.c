@@ -3,7 +3,7 @@
  *
  * Commit writes header + table, then each section padded to 4096 bytes,
  * to "<path>.tmp" with plain write(2) calls (sections can be GBs: no
- * staging copy), fsyncs it, renames it over path and fsyncs the
+ * staging copy; writeback in 8 MiB windows, see writeback()), fsyncs it, renames it over path and fsyncs the
  * directory.  Open maps the file read-only (MAP_PRIVATE) and verifies
  * everything before handing out a pointer: a bad file never reaches an
  * index.  Verifying the section CRCs reads every page once, which also
@@ -68,11 +68,42 @@ int qv_ixfile_add(struct qv_ixfile_writer *w, uint32_t tag, const void *data, ui
     return 0;
 }
 
-static int write_all(int fd, const void *buf, size_t len)
+/*
+ * Writeback in windows.  A file of GBs written with plain write(2) leaves
+ * that much dirty page cache until the final fsync, and on ext4 (ordered
+ * data) every fdatasync of another file meanwhile, the WAL's included,
+ * may wait for a share of it: a background index save would stall the
+ * acknowledgement of writes.  So after each WINDOW bytes the window is
+ * handed to writeback (SYNC_FILE_RANGE_WRITE) and the one before it is
+ * waited for: at most two windows are dirty at a time, and the final
+ * fsync has little left to do.  A failure of sync_file_range is not an
+ * error (fsync reports what matters).
+ */
+#define WINDOW (8u << 20)
+
+struct wfile {
+    int fd;
+    uint64_t pos;                   /* bytes written */
+    uint64_t handed;                /* bytes handed to writeback */
+};
+
+static void writeback(struct wfile *f)
+{
+    while (f->pos - f->handed >= WINDOW) {
+        sync_file_range(f->fd, (off_t)f->handed, WINDOW, SYNC_FILE_RANGE_WRITE);
+        if (f->handed >= WINDOW)
+            sync_file_range(f->fd, (off_t)(f->handed - WINDOW), WINDOW,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                            SYNC_FILE_RANGE_WAIT_AFTER);
+        f->handed += WINDOW;
+    }
+}
+
+static int write_all(struct wfile *f, const void *buf, size_t len)
 {
     const uint8_t *p = buf;
     while (len) {
-        ssize_t n = write(fd, p, len > (1u << 30) ? (1u << 30) : len);
+        ssize_t n = write(f->fd, p, len > WINDOW ? WINDOW : len);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -80,6 +111,8 @@ static int write_all(int fd, const void *buf, size_t len)
         }
         p += n;
         len -= (size_t)n;
+        f->pos += (uint64_t)n;
+        writeback(f);
     }
     return 0;
 }
@@ -115,18 +148,19 @@ int qv_ixfile_commit(struct qv_ixfile_writer *w)
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return qv_seterr(QV_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-    rc = write_all(fd, head, table_end);
+    struct wfile wf = { .fd = fd };
+    rc = write_all(&wf, head, table_end);
     uint64_t pos = table_end;
     for (uint32_t i = 0; rc == 0 && i < w->nsections; i++) {
         uint64_t start = align_up(pos);
         if (start > pos)
-            rc = write_all(fd, zeros, start - pos);
+            rc = write_all(&wf, zeros, start - pos);
         if (rc == 0)
-            rc = write_all(fd, w->sec[i].data, w->sec[i].size);
+            rc = write_all(&wf, w->sec[i].data, w->sec[i].size);
         pos = start + w->sec[i].size;
     }
     if (rc == 0 && align_up(pos) > pos)
-        rc = write_all(fd, zeros, align_up(pos) - pos);
+        rc = write_all(&wf, zeros, align_up(pos) - pos);
     if (rc == 0 && fsync(fd) != 0)
         rc = -errno;
     if (close(fd) != 0 && rc == 0)
