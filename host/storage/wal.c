@@ -636,6 +636,16 @@ void qv_wal_stats(struct qv_wal *w, struct qv_wal_stats *out)
 
 /* ---- the INTERVAL thread ------------------------------------------------- */
 
+/*
+ * Every interval_ms: write what is pending (no fsync), then fdatasync the
+ * current segment through a dup of its descriptor WITHOUT holding the WAL
+ * (io_busy stays 0): appends go on writing meanwhile, so their
+ * acknowledgement never waits for a device flush, which a busy disk can
+ * stretch to tens of ms.  Records up to the written_lsn read before the
+ * flush are durable after it (earlier segments were fdatasync'ed when
+ * they rolled); the dup keeps the file open if a roll closes the segment
+ * meanwhile.  A failed flush breaks the WAL as in do_io.
+ */
 static void *interval_main(void *arg)
 {
     struct qv_wal *w = arg;
@@ -655,8 +665,40 @@ static void *interval_main(void *arg)
             continue;
         while (w->io_busy && !w->stop)
             pthread_cond_wait(&w->cv, &w->lock);
-        if (!w->stop)
-            do_io(w, 1);
+        if (w->stop || w->broken)
+            continue;
+        if (w->pend_len)
+            do_io(w, 0);
+        uint64_t target = w->written_lsn;
+        if (target <= w->synced_lsn || w->io_busy)
+            continue;
+        struct qv_wal_io io = w->io;
+        int fd = dup(w->fd), e = 0;
+        char path[PATH_MAX];
+        seg_path(w, w->seg_first, path, sizeof path);
+        pthread_mutex_unlock(&w->lock);
+        if (fd < 0 || io.fdatasync(io.ctx, fd) != 0)
+            e = errno ? errno : EIO;
+        if (fd >= 0)
+            close(fd);
+        pthread_mutex_lock(&w->lock);
+        if (e == 0) {
+            if (target > w->synced_lsn)
+                w->synced_lsn = target;
+            w->n_fsyncs++;
+            pthread_cond_broadcast(&w->cv);
+        } else if (!w->broken) {
+            w->n_write_errors++;
+            w->broken = 1;
+            w->broken_code = QV_EIO;
+            fmt(w->broken_msg, sizeof w->broken_msg, "%s: fdatasync failed: %s: the kernel "
+                "may have dropped written WAL records, so the WAL refuses writes until the "
+                "node restarts (recovery keeps what reached the disk); check the disk "
+                "(dmesg) and free space", path, strerror(e));
+            fmt(w->errmsg, sizeof w->errmsg, "%s", w->broken_msg);
+            QV_ERR("%s", w->broken_msg);
+            pthread_cond_broadcast(&w->cv);
+        }
     }
     pthread_mutex_unlock(&w->lock);
     return NULL;

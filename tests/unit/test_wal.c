@@ -246,13 +246,16 @@ static int has(const char *hay, const char *needle)
 
 /* ---- I/O injection ------------------------------------------------------- */
 
-enum inj_mode { INJ_NONE, INJ_ENOSPC, INJ_EIO, INJ_SHORT, INJ_FSYNC_EIO, INJ_TIME };
+enum inj_mode { INJ_NONE, INJ_ENOSPC, INJ_EIO, INJ_SHORT, INJ_FSYNC_EIO, INJ_TIME,
+                INJ_FSYNC_HOLD };
 
 struct inject {
     enum inj_mode mode;
     int calls;
     int after;               /* fail only after this many pwrite calls */
     uint64_t sync_ns, syncs; /* INJ_TIME: time spent in fdatasync */
+    int hold, held;          /* INJ_FSYNC_HOLD: fdatasync waits while hold;
+                                held: one is waiting (atomics) */
 };
 
 static ssize_t inj_pwrite(void *ctx, int fd, const void *b, size_t len, off_t off)
@@ -284,6 +287,12 @@ static int inj_fdatasync(void *ctx, int fd)
     if (j->mode == INJ_FSYNC_EIO) {
         errno = EIO;
         return -1;
+    }
+    if (j->mode == INJ_FSYNC_HOLD) {
+        __atomic_store_n(&j->held, 1, __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&j->hold, __ATOMIC_SEQ_CST))
+            usleep(1000);
+        __atomic_store_n(&j->held, 0, __ATOMIC_SEQ_CST);
     }
     double t0 = now_s();
     int rc = fdatasync(fd);
@@ -1132,6 +1141,78 @@ static void test_fsync_failure(void)
     CU_ASSERT_EQUAL(c.bad, 0);
 }
 
+/* 200 appends from another thread, to be joined with a time limit. */
+struct appender {
+    struct qv_wal *w;
+    uint64_t from;
+    int bad;
+};
+
+static void *appender_main(void *arg)
+{
+    struct appender *a = arg;
+    for (uint64_t l = a->from; l < a->from + 200; l++)
+        a->bad += append_gen(a->w, l, 300) != 0;
+    return NULL;
+}
+
+/* INTERVAL: while the background fdatasync is stuck in the device, appends
+ * go on being acknowledged (they never wait for a flush); once it returns
+ * the durable LSN catches up.  A failed background fdatasync breaks the
+ * WAL: the next append fails naming it. */
+static void test_interval_sync(void)
+{
+    char dir[96];
+    new_dir(dir, sizeof dir);
+    struct qv_wal *w = open_wal(dir, QV_WAL_SYNC_INTERVAL, 0, 0, NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(w);
+    CU_ASSERT_EQUAL(append_gen(w, 1, 300), 0);
+    static struct inject j;
+    set_inject(w, &j, INJ_FSYNC_HOLD, 0);
+    __atomic_store_n(&j.hold, 1, __ATOMIC_SEQ_CST);
+    CU_ASSERT_EQUAL(append_gen(w, 2, 300), 0);
+    double t0 = now_s();
+    while (!__atomic_load_n(&j.held, __ATOMIC_SEQ_CST) && now_s() - t0 < 5)
+        usleep(1000);
+    CU_ASSERT_FATAL(__atomic_load_n(&j.held, __ATOMIC_SEQ_CST));
+    struct appender a = { .w = w, .from = 3 };
+    pthread_t t;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, appender_main, &a), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    int joined = pthread_timedjoin_np(t, NULL, &until) == 0;
+    CU_ASSERT_TRUE(joined);             /* else they waited for the flush */
+    CU_ASSERT_TRUE(__atomic_load_n(&j.held, __ATOMIC_SEQ_CST));
+    struct qv_wal_stats st;
+    qv_wal_stats(w, &st);
+    CU_ASSERT_EQUAL(st.last_lsn, 202);
+    CU_ASSERT(st.durable_lsn < 202);
+    __atomic_store_n(&j.hold, 0, __ATOMIC_SEQ_CST);
+    if (!joined)
+        pthread_join(t, NULL);
+    CU_ASSERT_EQUAL(a.bad, 0);
+    t0 = now_s();
+    do {
+        usleep(2000);
+        qv_wal_stats(w, &st);
+    } while (st.durable_lsn < 202 && now_s() - t0 < 5);
+    CU_ASSERT_EQUAL(st.durable_lsn, 202);
+    /* a failing background flush */
+    set_inject(w, &j, INJ_FSYNC_EIO, 0);
+    CU_ASSERT_EQUAL(append_gen(w, 203, 300), 0);
+    t0 = now_s();
+    int rc = 0;
+    for (uint64_t l = 204; rc == 0 && now_s() - t0 < 5; l++) {
+        usleep(2000);
+        rc = append_gen(w, l, 300);
+    }
+    CU_ASSERT_EQUAL(rc, QV_EIO);
+    CU_ASSERT_TRUE(has(qv_errmsg(), "fdatasync failed"));
+    qv_wal_set_io(w, NULL);
+    qv_wal_close(w);
+}
+
 static void test_reopen_many(void)
 {
     char dir[96];
@@ -1301,6 +1382,8 @@ int main(void)
                 test_full_disk);
     CU_add_test(s, "recover: failed fdatasync refuses writes until restart",
                 test_fsync_failure);
+    CU_add_test(s, "interval: appends never wait for the background fdatasync",
+                test_interval_sync);
     CU_add_test(s, "recover: close/open 100 times, every policy", test_reopen_many);
     CU_add_test(s, "errors: bad options and arguments", test_errors);
     CU_add_test(s, "errors: allocation failures, no leak", test_alloc_failures);

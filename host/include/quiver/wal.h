@@ -51,7 +51,9 @@
  *                         device that honours flushes.
  *   QV_WAL_SYNC_INTERVAL  the record is written (write(2): in the kernel's
  *                         page cache) before it is acknowledged; a
- *                         background thread fdatasyncs every interval_ms.
+ *                         background thread fdatasyncs every interval_ms,
+ *                         without holding appends back (they go on
+ *                         writing while the device flushes).
  *                         Risk: a process crash loses nothing acknowledged;
  *                         a power loss or OS crash may lose the records
  *                         acknowledged in the last interval_ms (plus the
