@@ -16,7 +16,7 @@
 #
 # usage: bench/run_durability.sh [BUILD_DIR] [SECONDS_PER_ROW] [N]
 #        (defaults build, 5, 1m); POLICIES= (empty) skips part 1,
-#        INDEXES="flat ivf" picks part 2's index types
+#        INDEXES="flat ivf" picks part 2's index types (empty: none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -89,7 +89,7 @@ echo "== 2. restart of a $n x 128 collection: snapshot (segment and index files 
 "$bench" gen --n "$n" --dim 128 --nq 10 --clusters 100 --seed 7 --out "$work/gen" > /dev/null 2>&1
 # times until the collection is back with every index built (DESCRIBE:
 # no build pending): the point at which it searches at full speed
-for ix in ${INDEXES:-flat ivf hnsw}; do
+for ix in ${INDEXES-flat ivf hnsw}; do
     rm -rf "$work/data"
     start never
     t=$(date +%s.%N)

@@ -972,10 +972,14 @@ static int seal(struct ncoll *c)
     c->slot_cap = cap;
     c->seals++;
     qv_free(old);
-    if (c->spec.index == QV_NODE_FLAT && c->node->o.data_dir == NULL)
+    if (c->spec.index != QV_NODE_FLAT) {
+        qv__build_enqueue(c, g);        /* an index (and with a data_dir, files) */
+    } else if (c->node->o.data_dir != NULL) {
+        g->persist_only = 1;            /* final as it is: its rows file only */
+        qv__build_enqueue(c, g);
+    } else {
         g->state = NSEG_SEALED;         /* final: its flat index is exact */
-    else
-        qv__build_enqueue(c, g);        /* an index; with a data_dir, files */
+    }
     return 1;
 }
 

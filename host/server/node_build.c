@@ -30,6 +30,10 @@
  * not queued again.  A collection being dropped abandons the job at 1 or
  * 3.
  *
+ * Priority: the thread runs at nice BUILDER_NICE (10), so that on a busy
+ * host the writers, the transports and the dispatcher get the CPU first;
+ * alone on a CPU it runs at full speed.
+ *
  * Pace: with opts.build_share < 1 the thread rests after each job for
  * its build time x (1 / share - 1) (a timed wait on node->cv: a stop ends
  * it), so background builds and compactions use at most that share of a
@@ -46,7 +50,10 @@
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "node_int.h"
 #include "quiver/alloc.h"
@@ -56,6 +63,8 @@
 #include "quiver/log.h"
 #include "quiver/service.h"
 #include "quiver/timeutil.h"
+
+#define BUILDER_NICE 10              /* the builder thread's nice value */
 
 /* Append s (wmu held by the caller); refused quietly when c is being
  * dropped. */
@@ -203,6 +212,34 @@ static void job_fail(struct ncoll *c, const struct job *J, struct nseg *s, const
     }
 }
 
+/* A sealed FLAT segment is final as it is: write its rows file (its
+ * arrays are frozen) and note the file; no copy, no swap. */
+static void persist_job(struct ncoll *c, struct nseg *s)
+{
+    uint64_t file;
+
+    pthread_mutex_lock(&c->wmu);
+    s->persist_only = 0;
+    if (atomic_load_explicit(&c->dropping, memory_order_acquire)) {
+        pthread_mutex_unlock(&c->wmu);
+        return;
+    }
+    s->state = NSEG_BUILDING;
+    c->build_file = file = c->next_file++;
+    pthread_mutex_unlock(&c->wmu);
+    int rc = qv__store_write_seg(c, s, file);
+    if (rc != 0)
+        QV_LOG_RL(QV_LOG_WARN, 1, "node: collection '%s': the segment sealed in slot %u is "
+                  "not written to disk (%s): snapshots keep its rows instead", c->name,
+                  s->slot, qv_errmsg());
+    pthread_mutex_lock(&c->wmu);
+    c->build_file = 0;
+    s->state = NSEG_SEALED;
+    if (rc == 0)
+        s->file_no = file;
+    pthread_mutex_unlock(&c->wmu);
+}
+
 static void run_job(struct ncoll *c, struct nseg *s)
 {
     struct nseg *fresh = NULL;
@@ -263,6 +300,9 @@ static void *builder_main(void *arg)
 {
     struct qv_node *node = arg;
 
+    /* background work: when CPUs are short, writers and searches first */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), BUILDER_NICE) != 0)
+        QV_DEBUG("node: builder thread: setpriority: %s", strerror(errno));
     pthread_mutex_lock(&node->mu);
     for (;;) {
         while (!node->stop && node->jobs_head == NULL)
@@ -277,7 +317,10 @@ static void *builder_main(void *arg)
         atomic_fetch_add_explicit(&c->refs, 1, memory_order_acq_rel);
         pthread_mutex_unlock(&node->mu);
         int64_t t0 = qv_now_ns();
-        run_job(c, s);
+        if (s->persist_only)        /* [wmu], but only seal() sets it, before */
+            persist_job(c, s);
+        else
+            run_job(c, s);
         int64_t took = qv_now_ns() - t0;
         pthread_mutex_lock(&node->mu);
         c->pending--;

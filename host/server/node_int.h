@@ -104,6 +104,9 @@ struct nseg {
                                        [wmu] */
     int detached;                   /* the engine forgot it (qv__seg_detach) */
     struct nseg *job_next;          /* the builder's queue [mu] */
+    int persist_only;               /* queued only to write its rows file (a
+                                       sealed FLAT segment with a data_dir):
+                                       no rebuild [wmu] */
     struct nseg *merge_next;        /* the other segments a queued job merges
                                        into one (node_build.c) [wmu] */
     uint64_t file_no;               /* [storage]: its files seg-<F>.qvseg and
@@ -219,8 +222,9 @@ void qv__store_drop_files(struct qv_node *node, uint64_t id);
 int qv__store_open_coll(struct qv_node *node, struct ncoll *c, uint64_t after_lsn,
                         int (*fn)(void *, uint64_t, uint8_t, const void *, size_t),
                         void *arg);
-/* Write s's rows and index files as file number F (no lock: s is the
- * builder's until it is swapped in).  0, or the error (nothing left). */
+/* Write s's rows file and (not for a flat segment) its index file as
+ * file number F (no lock: s is the builder's until it is swapped in, or
+ * sealed and frozen).  0, or the error (nothing left). */
 int qv__store_write_seg(struct ncoll *c, const struct nseg *s, uint64_t F);
 void qv__store_remove_seg(struct ncoll *c, uint64_t F);
 int qv__store_log_upsert(struct ncoll *c, const struct qv_node_rows *r, uint64_t *lsn);

@@ -461,7 +461,24 @@ struct nseg *qv__seg_load(struct ncoll *c, uint32_t slot, enum nseg_kind kind, u
     s->attrs.rows = rows;
 
     switch (kind) {
-    case NSEG_FLAT: s->ix.flat = qv_flat_load(ix_path, pool); break;
+    case NSEG_FLAT:                 /* no index file: built from the rows */
+        s->ix.flat = flat_new(c, rows);
+        if (s->ix.flat != NULL && rows > 0) {
+            uint64_t *keys = qv_malloc(rows * sizeof *keys, QV_MEM_SERVER);
+            for (uint64_t r = 0; keys != NULL && r < rows; r++)
+                keys[r] = node_key(slot, r);
+            rc = keys ? qv_flat_add(s->ix.flat, rows, s->vecs, keys) : QV_ENOMEM;
+            qv_free(keys);
+            if (rc != 0) {
+                qv_flat_free(s->ix.flat);
+                s->ix.flat = NULL;
+                qv_errno = rc == QV_ENOMEM ? qv_seterr(QV_ENOMEM, "node: collection '%s': no "
+                                                       "memory for a flat segment of %llu "
+                                                       "rows", c->name,
+                                                       (unsigned long long)rows) : rc;
+            }
+        }
+        break;
     case NSEG_IVF: s->ix.ivf = qv_ivf_load(ix_path, pool); break;
     case NSEG_IVFPQ: s->ix.ivfpq = qv_ivfpq_load(ix_path, pool); break;
     case NSEG_HNSW: s->ix.hnsw = qv_hnsw_load(ix_path, pool); break;

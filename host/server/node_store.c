@@ -16,8 +16,12 @@
  *                    the segment (an index build, a compaction, a merge),
  *                    before the segment could be searched; never changed
  *                    after (deletes are in the snapshot's bitmaps)
- *   c<ID>/seg-<F>.qvix   that segment's index (flat, IVF, IVF-PQ or HNSW
- *                    index file, quiver/ixfile.h)
+ *   c<ID>/seg-<F>.qvix   that segment's index (IVF, IVF-PQ or HNSW index
+ *                    file, quiver/ixfile.h); a flat segment has none: its
+ *                    index is its vectors in a blocked layout, rebuilt
+ *                    from the rows file at load (one copy) rather than
+ *                    written to disk a second time.  A sealed segment of
+ *                    a FLAT collection is written as it is (no rebuild)
  *   c<ID>/snap-<L>.qvs   the collection's snapshot, the manifest of what
  *                    is live once every record up to LSN L (20 decimal
  *                    digits in the name) was applied: the segment files
@@ -131,7 +135,8 @@
  * (qv__seg_load): the rows file and the index file are mapped read-only
  * and checked (ixfile.h: every section's CRC), the segment's ids,
  * vectors and attributes and the index's arrays point into the mappings
- * (no copy, no rebuild), the bitmap is copied and the rows it marks dead
+ * (no copy, no rebuild; a flat segment's index is built from the mapped
+ * vectors, a copy), the bitmap is copied and the rows it marks dead
  * are tombstoned in the index.  The segments take their slots
  * (qv__node_install), the snapshot's other rows are applied
  * (qv__node_apply_upsert, SNAP_BATCH rows a call, vectors straight from
@@ -452,7 +457,7 @@ void qv__store_remove_seg(struct ncoll *c, uint64_t F)
 static int save_index(const struct nseg *s, const char *path)
 {
     switch (s->kind) {
-    case NSEG_FLAT: return qv_flat_save(s->ix.flat, path);
+    case NSEG_FLAT: return qv_seterr(QV_EINVAL, "storage: flat segments have no index file");
     case NSEG_IVF: return qv_ivf_save(s->ix.ivf, path);
     case NSEG_IVFPQ: return qv_ivfpq_save(s->ix.ivfpq, path);
     case NSEG_HNSW: return qv_hnsw_save(s->ix.hnsw, path);
@@ -483,8 +488,10 @@ int qv__store_write_seg(struct ncoll *c, const struct nseg *s, uint64_t F)
         rc = qv_ixfile_add(w, TAG_SVEC, s->vecs, s->rows * c->spec.dim * sizeof *s->vecs);
     for (uint32_t a = 0; a < c->spec.nattrs && rc == 0; a++)
         rc = qv_ixfile_add(w, TAG_SCOL(a), s->cols[a], s->rows * sizeof(int64_t));
-    /* the index first: a rows file never stands without its index */
-    if (rc == 0)
+    /* the index first: a rows file never stands without its index; a flat
+     * segment has none on disk (its index is its vectors in another
+     * layout: rebuilt from the rows file at load, not written twice) */
+    if (rc == 0 && s->kind != NSEG_FLAT)
         rc = save_index(s, ix_path);
     if (rc == 0)
         rc = qv_ixfile_commit(w);
