@@ -228,7 +228,7 @@ const struct qv_conf_key qv_conf_schema[] = {
       "sync = interval: fdatasync period in ms" },
     { "storage", "wal_segment_bytes", QV_CONF_SIZE, "64M", 65536, 64 * GIB, NULL,
       "WAL segment files roll at this size" },
-    { "storage", "snapshot_wal_bytes", QV_CONF_SIZE, "1G", 0, 1024 * GIB, NULL,
+    { "storage", "snapshot_wal_bytes", QV_CONF_SIZE, "256M", 0, 1024 * GIB, NULL,
       "snapshot a collection once its WAL holds this much; 0 = on request only" },
     { "dataplane", "mode", QV_CONF_ENUM, "off", 0, 0, "off|dpdk",
       "off = UDP on kernel sockets only; dpdk = also serve UDP through DPDK" },

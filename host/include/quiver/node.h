@@ -320,7 +320,7 @@ struct qv_node_opts {
                                        once its WAL holds this many bytes it
                                        does not cover (checked each second);
                                        0 = only on request; default 0 here,
-                                       1 GiB in quiverd's configuration */
+                                       256 MiB in quiverd's configuration */
 };
 
 /* The write-ahead log of a collection (or, id 0, the catalog's), for
