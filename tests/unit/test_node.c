@@ -1756,6 +1756,33 @@ static void flip_byte(const char *path, long off)
     fclose(f);
 }
 
+/* A node on dir must refuse to start with QV_ECORRUPT, the message
+ * naming `file` (and saying `why` when not NULL). */
+static void start_refused(const char *dir, const char *file, const char *why)
+{
+    struct qv_service_opts so;
+    struct qv_node_opts no;
+    qv_service_opts_default(&so);
+    SVC = qv_service_create(&so);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(SVC);
+    qv_node_opts_default(&no);
+    no.service = SVC;
+    no.data_dir = dir;
+    no.wal_segment_bytes = WAL_SEG;
+    no.snapshot_wal_bytes = SNAP_BYTES;
+    if (BUILD_SHARE > 0)
+        no.build_share = BUILD_SHARE;
+    N = qv_node_create(&no);
+    CU_ASSERT_PTR_NULL(N);
+    expect_err(qv_errno, QV_ECORRUPT, file);
+    if (why)
+        expect_err(qv_errno, QV_ECORRUPT, why);
+    qv_node_free(N);
+    N = NULL;
+    qv_service_free(SVC);
+    SVC = NULL;
+}
+
 /* Writes (rows in several sealed segments and the growing one), deletes,
  * a snapshot, more writes and deletes (of rows in the snapshot and after
  * it, and an upsert that moves a row of the snapshot), a stop: the node
@@ -1938,26 +1965,7 @@ static void test_recover_snapshot_damaged(void)
     stop();
     snap_file(dir, f, La, a, sizeof a);
     flip_byte(a, 130);                                      /* a byte of its body */
-    struct qv_service_opts so;
-    struct qv_node_opts no;
-    qv_service_opts_default(&so);
-    SVC = qv_service_create(&so);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(SVC);
-    qv_node_opts_default(&no);
-    no.service = SVC;
-    no.data_dir = dir;
-    no.wal_segment_bytes = WAL_SEG;
-    no.snapshot_wal_bytes = SNAP_BYTES;
-    if (BUILD_SHARE > 0)
-        no.build_share = BUILD_SHARE;
-    N = qv_node_create(&no);
-    CU_ASSERT_PTR_NULL(N);
-    expect_err(qv_errno, QV_ECORRUPT, a);
-    expect_err(qv_errno, QV_ECORRUPT, "body CRC");
-    qv_node_free(N);
-    N = NULL;
-    qv_service_free(SVC);
-    SVC = NULL;
+    start_refused(dir, a, "body CRC");
     DATA_DIR = NULL;
     WAL_SEG = 0;
     rm_data_dir(dir);
@@ -2208,22 +2216,7 @@ static void test_recover_segment_damaged(void)
             CU_ASSERT_EQUAL(st.segments_mapped, 0);
             stop();
         } else {
-            struct qv_service_opts so;
-            struct qv_node_opts no;
-            qv_service_opts_default(&so);
-            SVC = qv_service_create(&so);
-            CU_ASSERT_PTR_NOT_NULL_FATAL(SVC);
-            qv_node_opts_default(&no);
-            no.service = SVC;
-            no.data_dir = dir;
-            no.wal_segment_bytes = WAL_SEG;
-            N = qv_node_create(&no);
-            CU_ASSERT_PTR_NULL(N);
-            expect_err(qv_errno, QV_ECORRUPT, path);
-            qv_node_free(N);
-            N = NULL;
-            qv_service_free(SVC);
-            SVC = NULL;
+            start_refused(dir, path, NULL);
         }
         WAL_SEG = 0;
         DATA_DIR = NULL;
