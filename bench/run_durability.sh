@@ -9,8 +9,9 @@
 #    default "flat ivf hnsw"): from its snapshot (the segment and index
 #    files mapped back, the WAL after it replayed) next to rebuilding it
 #    from the fvecs file (an empty quiverd + quiverctl load + the index
-#    builds); for FLAT also from the WAL alone.  Times run until DESCRIBE
-#    shows no build pending.
+#    builds); for FLAT also from the WAL alone; and from the snapshot with
+#    100k more rows in the WAL after it.  Times run until DESCRIBE shows no
+#    build pending.
 # The data directory lives under BUILD_DIR (the build's disk: fdatasync
 # means something there, unlike on a tmpfs /tmp).
 #
@@ -87,6 +88,7 @@ srv() { echo "127.0.0.1:$QV_UDP:$QV_TCP"; }
 
 echo "== 2. restart of a $n x 128 collection: snapshot (segment and index files mapped) + WAL vs rebuilding from fvecs =="
 "$bench" gen --n "$n" --dim 128 --nq 10 --clusters 100 --seed 7 --out "$work/gen" > /dev/null 2>&1
+"$bench" gen --n 100k --dim 128 --nq 10 --clusters 100 --seed 8 --out "$work/gen2" > /dev/null 2>&1
 # times until the collection is back with every index built (DESCRIBE:
 # no build pending): the point at which it searches at full speed
 for ix in ${INDEXES-flat ivf hnsw}; do
@@ -125,6 +127,16 @@ for ix in ${INDEXES-flat ivf hnsw}; do
         cold=$(secs_since "$t")
         qv_stop > /dev/null
     fi
+    # 100k more rows after the snapshot: the restart maps the snapshot,
+    # replays them from the WAL and builds the segment they seal
+    start never
+    "$ctl" --server "$(srv)" load big "$work/gen2/base.fvecs" --first-id 2000000 > /dev/null 2>&1
+    qv_stop > /dev/null
+    t=$(date +%s.%N)
+    start never
+    r3=$(wait_built)
+    plus=$(secs_since "$t")
+    qv_stop > /dev/null
     rm -rf "$work/data"
     start none
     t=$(date +%s.%N)
@@ -134,5 +146,5 @@ for ix in ${INDEXES-flat ivf hnsw}; do
     rebuild=$(secs_since "$t")
     qv_stop > /dev/null
     echo "  $ix: load + build with the WAL (sync never) $load s; quiverctl snapshot $snap s (data_dir $mb MiB)"
-    echo "  $ix: restart from the snapshot until built: $rs s ($r2 rows, segments; $st); with the page cache dropped first $cold s | rebuild from fvecs (empty quiverd, load, builds; file in the page cache) $rebuild s"
+    echo "  $ix: restart from the snapshot until built: $rs s ($r2 rows, segments; $st); with the page cache dropped first $cold s; with 100k rows in the WAL after the snapshot $plus s ($r3 rows, segments) | rebuild from fvecs (empty quiverd, load, builds; file in the page cache) $rebuild s"
 done
