@@ -118,12 +118,21 @@ static int on_dispatcher(const struct qv_service *svc)
     return svc->started && pthread_equal(pthread_self(), svc->thread);
 }
 
+/*
+ * A dispatcher asleep in idle_wait() searches nothing and, when it wakes,
+ * clears `idle`, fences and checks pause_flag before anything else; so a
+ * pause that finds it idle (after its own store and fence: Dekker) need
+ * not wake it nor wait: it holds already.  Else wake it and wait until it
+ * parks between batches.
+ */
 void qv_service_pause(struct qv_service *svc)
 {
     pthread_mutex_lock(&svc->mu);
     svc->pause_req++;
-    atomic_store_explicit(&svc->pause_flag, 1, memory_order_release);
-    if (svc->started && !on_dispatcher(svc)) {
+    atomic_store_explicit(&svc->pause_flag, 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (svc->started && !on_dispatcher(svc) &&
+        !atomic_load_explicit(&svc->idle, memory_order_seq_cst)) {
         futex_wake_one(svc);
         while (!svc->parked)
             pthread_cond_wait(&svc->cv, &svc->mu);
@@ -1088,8 +1097,16 @@ static void idle_wait(struct qv_service *svc, uint32_t seq)
     if (next == INT64_MAX || wait > SVC_IDLE_MAX_NS)
         wait = SVC_IDLE_MAX_NS;
     if (wait > 0 && !atomic_load_explicit(&svc->pause_flag, memory_order_acquire) &&
-        !atomic_load_explicit(&svc->closing, memory_order_acquire))
-        futex_wait_ns(svc, seq, wait);
+        !atomic_load_explicit(&svc->closing, memory_order_acquire)) {
+        /* idle: a pause from here on holds without waking us (see
+         * qv_service_pause); one that came first is seen below */
+        atomic_store_explicit(&svc->idle, 1, memory_order_seq_cst);
+        atomic_thread_fence(memory_order_seq_cst);
+        if (!atomic_load_explicit(&svc->pause_flag, memory_order_seq_cst))
+            futex_wait_ns(svc, seq, wait);
+        atomic_store_explicit(&svc->idle, 0, memory_order_seq_cst);
+        atomic_thread_fence(memory_order_seq_cst);  /* before the caller's pause check */
+    }
     atomic_store_explicit(&svc->sleeping, 0, memory_order_relaxed);
 }
 

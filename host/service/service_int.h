@@ -121,6 +121,9 @@ struct qv_service {
     _Atomic uint32_t wake_seq;      /* the futex word    [atom] */
     _Atomic int closing;                                /* [atom] */
     _Atomic int pause_flag;         /* mirror of pause_req > 0 [atom] */
+    _Atomic int idle;               /* the dispatcher is in its idle futex
+                                       wait and checks pause_flag before it
+                                       does anything else [atom] */
 
     _Alignas(SVC_CACHELINE) struct qv_service_opts o;   /* [any] */
     struct qv_batcher *batcher;

@@ -153,7 +153,9 @@
  *
  * Pause.  qv_service_pause() raises a flag, wakes the dispatcher and
  * waits (mutex + condition variable, the slow path) until it is parked
- * between batches; qv_service_resume() lets it go.  Pauses nest.  Used
+ * between batches; a dispatcher asleep in its idle wait is already as
+ * good as parked (it checks the flag first when it wakes), so then the
+ * pause neither wakes it nor waits.  qv_service_resume() lets it go.  Pauses nest.  Used
  * for index writes, add_collection (the batcher's registration is a
  * consumer-side call) and for reading the router's and the batcher's
  * counters at render time; opts.start_paused starts parked (collections
