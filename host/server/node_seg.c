@@ -5,7 +5,7 @@
  * segment's index from a selection of another segment's rows.
  *
  * Growth.  A growing segment starts with room for its seal size (at most
- * NSEG_GROW_CAP rows): the arrays are reserved, not touched, so only the
+ * NSEG_GROW_CAP rows and NSEG_GROW_BYTES of vectors): the arrays are reserved, not touched, so only the
  * pages rows land in become resident, and writers never pay a doubling
  * copy under the collection's mutex (5-10 ms at 32k rows of dim 128 on
  * the development VM, the largest part of the UPSERT p99).  Past that
@@ -33,6 +33,7 @@
 #define NSEG_MIN_CAP 1024u
 #define NSEG_GROW_CAP (1u << 18)        /* rows a growing segment starts with,
                                            at most (its seal size below that) */
+#define NSEG_GROW_BYTES (64u << 20)     /* and at most this much of vectors */
 #define NSEG_FLAT_CAP 16384u            /* rows per chunk of a flat index */
 
 static uint32_t flat_capacity(uint64_t rows)
@@ -112,7 +113,8 @@ struct nseg *qv__seg_new_growing(struct ncoll *c, uint32_t slot)
         goto fail;
     s->state = NSEG_GROWING;
     uint64_t seal_at = qv__node_seal_at(c), cap = NSEG_MIN_CAP;
-    while (cap < seal_at && cap < NSEG_GROW_CAP)
+    while (cap < seal_at && cap < NSEG_GROW_CAP &&
+           2 * cap * c->spec.dim * sizeof(float) <= NSEG_GROW_BYTES)
         cap *= 2;
     s->ix.flat = flat_new(c, seal_at);
     if (s->ix.flat == NULL || seg_arrays(s, cap) != 0)
