@@ -2313,6 +2313,103 @@ static void test_merge_compaction(void)
     }
 }
 
+/* An HNSW writer for test_recover_snapshot_builds: batches of 20 rows,
+ * each but every third followed by a delete of 40 rows (repeats and
+ * absent ids included), so that builds, compactions and merges run while snapshots
+ * are taken. */
+struct build_writer {
+    uint64_t coll;
+    struct expect *E;
+    _Atomic int done;
+    int failed;
+};
+
+static void *build_writer_main(void *arg)
+{
+    struct build_writer *w = arg;
+    for (unsigned i = 0, b = 0; i < NB && !w->failed; i += 20, b++) {
+        if (upsert_range(w->coll, i, i + 20, NULL) != 0) {
+            w->failed = 1;
+            break;
+        }
+        expect_upsert(w->E, i, i + 20);
+        sleep_ns(MS);                   /* let builds and snapshots interleave */
+        if (b % 3 != 0) {
+            uint64_t ids[40];
+            for (unsigned k = 0; k < 40; k++) {
+                unsigned r = (unsigned)(((uint64_t)i * 2654435761u + k * 97u) % (i + 20));
+                ids[k] = BASE_ID + r;
+                w->E->live[r] = 0;
+            }
+            if (qv_node_delete(N, w->coll, 40, ids, NULL) < 0)
+                w->failed = 1;
+        }
+    }
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+/* Snapshots in a loop while an HNSW collection takes writes and deletes
+ * (seal size 200: builds, compactions and merges run meanwhile, each
+ * writing its files while a snapshot may be listing and removing them):
+ * a restart brings back exactly the acknowledged state; then, once the
+ * builds are done, a snapshot lists every sealed segment, the directory
+ * holds only their files, and a restart maps all of them. */
+static void test_recover_snapshot_builds(void)
+{
+    static struct expect E;
+    char *dir = mk_data_dir();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(dir);
+    memset(&E, 0, sizeof E);
+    DATA_DIR = dir;
+    start(200, NULL, 0);
+    static struct build_writer w;
+    memset(&w, 0, sizeof w);
+    w.coll = create("hb", QV_NODE_HNSW);
+    w.E = &E;
+    pthread_t t;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, build_writer_main, &w), 0);
+    unsigned snaps = 0;
+    while (!atomic_load(&w.done)) {
+        uint64_t lsn;
+        int rc = qv_node_snapshot(N, w.coll, &lsn);
+        if (rc)
+            fprintf(stderr, "\n  snapshot: %s\n", qv_errmsg());
+        CU_ASSERT_EQUAL(rc, 0);
+        snaps++;
+        sleep_ns(1 * MS);
+    }
+    pthread_join(t, NULL);
+    CU_ASSERT_EQUAL_FATAL(w.failed, 0);
+    struct qv_node_build_stats bs;
+    qv_node_build_stats(N, &bs);
+    stop();
+    start(200, NULL, 0);
+    check_expect(w.coll, &E);
+    CU_ASSERT_EQUAL_FATAL(qv_node_wait_builds(N, w.coll, 120 * SEC), 0);
+    uint64_t lsn;
+    CU_ASSERT_EQUAL(qv_node_snapshot(N, w.coll, &lsn), 0);
+    struct qv_node_coll_info info;
+    describe(w.coll, &info);
+    struct qv_node_storage st;
+    CU_ASSERT_EQUAL(qv_node_storage(N, w.coll, &st), 0);
+    CU_ASSERT_EQUAL(st.segment_files, info.sealed);
+    CU_ASSERT_EQUAL(count_files(dir, w.coll, "seg-", ".qvseg"), info.sealed);
+    CU_ASSERT_EQUAL(count_files(dir, w.coll, "seg-", ".qvix"), info.sealed);
+    stop();
+    start(200, NULL, 0);
+    check_expect(w.coll, &E);
+    CU_ASSERT_EQUAL(qv_node_storage(N, w.coll, &st), 0);
+    CU_ASSERT_EQUAL(st.segments_mapped, info.sealed);
+    printf("\n    %u snapshots during %llu builds; after the last restart %u segments, "
+           "all mapped, %llu live rows, %llu dead ", snaps, (unsigned long long)bs.builds,
+           st.segments_mapped, (unsigned long long)info.rows,
+           (unsigned long long)info.dead_rows);
+    stop();
+    DATA_DIR = NULL;
+    rm_data_dir(dir);
+}
+
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -2448,6 +2545,8 @@ int main(void)
           test_recover_segment_damaged },
         { "compaction merges segments; replaced files go at the next snapshot",
           test_merge_compaction },
+        { "recover: snapshots while builds, compactions and merges run",
+          test_recover_snapshot_builds },
         { "filters across segments equal brute force", test_filters },
         { "a write bumps the epoch and the cached answer misses", test_epoch_and_cache },
         { "upsert errors name the field; ENOMEM applies nothing", test_upsert_errors },
