@@ -3,8 +3,8 @@
  *
  * Commit writes header + table, then each section padded to 4096 bytes,
  * to "<path>.tmp" with plain write(2) calls (sections can be GBs: no
- * staging copy; writeback in 8 MiB windows, see writeback()), fsyncs it, renames it over path and fsyncs the
- * directory.  Open maps the file read-only (MAP_PRIVATE) and verifies
+ * staging copy; writeback in 8 MiB windows, see writeback()), fsyncs it,
+ * renames it over path and fsyncs the directory.  Open maps the file read-only (MAP_PRIVATE) and verifies
  * everything before handing out a pointer: a bad file never reaches an
  * index.  Verifying the section CRCs reads every page once, which also
  * brings the index into the page cache.

@@ -5,16 +5,15 @@
  * segment's index from a selection of another segment's rows.
  *
  * Growth.  A growing segment starts with room for its seal size (at most
- * NSEG_GROW_CAP rows and NSEG_GROW_BYTES of vectors): the arrays are reserved, not touched, so only the
- * pages rows land in become resident, and writers never pay a doubling
- * copy under the collection's mutex (5-10 ms at 32k rows of dim 128 on
- * the development VM, the largest part of the UPSERT p99).  Past that
- * the arrays double.  ids[] and
- * the attribute columns are read by the dispatcher (result translation,
- * filters), so they are copied into new arrays outside the pause and the
- * pointers swapped inside a pause of their own: a pause per doubling, a
- * few pointer stores long.  vecs[] and alive[] are the writers' alone and
- * are swapped without one.
+ * NSEG_GROW_CAP rows and NSEG_GROW_BYTES of vectors): the arrays are
+ * reserved, not touched, so only the pages rows land in become resident,
+ * and writers do not pay a doubling copy under the collection's mutex
+ * (5-10 ms at 32k rows of dim 128 on the development VM).  Past that the
+ * arrays double.  ids[] and the attribute columns are read by the
+ * dispatcher (result translation, filters), so they are copied into new
+ * arrays outside the pause and the pointers swapped inside a pause of
+ * their own: a pause per doubling, a few pointer stores long.  vecs[] and
+ * alive[] are the writers' alone and are swapped without one.
  */
 #include <math.h>
 #include <string.h>
