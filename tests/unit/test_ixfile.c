@@ -92,6 +92,56 @@ static void test_roundtrip(void)
     CU_ASSERT_NOT_EQUAL(access(tmp, F_OK), 0);
 }
 
+/* Sections of several 8 MiB windows and odd sizes come back byte for byte
+ * written with O_DIRECT (this directory is on the build's disk) and
+ * through the page cache (qv_ixfile_set_direct(0): the path taken where
+ * a filesystem refuses O_DIRECT). */
+static void test_large_direct_and_buffered(void)
+{
+    const size_t n1 = (20u << 20) + 12345, n2 = 3 * 4096 + 1;
+    uint8_t *a = malloc(n1), *b = malloc(n2);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < n1; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        a[i] = (uint8_t)x;
+    }
+    for (size_t i = 0; i < n2; i++)
+        b[i] = (uint8_t)(i * 7);
+    char p[160], probe[160];
+    snprintf(p, sizeof p, "%s/large.qvx", dir);
+    snprintf(probe, sizeof probe, "%s/probe", dir);
+    int fd = open(probe, O_WRONLY | O_CREAT | O_DIRECT, 0600);
+    printf("\n    %s takes O_DIRECT: %s ", dir, fd >= 0 ? "yes" : "no");
+    if (fd >= 0)
+        close(fd);
+    unlink(probe);
+    for (int direct = 1; direct >= 0; direct--) {
+        qv_ixfile_set_direct(direct);
+        struct qv_ixfile_writer w;
+        qv_ixfile_writer_init(&w, p, QV_IX_FLAT);
+        CU_ASSERT_EQUAL(qv_ixfile_add(&w, QV_FOURCC('A', ' ', ' ', ' '), a, n1), 0);
+        CU_ASSERT_EQUAL(qv_ixfile_add(&w, QV_FOURCC('B', ' ', ' ', ' '), b, n2), 0);
+        CU_ASSERT_EQUAL_FATAL(qv_ixfile_commit(&w), 0);
+        struct qv_ixfile f;
+        CU_ASSERT_EQUAL_FATAL(qv_ixfile_open(&f, p, QV_IX_FLAT), 0);
+        uint64_t size;
+        const void *q = qv_ixfile_section(&f, QV_FOURCC('A', ' ', ' ', ' '), &size);
+        CU_ASSERT(q != NULL && size == n1 && memcmp(q, a, n1) == 0);
+        q = qv_ixfile_section(&f, QV_FOURCC('B', ' ', ' ', ' '), &size);
+        CU_ASSERT(q != NULL && size == n2 && memcmp(q, b, n2) == 0);
+        CU_ASSERT_EQUAL(f.size % QV_IXFILE_ALIGN, 0);
+        qv_ixfile_close(&f);
+        unlink(p);
+    }
+    qv_ixfile_set_direct(1);
+    free(a);
+    free(b);
+}
+
 static void test_writer_errors(void)
 {
     struct qv_ixfile_writer w;
@@ -164,6 +214,7 @@ int main(void)
     CU_pSuite s = CU_add_suite("ixfile", init, fini);
     CU_add_test(s, "CRC-32C known answers, hw equals sw", test_crc32c);
     CU_add_test(s, "write then open: same sections, aligned", test_roundtrip);
+    CU_add_test(s, "large sections, O_DIRECT and page cache paths", test_large_direct_and_buffered);
     CU_add_test(s, "writer errors", test_writer_errors);
     CU_add_test(s, "damaged files refused, file named", test_damage);
     CU_basic_set_mode(CU_BRM_VERBOSE);

@@ -69,8 +69,15 @@ struct qv_ixfile_writer {
 void qv_ixfile_writer_init(struct qv_ixfile_writer *w, const char *path, enum qv_ix_type type);
 /* Add a section; 0 or QV_ENOSPC (too many) or QV_EEXIST (tag repeated). */
 int qv_ixfile_add(struct qv_ixfile_writer *w, uint32_t tag, const void *data, uint64_t size);
-/* Write everything atomically.  0 or QV_EIO (message names the file). */
+/* Write everything atomically.  0 or QV_EIO (message names the file).
+ * The bytes go with O_DIRECT where the filesystem takes it, else through
+ * the page cache (ixfile.c, "How the bytes go to disk"). */
 int qv_ixfile_commit(struct qv_ixfile_writer *w);
+
+/* 0: every later commit in the process goes through the page cache (for
+ * tests, and filesystems whose O_DIRECT misbehaves); 1 (the default):
+ * O_DIRECT first.  Not synchronised with commits in flight. */
+void qv_ixfile_set_direct(int on);
 
 /* Reader: the whole file mapped read-only. */
 struct qv_ixfile {
