@@ -1,7 +1,7 @@
 /*
  * check.h - the assertions of the integration clients (dp_client,
  * crash_client): a process that a shell script runs and whose exit status
- * is the verdict.  CHECK(cond, fmt, ...) prints
+ * is the verdict.  ASSERT(cond, fmt, ...) prints
  *     PROG: FAIL: FILE:LINE: (cond) message
  * on stderr and exits 1 when cond is false.  check_prog names PROG.
  */
@@ -26,7 +26,7 @@ static void check_fail(const char *file, int line, const char *cond, const char 
     exit(1);
 }
 
-#define CHECK(cond, ...)                                                       \
+#define ASSERT(cond, ...)                                                      \
     do {                                                                       \
         if (!(cond))                                                           \
             check_fail(__FILE__, __LINE__, #cond, __VA_ARGS__);                \

@@ -25,7 +25,7 @@
  * the deletes) and must find the id itself at least 95% of the time (an
  * approximate index over the recovered rows).  write
  * stops at the first failed request (the server is gone) or after S
- * seconds, exit 0; verify exits 1 on the first difference (CHECK,
+ * seconds, exit 0; verify exits 1 on the first difference (ASSERT,
  * check.h), as does either mode when the ack log cannot be written.
  */
 #include <errno.h>
@@ -145,15 +145,15 @@ int main(int argc, char **argv)
     qv_client_opts_default(&o);
     o.tcp_timeout_ms = 5000;
     struct qv_client *c = qv_client_connect(host, (uint16_t)up, (uint16_t)tp, &o);
-    CHECK(c != NULL, "connect: %s", qv_client_connect_errmsg());
+    ASSERT(c != NULL, "connect: %s", qv_client_connect_errmsg());
     struct state s = { 0 };
-    CHECK(read_log(log, &s) == 0, "%s: %s", log, strerror(errno));
+    ASSERT(read_log(log, &s) == 0, "%s: %s", log, strerror(errno));
     uint64_t coll = 0;
 
     if (!strcmp(mode, "verify")) {
         if (qv_client_lookup(c, "crash", &coll)) {
             /* nothing acknowledged yet: nothing to find */
-            CHECK(s.max_id == 0, "verify: no collection 'crash' after %llu acknowledged "
+            ASSERT(s.max_id == 0, "verify: no collection 'crash' after %llu acknowledged "
                   "ids: %s", (unsigned long long)s.max_id, qv_client_errmsg(c));
             return 0;
         }
@@ -165,7 +165,7 @@ int main(int argc, char **argv)
             uint32_t n = 0;
             for (uint64_t id = base; id < s.max_id && id < base + 1024; id++)
                 ids[n++] = id;
-            CHECK(qv_client_get(c, coll, n, ids, DIM, got, found) == 0, "verify: GET: %s",
+            ASSERT(qv_client_get(c, coll, n, ids, DIM, got, found) == 0, "verify: GET: %s",
                   qv_client_errmsg(c));
             for (uint32_t i = 0; i < n; i++) {
                 uint64_t id = ids[i];
@@ -175,17 +175,17 @@ int main(int argc, char **argv)
                 int same = found[i] && memcmp(got + (size_t)i * DIM, want, sizeof want) == 0;
                 if (st == ALIVE) {
                     alive++;
-                    CHECK(same, "verify: acknowledged id %llu is %s after the restart",
+                    ASSERT(same, "verify: acknowledged id %llu is %s after the restart",
                           (unsigned long long)id,
                           found[i] ? "there with another vector" : "missing");
                 } else if (st == DELETED) {
                     deleted++;
-                    CHECK(!found[i], "verify: id %llu, deleted and acknowledged, came back",
+                    ASSERT(!found[i], "verify: id %llu, deleted and acknowledged, came back",
                           (unsigned long long)id);
                 } else if (st == DEL_SENT) {
                     either++;
                 } else {
-                    CHECK(!found[i] || same, "verify: unacknowledged id %llu has a vector no "
+                    ASSERT(!found[i] || same, "verify: unacknowledged id %llu has a vector no "
                           "client sent", (unsigned long long)id);
                 }
             }
@@ -202,17 +202,17 @@ int main(int argc, char **argv)
             uint64_t hit[10];
             uint32_t n = 0;
             vec_of(q, v);
-            CHECK(qv_client_search(c, coll, v, DIM, 10, NULL, hit, NULL, &n) == 0,
+            ASSERT(qv_client_search(c, coll, v, DIM, 10, NULL, hit, NULL, &n) == 0,
                   "verify: SEARCH: %s", qv_client_errmsg(c));
             searched++;
             for (uint32_t i = 0; i < n; i++) {
-                CHECK(hit[i] >= s.cap || s.st[hit[i]] != DELETED, "verify: a search for id "
+                ASSERT(hit[i] >= s.cap || s.st[hit[i]] != DELETED, "verify: a search for id "
                       "%llu answered id %llu, deleted and acknowledged",
                       (unsigned long long)q, (unsigned long long)hit[i]);
                 self += hit[i] == q;
             }
         }
-        CHECK(self * 100 >= searched * 95, "verify: searches found the queried id itself "
+        ASSERT(self * 100 >= searched * 95, "verify: searches found the queried id itself "
               "in %llu of %llu", (unsigned long long)self, (unsigned long long)searched);
         printf("crash_client: verify: %llu acknowledged ids present, %llu deleted ids "
                "absent, %llu in flight at the kill; %llu searches found their id %llu "
@@ -229,9 +229,9 @@ int main(int argc, char **argv)
     int rc = qv_client_create(c, &cr, &coll);
     if (rc == QV_CLIENT_EEXISTS)
         rc = qv_client_lookup(c, "crash", &coll);
-    CHECK(rc == 0, "write: create: %s", qv_client_errmsg(c));
+    ASSERT(rc == 0, "write: create: %s", qv_client_errmsg(c));
     FILE *f = fopen(log, "a");
-    CHECK(f != NULL, "%s: %s", log, strerror(errno));
+    ASSERT(f != NULL, "%s: %s", log, strerror(errno));
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     uint64_t next = s.max_id, x = 0x9E3779B97F4A7C15ull ^ s.max_id, batches = 0, dels = 0;
@@ -251,7 +251,7 @@ int main(int argc, char **argv)
             break;
         }
         fprintf(f, "U %llu %d\n", (unsigned long long)next, BATCH);
-        CHECK(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
+        ASSERT(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
         for (int i = 0; i < BATCH; i++)
             set(&s, next + (uint64_t)i, ALIVE);
         next += BATCH;
@@ -273,7 +273,7 @@ int main(int argc, char **argv)
         for (int j = 0; j < nd; j++)
             fprintf(f, " %llu", (unsigned long long)del[j]);
         fputc('\n', f);
-        CHECK(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
+        ASSERT(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
         for (int j = 0; j < nd; j++)
             set(&s, del[j], DEL_SENT);
         if (qv_client_delete(c, coll, (uint64_t)nd, del, NULL)) {
@@ -284,7 +284,7 @@ int main(int argc, char **argv)
         for (int j = 0; j < nd; j++)
             fprintf(f, " %llu", (unsigned long long)del[j]);
         fputc('\n', f);
-        CHECK(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
+        ASSERT(fflush(f) == 0, "%s: %s", log, strerror(errno));     /* verify reads it */
         for (int j = 0; j < nd; j++)
             set(&s, del[j], DELETED);
         dels++;

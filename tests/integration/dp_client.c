@@ -2,7 +2,7 @@
  * dp_client.c - the client side of tests/integration/dpdk.sh: run inside
  * the network namespace, against a quiverd that serves UDP both through
  * its DPDK dataplane (--dp) and through kernel sockets (--kernel, which
- * also carries TCP).  Exit 0 when every check holds, 1 (CHECK, check.h: the
+ * also carries TCP).  Exit 0 when every check holds, 1 (ASSERT, check.h: the
  * failed condition on stderr) when one fails, 2 on a usage error.
  *
  *   1. create a FLAT collection and load siftsmall over TCP (kernel);
@@ -141,11 +141,11 @@ int main(int argc, char **argv)
     struct qv_vecfile B, Q, G;
     char path[4200];
     snprintf(path, sizeof path, "%s/base.fvecs", dir);
-    CHECK(qv_vecfile_open(&B, path, QV_VEC_FVECS) == 0, "open %s", path);
+    ASSERT(qv_vecfile_open(&B, path, QV_VEC_FVECS) == 0, "open %s", path);
     snprintf(path, sizeof path, "%s/query.fvecs", dir);
-    CHECK(qv_vecfile_open(&Q, path, QV_VEC_FVECS) == 0, "open %s", path);
+    ASSERT(qv_vecfile_open(&Q, path, QV_VEC_FVECS) == 0, "open %s", path);
     snprintf(path, sizeof path, "%s/groundtruth.ivecs", dir);
-    CHECK(qv_vecfile_open(&G, path, QV_VEC_IVECS) == 0, "open %s", path);
+    ASSERT(qv_vecfile_open(&G, path, QV_VEC_IVECS) == 0, "open %s", path);
 
     struct qv_client_opts ko, dpo;
     qv_client_opts_default(&ko);
@@ -154,23 +154,23 @@ int main(int argc, char **argv)
     ko.busy_poll = dpo.busy_poll = busy;
     dpo.max_inflight = inflight > 1024 ? inflight : 1024;
     struct qv_client *kc = qv_client_connect(k_ip, (uint16_t)k_udp, (uint16_t)k_tcp, &ko);
-    CHECK(kc != NULL, "connect (kernel): %s", qv_client_connect_errmsg());
+    ASSERT(kc != NULL, "connect (kernel): %s", qv_client_connect_errmsg());
     struct qv_client *dc = qv_client_connect(dp_ip, (uint16_t)dp_port, (uint16_t)k_tcp, &dpo);
-    CHECK(dc != NULL, "connect (dataplane): %s", qv_client_connect_errmsg());
+    ASSERT(dc != NULL, "connect (dataplane): %s", qv_client_connect_errmsg());
 
     if (lat_only) {
         /* the collection of an earlier --keep run; one path; one line */
         uint64_t id;
         struct qv_client *c = strcmp(lat_only, "dp") == 0 ? dc : kc;
-        CHECK(qv_client_lookup(kc, "dp_sift", &id) == 0, "lookup dp_sift (load it first with "
+        ASSERT(qv_client_lookup(kc, "dp_sift", &id) == 0, "lookup dp_sift (load it first with "
               "--keep): %s", qv_client_errmsg(kc));
         double *l = malloc(lat_n * sizeof *l), sum = 0;
-        CHECK(l != NULL, "malloc");
+        ASSERT(l != NULL, "malloc");
         for (unsigned i = 0; i < lat_n; i++) {
             uint64_t r[10];
             uint32_t got;
             double t0 = now_us();
-            CHECK(qv_client_search(c, id, qv_vecfile_row(&Q, i % Q.n), Q.dim, 10, NULL, r,
+            ASSERT(qv_client_search(c, id, qv_vecfile_row(&Q, i % Q.n), Q.dim, 10, NULL, r,
                                    NULL, &got) == 0 && got == 10,
                   "search %u: %s", i, qv_client_errmsg(c));
             l[i] = now_us() - t0;
@@ -189,15 +189,15 @@ int main(int argc, char **argv)
     struct qv_client_create cr = { .name = "dp_sift", .dim = B.dim, .metric = QV_CLIENT_L2,
                                    .index = QV_CLIENT_FLAT };
     uint64_t coll = 0;
-    CHECK(qv_client_create(kc, &cr, &coll) == 0, "create: %s", qv_client_errmsg(kc));
+    ASSERT(qv_client_create(kc, &cr, &coll) == 0, "create: %s", qv_client_errmsg(kc));
     uint64_t *ids = malloc(B.n * sizeof *ids);
     float *vec = malloc((size_t)B.n * B.dim * sizeof *vec);
-    CHECK(ids && vec, "malloc");
+    ASSERT(ids && vec, "malloc");
     for (uint64_t i = 0; i < B.n; i++)
         ids[i] = i;
     qv_vecfile_read_f32(&B, 0, B.n, vec);
     struct qv_client_rows rows = { .n = B.n, .dim = B.dim, .ids = ids, .vectors = vec };
-    CHECK(qv_client_upsert(kc, coll, &rows, NULL, NULL, NULL) == 0, "upsert: %s",
+    ASSERT(qv_client_upsert(kc, coll, &rows, NULL, NULL, NULL) == 0, "upsert: %s",
           qv_client_errmsg(kc));
     printf("dp_client: loaded %llu vectors over TCP (kernel, %s:%u)\n",
            (unsigned long long)B.n, k_ip, k_tcp);
@@ -210,9 +210,9 @@ int main(int argc, char **argv)
         uint64_t a[10], b[10];
         uint32_t na = 0, nb = 0;
         const float *q = qv_vecfile_row(&Q, i);
-        CHECK(qv_client_search(dc, coll, q, Q.dim, 10, NULL, a, NULL, &na) == 0,
+        ASSERT(qv_client_search(dc, coll, q, Q.dim, 10, NULL, a, NULL, &na) == 0,
               "search (dataplane): %s", qv_client_errmsg(dc));
-        CHECK(qv_client_search(kc, coll, q, Q.dim, 10, NULL, b, NULL, &nb) == 0,
+        ASSERT(qv_client_search(kc, coll, q, Q.dim, 10, NULL, b, NULL, &nb) == 0,
               "search (kernel): %s", qv_client_errmsg(kc));
         same += na == 10 && nb == 10 && memcmp(a, b, sizeof a) == 0;
         const int32_t *gt = qv_vecfile_row(&G, i);
@@ -223,13 +223,13 @@ int main(int argc, char **argv)
     double recall = hits / (10.0 * nq);
     printf("dp_client: %u queries: dataplane = kernel answers %u/%u, recall@10 %.4f\n", nq,
            same, nq, recall);
-    CHECK(same == nq, "the dataplane's answers differ from the kernel transport's in %u "
+    ASSERT(same == nq, "the dataplane's answers differ from the kernel transport's in %u "
           "of %u queries", nq - same, nq);
-    CHECK(recall > 0.999, "recall@10 of FLAT over the dataplane is %.4f, not 1", recall);
+    ASSERT(recall > 0.999, "recall@10 of FLAT over the dataplane is %.4f, not 1", recall);
 
     /* 3. latency, one query in flight, alternating blocks */
     double *ld = malloc(lat_n * sizeof *ld), *lk = malloc(lat_n * sizeof *lk);
-    CHECK(ld && lk, "malloc");
+    ASSERT(ld && lk, "malloc");
     unsigned nd = 0, nk = 0;
     for (unsigned blk = 0; nd < lat_n || nk < lat_n; blk++) {
         int use_dp = blk % 2 == 0;
@@ -241,7 +241,7 @@ int main(int argc, char **argv)
             uint64_t r[10];
             uint32_t got;
             double t0 = now_us();
-            CHECK(qv_client_search(c, coll, qv_vecfile_row(&Q, (*n) % nq), Q.dim, 10, NULL,
+            ASSERT(qv_client_search(c, coll, qv_vecfile_row(&Q, (*n) % nq), Q.dim, 10, NULL,
                                    r, NULL, &got) == 0 && got == 10,
                   "latency search: %s", qv_client_errmsg(c));
             (use_dp ? ld : lk)[(*n)++] = now_us() - t0;
@@ -267,10 +267,10 @@ int main(int argc, char **argv)
                                             10, &bulk, on_done, &st);
             if (rc == -ENOSPC)
                 break;
-            CHECK(rc == 0, "search_async: %s", qv_client_errmsg(dc));
+            ASSERT(rc == 0, "search_async: %s", qv_client_errmsg(dc));
             sent++;
         }
-        CHECK(qv_client_poll(dc, 100) >= 0, "poll: %s", qv_client_errmsg(dc));
+        ASSERT(qv_client_poll(dc, 100) >= 0, "poll: %s", qv_client_errmsg(dc));
     }
     double secs = (now_us() - t0) / 1e6 + 1e-9;
     qv_client_stats(dc, &s1);
@@ -278,11 +278,11 @@ int main(int argc, char **argv)
            "%llu retries, %.0f QPS\n", nq_total, inflight, (unsigned long long)st.ok,
            (unsigned long long)st.failed,
            (unsigned long long)(s1.udp_retries - s0.udp_retries), (double)nq_total / secs);
-    CHECK(st.failed == 0 && st.ok == nq_total, "%llu of %lu queries failed through the "
+    ASSERT(st.failed == 0 && st.ok == nq_total, "%llu of %lu queries failed through the "
           "dataplane: %s", (unsigned long long)st.failed, nq_total, st.last_err);
 
     /* 5. drop */
-    CHECK(keep || qv_client_drop(kc, coll) == 0, "drop: %s", qv_client_errmsg(kc));
+    ASSERT(keep || qv_client_drop(kc, coll) == 0, "drop: %s", qv_client_errmsg(kc));
     qv_client_close(dc);
     qv_client_close(kc);
     free(ids);
