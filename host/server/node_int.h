@@ -29,6 +29,7 @@
 
 #include "../index/idmap.h"
 #include "quiver/filter.h"
+#include "quiver/ixfile.h"
 #include "quiver/node.h"
 
 #define NODE_ROW_BITS 40
@@ -63,8 +64,13 @@ enum nseg_state {
 struct ncoll;
 struct qv_ixfile;
 
-/* The "SHDR" section of a segment's rows file (node_store.c writes it,
- * qv__seg_load checks it against the snapshot's entry). */
+/* The sections of a segment's rows file (node_store.c writes it,
+ * qv__seg_load reads it): SHDR, a struct nseg_file_hdr checked against
+ * the snapshot's entry; ids; vectors; one per attribute column. */
+#define NSEG_TAG_SHDR QV_FOURCC('S', 'H', 'D', 'R')
+#define NSEG_TAG_SIDS QV_FOURCC('S', 'I', 'D', 'S')
+#define NSEG_TAG_SVEC QV_FOURCC('S', 'V', 'E', 'C')
+#define NSEG_TAG_SCOL(a) QV_FOURCC('S', 'C', '0' + (a) / 10, '0' + (a) % 10)
 #define NSEG_FILE_VERSION 1u
 struct nseg_file_hdr {
     uint32_t version;

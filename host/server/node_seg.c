@@ -403,12 +403,6 @@ int qv__seg_ix_type(const struct ncoll *c, enum nseg_kind kind)
     return 0;
 }
 
-/* The sections of a rows file (node_store.c writes them). */
-#define TAG_SHDR QV_FOURCC('S', 'H', 'D', 'R')
-#define TAG_SIDS QV_FOURCC('S', 'I', 'D', 'S')
-#define TAG_SVEC QV_FOURCC('S', 'V', 'E', 'C')
-#define TAG_SCOL(a) QV_FOURCC('S', 'C', '0' + (a) / 10, '0' + (a) % 10)
-
 static uint64_t index_rows(const struct nseg *s)
 {
     switch (s->kind) {
@@ -418,6 +412,21 @@ static uint64_t index_rows(const struct nseg *s)
     case NSEG_HNSW: return qv_hnsw_rows(s->ix.hnsw);
     }
     return 0;
+}
+
+/* A flat segment's index from its (mapped) rows: keys slot << 40 | row,
+ * as build_index gives them.  0 or the error. */
+static int flat_from_rows(struct nseg *s, const struct ncoll *c, uint32_t slot, uint64_t rows)
+{
+    uint64_t *keys = qv_malloc((rows ? rows : 1) * sizeof *keys, QV_MEM_SERVER);
+    if (keys == NULL)
+        return qv_seterr(QV_ENOMEM, "node: collection '%s': no memory for a flat segment of "
+                         "%llu rows", c->name, (unsigned long long)rows);
+    for (uint64_t r = 0; r < rows; r++)
+        keys[r] = node_key(slot, r);
+    int rc = build_index(s, c, s->vecs, keys, rows, 0);
+    qv_free(keys);
+    return rc;
 }
 
 struct nseg *qv__seg_load(struct ncoll *c, uint32_t slot, enum nseg_kind kind, uint32_t nlist,
@@ -441,7 +450,7 @@ struct nseg *qv__seg_load(struct ncoll *c, uint32_t slot, enum nseg_kind kind, u
         goto nomem;
     if ((rc = qv_ixfile_open(s->rows_file, rows_path, QV_IX_SEGMENT)) != 0)
         goto fail;
-    const struct nseg_file_hdr *h = qv_ixfile_section(s->rows_file, TAG_SHDR, &sz);
+    const struct nseg_file_hdr *h = qv_ixfile_section(s->rows_file, NSEG_TAG_SHDR, &sz);
     if (h == NULL || sz != sizeof *h || h->version != NSEG_FILE_VERSION || h->dim != dim ||
         h->nattrs != na || h->slot != slot || h->kind != (uint32_t)kind || h->rows != rows ||
         h->coll_id != c->id) {
@@ -451,14 +460,14 @@ struct nseg *qv__seg_load(struct ncoll *c, uint32_t slot, enum nseg_kind kind, u
                        (unsigned long long)rows, dim, na);
         goto fail;
     }
-    s->ids = (uint64_t *)qv_ixfile_section(s->rows_file, TAG_SIDS, &sz);
+    s->ids = (uint64_t *)qv_ixfile_section(s->rows_file, NSEG_TAG_SIDS, &sz);
     if (s->ids == NULL || sz != rows * sizeof(uint64_t))
         goto bad;
-    s->vecs = (float *)qv_ixfile_section(s->rows_file, TAG_SVEC, &sz);
+    s->vecs = (float *)qv_ixfile_section(s->rows_file, NSEG_TAG_SVEC, &sz);
     if (s->vecs == NULL || sz != rows * dim * sizeof(float))
         goto bad;
     for (uint32_t a = 0; a < na; a++) {
-        s->cols[a] = (int64_t *)qv_ixfile_section(s->rows_file, TAG_SCOL(a), &sz);
+        s->cols[a] = (int64_t *)qv_ixfile_section(s->rows_file, NSEG_TAG_SCOL(a), &sz);
         if (s->cols[a] == NULL || sz != rows * sizeof(int64_t))
             goto bad;
         s->attrs.cols[a] = s->cols[a];
@@ -473,22 +482,8 @@ struct nseg *qv__seg_load(struct ncoll *c, uint32_t slot, enum nseg_kind kind, u
 
     switch (kind) {
     case NSEG_FLAT:                 /* no index file: built from the rows */
-        s->ix.flat = flat_new(c, rows);
-        if (s->ix.flat != NULL && rows > 0) {
-            uint64_t *keys = qv_malloc(rows * sizeof *keys, QV_MEM_SERVER);
-            for (uint64_t r = 0; keys != NULL && r < rows; r++)
-                keys[r] = node_key(slot, r);
-            rc = keys ? qv_flat_add(s->ix.flat, rows, s->vecs, keys) : QV_ENOMEM;
-            qv_free(keys);
-            if (rc != 0) {
-                qv_flat_free(s->ix.flat);
-                s->ix.flat = NULL;
-                qv_errno = rc == QV_ENOMEM ? qv_seterr(QV_ENOMEM, "node: collection '%s': no "
-                                                       "memory for a flat segment of %llu "
-                                                       "rows", c->name,
-                                                       (unsigned long long)rows) : rc;
-            }
-        }
+        if ((rc = flat_from_rows(s, c, slot, rows)) != 0)
+            goto fail;
         break;
     case NSEG_IVF: s->ix.ivf = qv_ivf_load(ix_path, pool); break;
     case NSEG_IVFPQ: s->ix.ivfpq = qv_ivfpq_load(ix_path, pool); break;

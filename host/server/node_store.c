@@ -415,10 +415,6 @@ static int on_coll_record(void *arg, uint64_t lsn, uint8_t type, const void *pay
 
 /* ---- segment files ------------------------------------------------------ */
 
-#define TAG_SHDR QV_FOURCC('S', 'H', 'D', 'R')
-#define TAG_SIDS QV_FOURCC('S', 'I', 'D', 'S')
-#define TAG_SVEC QV_FOURCC('S', 'V', 'E', 'C')
-#define TAG_SCOL(a) QV_FOURCC('S', 'C', '0' + (a) / 10, '0' + (a) % 10)
 
 static void seg_path(const struct qv_node *node, uint64_t id, uint64_t file, const char *ext,
                      char *path, size_t cap)
@@ -457,12 +453,12 @@ void qv__store_remove_seg(struct ncoll *c, uint64_t F)
 static int save_index(const struct nseg *s, const char *path)
 {
     switch (s->kind) {
-    case NSEG_FLAT: return qv_seterr(QV_EINVAL, "storage: flat segments have no index file");
     case NSEG_IVF: return qv_ivf_save(s->ix.ivf, path);
     case NSEG_IVFPQ: return qv_ivfpq_save(s->ix.ivfpq, path);
     case NSEG_HNSW: return qv_hnsw_save(s->ix.hnsw, path);
+    default: return qv_seterr(QV_EINVAL, "storage: a %d segment has no index file",
+                              (int)s->kind);
     }
-    return qv_seterr(QV_EINVAL, "storage: segment kind %d", (int)s->kind);
 }
 
 int qv__store_write_seg(struct ncoll *c, const struct nseg *s, uint64_t F)
@@ -481,13 +477,13 @@ int qv__store_write_seg(struct ncoll *c, const struct nseg *s, uint64_t F)
     seg_path(c->node, c->id, F, "qvseg", rows_path, sizeof rows_path);
     seg_path(c->node, c->id, F, "qvix", ix_path, sizeof ix_path);
     qv_ixfile_writer_init(w, rows_path, QV_IX_SEGMENT);
-    rc = qv_ixfile_add(w, TAG_SHDR, &h, sizeof h);
+    rc = qv_ixfile_add(w, NSEG_TAG_SHDR, &h, sizeof h);
     if (rc == 0)
-        rc = qv_ixfile_add(w, TAG_SIDS, s->ids, s->rows * sizeof *s->ids);
+        rc = qv_ixfile_add(w, NSEG_TAG_SIDS, s->ids, s->rows * sizeof *s->ids);
     if (rc == 0)
-        rc = qv_ixfile_add(w, TAG_SVEC, s->vecs, s->rows * c->spec.dim * sizeof *s->vecs);
+        rc = qv_ixfile_add(w, NSEG_TAG_SVEC, s->vecs, s->rows * c->spec.dim * sizeof *s->vecs);
     for (uint32_t a = 0; a < c->spec.nattrs && rc == 0; a++)
-        rc = qv_ixfile_add(w, TAG_SCOL(a), s->cols[a], s->rows * sizeof(int64_t));
+        rc = qv_ixfile_add(w, NSEG_TAG_SCOL(a), s->cols[a], s->rows * sizeof(int64_t));
     /* the index first: a rows file never stands without its index; a flat
      * segment has none on disk (its index is its vectors in another
      * layout: rebuilt from the rows file at load, not written twice) */

@@ -315,6 +315,23 @@ static void end_epoch(struct qv_wal *w, int code)
     w->next_lsn = w->written_lsn + 1;
 }
 
+/* The message of a failed fdatasync of a segment (path, errno e). */
+static void fsync_failed(char *msg, size_t n, const char *path, int e)
+{
+    fmt(msg, n, "%s: fdatasync failed: %s: the kernel may have dropped written WAL "
+        "records, so the WAL refuses writes until the node restarts (recovery keeps "
+        "what reached the disk); check the disk (dmesg) and free space", path, strerror(e));
+}
+
+/* Refuse every write until restart, saying msg (lock held). */
+static void wal_break(struct qv_wal *w, const char *msg)
+{
+    w->broken = 1;
+    w->broken_code = QV_EIO;
+    fmt(w->broken_msg, sizeof w->broken_msg, "%s", msg);
+    QV_ERR("%s", msg);
+}
+
 /*
  * Write the pending batch (rolling segments as needed) and, under ALWAYS or
  * when want_sync, fdatasync it.  Called with the lock held and io_busy 0;
@@ -349,10 +366,7 @@ static void do_io(struct qv_wal *w, int want_sync)
              * one exists, under every policy */
             if (io.fdatasync(io.ctx, w->fd) != 0) {
                 seg_path(w, w->seg_first, path, sizeof path);
-                fmt(msg, sizeof msg, "%s: fdatasync failed: %s: the WAL refuses "
-                    "writes until the node restarts (recovery keeps what reached "
-                    "the disk); check the disk (dmesg) and free space", path,
-                    strerror(errno));
+                fsync_failed(msg, sizeof msg, path, errno);
                 rc = QV_EIO;
                 fatal = 1;
                 break;
@@ -393,10 +407,7 @@ static void do_io(struct qv_wal *w, int want_sync)
     if (rc == 0 && do_sync && lsn_done > synced) {
         if (io.fdatasync(io.ctx, w->fd) != 0) {
             seg_path(w, w->seg_first, path, sizeof path);
-            fmt(msg, sizeof msg, "%s: fdatasync failed: %s: the kernel may have "
-                "dropped written WAL records, so the WAL refuses writes until the "
-                "node restarts (recovery keeps what reached the disk); check the "
-                "disk (dmesg) and free space", path, strerror(errno));
+            fsync_failed(msg, sizeof msg, path, errno);
             rc = QV_EIO;
             fatal = 1;
         } else {
@@ -416,10 +427,7 @@ static void do_io(struct qv_wal *w, int want_sync)
         w->n_write_errors++;
         fmt(w->errmsg, sizeof w->errmsg, "%s", msg);
         if (fatal) {
-            w->broken = 1;
-            w->broken_code = QV_EIO;
-            fmt(w->broken_msg, sizeof w->broken_msg, "%s", msg);
-            QV_ERR("%s", msg);
+            wal_break(w, msg);
         } else {
             end_epoch(w, rc);
             QV_LOG_RL(QV_LOG_WARN, 1, "%s", msg);
@@ -688,15 +696,11 @@ static void *interval_main(void *arg)
             w->n_fsyncs++;
             pthread_cond_broadcast(&w->cv);
         } else if (!w->broken) {
+            char msg[QV__WAL_MSG];
+            fsync_failed(msg, sizeof msg, path, e);
             w->n_write_errors++;
-            w->broken = 1;
-            w->broken_code = QV_EIO;
-            fmt(w->broken_msg, sizeof w->broken_msg, "%s: fdatasync failed: %s: the kernel "
-                "may have dropped written WAL records, so the WAL refuses writes until the "
-                "node restarts (recovery keeps what reached the disk); check the disk "
-                "(dmesg) and free space", path, strerror(e));
-            fmt(w->errmsg, sizeof w->errmsg, "%s", w->broken_msg);
-            QV_ERR("%s", w->broken_msg);
+            fmt(w->errmsg, sizeof w->errmsg, "%s", msg);
+            wal_break(w, msg);
             pthread_cond_broadcast(&w->cv);
         }
     }
